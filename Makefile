@@ -1,0 +1,47 @@
+# The README's two set-up commands are `make demo` and `make test`; both create .venv/ when missing.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.breakeven-installed
+FASHION := /usr/share/datasets/fashion-mnist
+
+.PHONY: demo test test-all lint format bench clean fashion-mnist
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	@touch $(STAMP)
+
+# Real FashionMNIST comes from Debian's package; install it when we can (root + apt-get).
+fashion-mnist:
+	@if [ -n "$$BREAKEVEN_DATA" ] && ls "$$BREAKEVEN_DATA"/fashion-mnist/train-images-idx3-ubyte* >/dev/null 2>&1; then :; \
+	elif [ -d $(FASHION) ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing Debian package dataset-fashion-mnist"; \
+		(apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 || \
+		 (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1)) || \
+		{ echo "could not install dataset-fashion-mnist; put the IDX files in \$$BREAKEVEN_DATA/fashion-mnist"; exit 1; }; \
+	else echo "FashionMNIST not found: run 'sudo apt-get install dataset-fashion-mnist' or put the IDX files in \$$BREAKEVEN_DATA/fashion-mnist"; exit 1; fi
+
+demo: $(STAMP) fashion-mnist
+	$(PY) -m breakeven.demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+test-all: $(STAMP)
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(PY) -m ruff check src tests benchmarks
+	$(PY) -m ruff format --check src tests benchmarks
+
+format: $(STAMP)
+	$(PY) -m ruff format src tests benchmarks
+	$(PY) -m ruff check --fix src tests benchmarks
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_core.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .ruff_cache
