@@ -1,0 +1,412 @@
+"""The plain SGD loop any user could write, with a tracker plugged in.
+
+``train(TrainConfig(...), tracker=None) -> TrainResult``. Mean cross-entropy loss; SGD with
+momentum (PyTorch's form: ``v <- beta v + g``, ``theta <- theta - eta v``; Nesterov
+optional); the learning rate divided by 10 at given epochs (paper App. G); L2 weight decay
+on convolution kernels only (paper App. D: ``g <- g + wd * w`` for conv weights, nothing on
+biases, BatchNorm, dense or embedding parameters). Two seeds: ``init_seed`` draws the
+initial parameters, ``data_seed`` the ``n_train`` subset, the shuffling, the augmentation
+and any dropout noise. On CPU the same config gives bitwise the same parameters.
+
+A non-finite training loss stops the run before the update with ``status='diverged'``;
+nothing is raised, so a sweep survives it (the paper's eta = 1.0 on SimpleCNN diverges).
+
+The tracker protocol (every hook optional; see :class:`TrainHooks`)::
+
+    on_start(model, dataset, config)       # once, before the first step
+    before_step(step, model, batch, loss)  # after backward, before optimizer.step():
+                                           # .grad holds the mini-batch gradient
+    after_step(step, model)                # after the update of step `step`
+    on_end(result)                         # once, with the TrainResult
+
+``step`` is the 0-based index of the SGD step; before it ``step`` updates have been applied.
+Hooks must leave the model, its ``.grad`` and the global RNG as they found them if
+measuring is not to change training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .data import _LOADERS as _DATASET_LOADERS
+from .data import Dataset, augment_crop_flip, list_datasets, load_dataset
+from .models import build_model, list_models
+
+__all__ = [
+    "ConfigError",
+    "TrainConfig",
+    "TrainHooks",
+    "TrainResult",
+    "conv_weight_decay_groups",
+    "evaluate",
+    "train",
+]
+
+
+class ConfigError(ValueError):
+    """An invalid configuration key or value; the message names it and what is allowed."""
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_real(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run. Frozen; every value is checked on construction.
+
+    Length: ``steps`` SGD steps, or ``epochs`` passes over the training set; give at most
+    one (neither: 1 epoch). ``eval_every``: steps between evaluations of training and
+    validation loss/accuracy (None: at the end of each epoch; 0: never); with evaluation on,
+    step 0 and the last step are always evaluated.
+    """
+
+    model: str = "mlp"  # a name in breakeven.list_models()
+    dataset: str = "fashion_mnist"  # a name in breakeven.list_datasets()
+    model_kwargs: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    dataset_kwargs: Mapping[str, Any] = field(default_factory=dict, hash=False)  # root=, ...
+    n_train: int | None = None  # seeded subset of the training set (None: all of it)
+    probe_fraction: float = 0.05  # fixed probe subset for Hessian quantities
+    lr: float = 0.01  # eta, the learning rate
+    momentum: float = 0.0  # beta in [0, 1)
+    nesterov: bool = False
+    weight_decay: float = 0.0  # L2 coefficient on convolution kernels only
+    lr_decay_epochs: tuple[int, ...] = ()  # lr *= lr_decay_factor at the start of these
+    lr_decay_factor: float = 0.1
+    batch_size: int = 64  # S
+    epochs: int | None = None
+    steps: int | None = None
+    drop_last: bool = False  # drop each epoch's last, smaller batch
+    augment: bool = False  # random crop (padding 4) + horizontal flip, images only
+    init_seed: int = 0
+    data_seed: int = 0
+    eval_every: int | None = None
+    eval_batch_size: int = 1000
+    eval_train_size: int | None = None  # evaluate the training loss on a fixed subset
+    device: str = "cpu"
+    channels_last: bool = False  # NHWC memory format for image models (faster on CPU)
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        if isinstance(self.lr_decay_epochs, (list, tuple)):
+            set_(self, "lr_decay_epochs", tuple(self.lr_decay_epochs))
+        for name in ("model_kwargs", "dataset_kwargs"):
+            v = getattr(self, name)
+            if not isinstance(v, Mapping) or not all(isinstance(k, str) for k in v):
+                self._fail(name, "a mapping with string keys")
+            set_(self, name, dict(v))
+        self._validate()
+
+    def _fail(self, key: str, allowed: str) -> None:
+        raise ConfigError(f"{key}={getattr(self, key)!r} is invalid: must be {allowed}")
+
+    def _validate(self) -> None:
+        c, fail = self, self._fail
+        if c.model not in list_models():
+            fail("model", f"one of {list_models()}")
+        if c.dataset not in list_datasets():
+            fail("dataset", f"one of {list_datasets()}")
+        params = inspect.signature(_DATASET_LOADERS[c.dataset]).parameters
+        if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            unknown = sorted(set(c.dataset_kwargs) - set(params))
+            if unknown:
+                fail("dataset_kwargs", f"options of the {c.dataset!r} loader: {sorted(params)}")
+        for key in ("lr", "lr_decay_factor"):
+            if not _is_real(getattr(c, key)) or getattr(c, key) <= 0:
+                fail(key, "a finite number > 0")
+        if not _is_real(c.momentum) or not 0 <= c.momentum < 1:
+            fail("momentum", "a number in [0, 1)")
+        if not isinstance(c.nesterov, bool) or (c.nesterov and c.momentum == 0):
+            fail("nesterov", "a bool, and True only with momentum > 0")
+        if not _is_real(c.weight_decay) or c.weight_decay < 0:
+            fail("weight_decay", "a finite number >= 0")
+        if not _is_real(c.probe_fraction) or not 0 < c.probe_fraction <= 1:
+            fail("probe_fraction", "a number in (0, 1]")
+        for key in ("batch_size", "eval_batch_size"):
+            if not _is_int(getattr(c, key)) or getattr(c, key) < 1:
+                fail(key, "an integer >= 1")
+        for key in ("epochs", "steps", "n_train", "eval_train_size"):
+            v = getattr(c, key)
+            if v is not None and (not _is_int(v) or v < 1):
+                fail(key, "None or an integer >= 1")
+        if c.epochs is not None and c.steps is not None:
+            fail("steps", f"None when epochs is given (epochs={c.epochs}): set only one")
+        if c.eval_every is not None and (not _is_int(c.eval_every) or c.eval_every < 0):
+            fail("eval_every", "None (each epoch), 0 (never) or an integer >= 1 (steps)")
+        for key in ("init_seed", "data_seed"):
+            if not _is_int(getattr(c, key)) or getattr(c, key) < 0:
+                fail(key, "an integer >= 0")
+        d = c.lr_decay_epochs
+        if not isinstance(d, tuple) or not all(_is_int(e) and e >= 1 for e in d):
+            fail("lr_decay_epochs", "a sequence of epoch numbers >= 1")
+        if list(d) != sorted(set(d)):
+            fail("lr_decay_epochs", "strictly increasing")
+        for key in ("drop_last", "augment", "channels_last"):
+            if not isinstance(getattr(c, key), bool):
+                fail(key, "True or False")
+        try:
+            dev = torch.device(c.device)
+        except (RuntimeError, TypeError):
+            fail("device", "a torch device string such as 'cpu' or 'cuda:0'")
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            fail("device", "'cpu' on this machine (CUDA is not available)")
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> TrainConfig:
+        """Build from a mapping (e.g. a TOML table); unknown keys raise :class:`ConfigError`
+        naming them and the allowed keys."""
+        allowed = [f.name for f in fields(cls)]
+        unknown = sorted(set(d) - set(allowed))
+        if unknown:
+            raise ConfigError(f"unknown config key(s) {unknown}; allowed keys: {allowed}")
+        return cls(**d)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-data copy (tuples as lists), the inverse of :meth:`from_dict`."""
+        out = dataclasses.asdict(self)
+        out["lr_decay_epochs"] = list(self.lr_decay_epochs)
+        return out
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        """A copy with ``changes`` applied and validated."""
+        return TrainConfig.from_dict({**dataclasses.asdict(self), **changes})
+
+
+class TrainHooks(Protocol):
+    """What :func:`train` calls on its ``tracker``; every method is optional."""
+
+    def on_start(self, model: nn.Module, dataset: Dataset, config: TrainConfig) -> None: ...
+
+    def before_step(
+        self, step: int, model: nn.Module, batch: tuple[Tensor, Tensor], loss: Tensor
+    ) -> None: ...
+
+    def after_step(self, step: int, model: nn.Module) -> None: ...
+
+    def on_end(self, result: TrainResult) -> None: ...
+
+
+_HOOKS = ("on_start", "before_step", "after_step", "on_end")
+
+
+@dataclass
+class TrainResult:
+    """What a run produced.
+
+    ``history``: one dict per evaluation (``step``, ``epoch`` = step / steps-per-epoch,
+    ``lr``, ``train_loss``, ``train_acc``, ``val_loss``, ``val_acc``, ``seconds`` since the
+    start; loss is the mean cross-entropy in nats, accuracy a fraction). ``losses``: the
+    mini-batch training loss of every step taken, before its update. ``diverged_at``: the
+    step whose loss was not finite (None when finished).
+    """
+
+    status: Literal["finished", "diverged"]
+    config: TrainConfig
+    model: nn.Module
+    history: list[dict[str, float]]
+    losses: list[float]
+    steps: int
+    seconds: float
+    diverged_at: int | None = None
+
+    @property
+    def final(self) -> dict[str, float] | None:
+        """The last evaluation, or None when evaluation was off."""
+        return self.history[-1] if self.history else None
+
+
+def conv_weight_decay_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Optimizer parameter groups: convolution kernels (``nn.Conv1d/2d/3d`` and transposed
+    ``.weight``) with ``weight_decay``; every other parameter with 0."""
+    conv = [
+        m.weight for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd)
+    ]  # fmt: skip
+    ids = {id(p) for p in conv}
+    rest = [p for p in model.parameters() if id(p) not in ids]
+    groups = [{"params": conv, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 1000) -> tuple[float, float]:
+    """Mean cross-entropy (nats) and accuracy of ``model`` on ``(x, y)`` in eval mode
+    (BatchNorm uses running statistics, dropout off); the previous mode is restored."""
+    was_training = model.training
+    model.eval()
+    loss_sum, correct = 0.0, 0
+    try:
+        for i in range(0, len(y), batch_size):
+            out = model(x[i : i + batch_size])
+            yb = y[i : i + batch_size]
+            loss_sum += F.cross_entropy(out, yb, reduction="sum").item()
+            correct += int((out.argmax(1) == yb).sum())
+    finally:
+        model.train(was_training)
+    n = max(len(y), 1)
+    return loss_sum / n, correct / n
+
+
+def _load(config: TrainConfig, dataset: Dataset | None) -> Dataset:
+    if dataset is None:
+        return load_dataset(
+            config.dataset,
+            n_train=config.n_train,
+            seed=config.data_seed,
+            probe_fraction=config.probe_fraction,
+            **config.dataset_kwargs,
+        )
+    if config.n_train is not None:
+        dataset = dataset.subset(config.n_train, config.data_seed)
+    return dataclasses.replace(dataset, probe_fraction=config.probe_fraction)
+
+
+def train(
+    config: TrainConfig, tracker: Any = None, *, dataset: Dataset | None = None
+) -> TrainResult:
+    """Train ``config.model`` on ``config.dataset`` with SGD; see the module docstring.
+
+    ``dataset`` overrides loading ``config.dataset`` by name (``n_train`` still applies).
+    The caller's global RNG state is left untouched.
+    """
+    t0 = time.perf_counter()
+    c = config
+    device = torch.device(c.device)
+    ds = _load(c, dataset)
+    fork_devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=fork_devices):
+        torch.manual_seed(c.init_seed)
+        try:
+            model = build_model(c.model, ds.input_shape, ds.num_classes, **c.model_kwargs)
+        except TypeError as e:
+            raise ConfigError(
+                f"model_kwargs={c.model_kwargs!r} rejected by {c.model!r}: {e}"
+            ) from e
+        torch.manual_seed(c.data_seed)  # dropout noise
+        return _run(c, model, ds, device, tracker, t0)
+
+
+def _run(
+    c: TrainConfig, model: nn.Module, ds: Dataset, device: torch.device, tracker: Any, t0: float
+) -> TrainResult:
+    memory_format = torch.channels_last if c.channels_last else torch.contiguous_format
+    model.to(device=device, memory_format=memory_format)
+    model.train()
+    x_train, y_train = ds.x_train.to(device), ds.y_train.to(device)
+    x_test, y_test = ds.x_test.to(device), ds.y_test.to(device)
+    if c.channels_last and x_train.dim() == 4:
+        x_train = x_train.contiguous(memory_format=torch.channels_last)
+        x_test = x_test.contiguous(memory_format=torch.channels_last)
+    if c.augment and x_train.dim() != 4:
+        raise ConfigError(f"augment=True needs images (N, C, H, W); {ds.name} has {ds.input_shape}")
+    fill = None
+    if c.augment and "mean" in ds.meta:  # pad with black pixels of the normalised data
+        mean, std = torch.tensor(ds.meta["mean"]), torch.tensor(ds.meta["std"])
+        fill = (-mean / std).to(device)
+
+    groups = conv_weight_decay_groups(model, c.weight_decay)
+    if c.weight_decay > 0 and not any(g["weight_decay"] for g in groups):
+        raise ConfigError(
+            f"weight_decay={c.weight_decay} has no effect: {c.model!r} has no convolution "
+            "kernels (weight decay applies to them only, paper App. D); set it to 0"
+        )
+    opt = torch.optim.SGD(groups, lr=c.lr, momentum=c.momentum, nesterov=c.nesterov)
+
+    n, bs = len(y_train), c.batch_size
+    per_epoch = n // bs if c.drop_last else math.ceil(n / bs)
+    if per_epoch == 0:
+        raise ConfigError(f"batch_size={bs} with drop_last=True exceeds the {n} examples")
+    total = c.steps if c.steps is not None else (c.epochs or 1) * per_epoch
+    shuffle = torch.Generator().manual_seed(c.data_seed)
+    aug_gen = torch.Generator().manual_seed(c.data_seed + 1_000_003)
+    x_eval, y_eval = x_train, y_train
+    if c.eval_train_size is not None and c.eval_train_size < n:
+        idx = torch.randperm(n, generator=torch.Generator().manual_seed(0))[: c.eval_train_size]
+        x_eval, y_eval = x_train[idx.sort().values], y_train[idx.sort().values]
+
+    history: list[dict[str, float]] = []
+    losses: list[float] = []
+
+    def record(step: int) -> None:
+        tr_loss, tr_acc = evaluate(model, x_eval, y_eval, c.eval_batch_size)
+        va_loss, va_acc = evaluate(model, x_test, y_test, c.eval_batch_size)
+        history.append(
+            {
+                "step": step,
+                "epoch": step / per_epoch,
+                "lr": opt.param_groups[0]["lr"],
+                "train_loss": tr_loss,
+                "train_acc": tr_acc,
+                "val_loss": va_loss,
+                "val_acc": va_acc,
+                "seconds": time.perf_counter() - t0,
+            }
+        )
+
+    hook = {k: getattr(tracker, k, None) for k in _HOOKS}
+    if hook["on_start"] is not None:
+        hook["on_start"](model, ds, c)
+    before, after = hook["before_step"], hook["after_step"]
+    evaluating = c.eval_every != 0
+    if evaluating:
+        record(0)
+    step, diverged_at = 0, None
+    while step < total and diverged_at is None:
+        epoch = step // per_epoch
+        lr = c.lr * c.lr_decay_factor ** sum(e <= epoch for e in c.lr_decay_epochs)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        perm = torch.randperm(n, generator=shuffle).to(device)
+        for b in range(min(per_epoch, total - step)):
+            idx = perm[b * bs : (b + 1) * bs]
+            xb, yb = x_train[idx], y_train[idx]
+            if c.augment:
+                xb = augment_crop_flip(xb, aug_gen, fill=fill)
+            loss = F.cross_entropy(model(xb), yb)
+            value = loss.item()
+            if not math.isfinite(value):
+                diverged_at = step
+                break
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if before is not None:
+                before(step, model, (xb, yb), loss)
+            opt.step()
+            if after is not None:
+                after(step, model)
+            losses.append(value)
+            step += 1
+            if evaluating and c.eval_every is not None and step % c.eval_every == 0:
+                record(step)
+        if evaluating and c.eval_every is None and diverged_at is None:
+            record(step)
+    if diverged_at is None and not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+        diverged_at = step
+    if evaluating and diverged_at is None and history[-1]["step"] != step:
+        record(step)
+    result = TrainResult(
+        status="finished" if diverged_at is None else "diverged",
+        config=c,
+        model=model,
+        history=history,
+        losses=losses,
+        steps=step,
+        seconds=time.perf_counter() - t0,
+        diverged_at=diverged_at,
+    )
+    if hook["on_end"] is not None:
+        hook["on_end"](result)
+    return result
