@@ -325,7 +325,7 @@ def test_imdb_npz_corrupt(isolated) -> None:
     with pytest.raises(CorruptDatasetError, match="no array 'x_test'"):
         load_dataset("imdb", root=isolated)
     (isolated / "imdb.npz").write_bytes(b"PK\x03\x04 truncated zip")
-    with pytest.raises(CorruptDatasetError, match="not a readable .npz"):
+    with pytest.raises(CorruptDatasetError, match=r"not a readable \.npz"):
         load_dataset("imdb", root=isolated)
 
 
@@ -377,7 +377,7 @@ def test_mnli_corrupt_and_missing(isolated) -> None:
     with pytest.raises(CorruptDatasetError, match="line 4"):
         load_dataset("mnli", root=isolated)
     (isolated / "multinli_1.0" / "vocab.txt").unlink()
-    with pytest.raises(DatasetNotFoundError, match="vocab.txt"):
+    with pytest.raises(DatasetNotFoundError, match=r"vocab\.txt"):
         load_dataset("mnli", root=isolated)
 
 
@@ -401,7 +401,7 @@ def test_imagenet_class_folders(isolated) -> None:
     sub = load_dataset("imagenet", root=isolated, image_size=32, resize=36, n_train=4, seed=1)
     assert sub.n_train == 4
     (isolated / "imagenet" / "val" / "n01440764" / "broken.JPEG").write_bytes(b"\xff\xd8junk")
-    with pytest.raises(CorruptDatasetError, match="broken.JPEG: cannot decode"):
+    with pytest.raises(CorruptDatasetError, match=r"broken\.JPEG: cannot decode"):
         load_dataset("imagenet", root=isolated, image_size=32, resize=36)
 
 

@@ -1,0 +1,257 @@
+"""Hessian measures: top eigenvalues, trace, spectral density, curvature variance, stability."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from ..operators.base import (
+    BNMode,
+    Data,
+    LossFn,
+    as_chunks,
+    as_flat,
+    check_finite,
+    check_forward_mode,
+    measuring,
+    trainable,
+    unflatten,
+)
+from ..operators.hessian import HessianOperator, HVPMethod
+from ..spectra import SpectralDensity, TraceResult, hutchinson, lanczos, slq
+
+
+@dataclass(frozen=True)
+class EigenResult:
+    """Top-k eigenpairs of the Hessian of the mean loss over the data (largest algebraic).
+
+    Attributes:
+        eigenvalues: (k,) float64, descending.
+        eigenvectors: (D, k), unit columns, in the parameters' dtype and order.
+        residuals: (k,) float64, ``||H v - lambda v||``.
+        errors: (k,) float64, Lanczos' bound on each eigenvalue's error.
+        converged: all ``errors <= tol * |eigenvalues|``.
+        num_matvecs: Hessian-vector products used.
+        seconds: wall time.
+        bn_mode: ``"eval"`` or ``"train"``: the BatchNorm mode that defines this Hessian.
+        chunk_size: examples per forward pass (defines H under ``bn_mode="train"``).
+        num_examples: N, the examples the loss averages over.
+    """
+
+    eigenvalues: Tensor
+    eigenvectors: Tensor
+    residuals: Tensor
+    errors: Tensor
+    converged: bool
+    num_matvecs: int
+    seconds: float
+    bn_mode: str
+    chunk_size: int | None
+    num_examples: int
+
+
+def hessian_eigenvalues(
+    model: nn.Module,
+    loss_fn: LossFn,
+    data: Data,
+    *,
+    k: int = 1,
+    tol: float = 1e-3,
+    max_iter: int | None = None,
+    v0: Tensor | None = None,
+    chunk_size: int | None = None,
+    bn_mode: BNMode = "eval",
+    method: HVPMethod = "reverse",
+    seed: int = 0,
+) -> EigenResult:
+    """The k largest *algebraic* eigenvalues of H = Hessian of (1/N) sum_i l_i over ``data``.
+
+    Lanczos with full re-orthogonalisation; stops when each eigenvalue's error bound is at
+    most ``tol`` relative (``max_iter`` products at most, default ``max(100, 20 k)``; a
+    warning when it did not converge). Warm-start with ``v0`` = the previous result's
+    eigenvectors when tracking. See :class:`~breakeven.HessianOperator` for ``chunk_size``,
+    ``bn_mode`` and ``method``. The model is left bitwise unchanged.
+    """
+    start = time.perf_counter()
+    op = HessianOperator(
+        model, loss_fn, data, chunk_size=chunk_size, bn_mode=bn_mode, method=method
+    )
+    if isinstance(k, int) and k > op.shape[0]:
+        raise ValueError(f"k={k} is larger than the number of parameters D={op.shape[0]}")
+    res = lanczos(op, k, tol=tol, max_iter=max_iter, v0=v0, seed=seed)
+    op.release()
+    if not res.converged:
+        warnings.warn(
+            f"Lanczos did not reach tol={tol} in {res.num_matvecs} products "
+            f"(largest relative error bound {float((res.errors / res.eigenvalues.abs()).max()):.2e});"
+            " raise max_iter",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    return EigenResult(
+        eigenvalues=res.eigenvalues,
+        eigenvectors=res.eigenvectors,
+        residuals=res.residuals,
+        errors=res.errors,
+        converged=res.converged,
+        num_matvecs=res.num_matvecs,
+        seconds=time.perf_counter() - start,
+        bn_mode=bn_mode,
+        chunk_size=chunk_size,
+        num_examples=op.num_examples,
+    )
+
+
+def hessian_trace(
+    model: nn.Module,
+    loss_fn: LossFn,
+    data: Data,
+    *,
+    num_samples: int = 100,
+    chunk_size: int | None = None,
+    bn_mode: BNMode = "eval",
+    method: HVPMethod = "reverse",
+    seed: int = 0,
+) -> TraceResult:
+    """Tr(H) by Hutchinson's estimator with ``num_samples`` Rademacher probes (mean of
+    z^T H z, with its standard error). H as in :func:`hessian_eigenvalues`."""
+    start = time.perf_counter()
+    op = HessianOperator(
+        model, loss_fn, data, chunk_size=chunk_size, bn_mode=bn_mode, method=method
+    )
+    res = hutchinson(op, num_samples, seed=seed)
+    return dataclasses.replace(res, seconds=time.perf_counter() - start)
+
+
+def hessian_density(
+    model: nn.Module,
+    loss_fn: LossFn,
+    data: Data,
+    *,
+    num_probes: int = 5,
+    num_steps: int = 80,
+    chunk_size: int | None = None,
+    bn_mode: BNMode = "eval",
+    method: HVPMethod = "reverse",
+    seed: int = 0,
+) -> SpectralDensity:
+    """The spectral density of H by stochastic Lanczos quadrature (paper Fig. 3):
+    ``num_probes`` random starts, ``num_steps`` Lanczos steps each. Evaluate it with
+    ``result.density(grid, sigma)``. H as in :func:`hessian_eigenvalues`."""
+    op = HessianOperator(
+        model, loss_fn, data, chunk_size=chunk_size, bn_mode=bn_mode, method=method
+    )
+    return slq(op, num_probes=num_probes, num_steps=num_steps, seed=seed)
+
+
+def per_example_curvatures(
+    model: nn.Module,
+    loss_fn: LossFn,
+    data: Data,
+    direction: Tensor | Sequence[Tensor],
+    *,
+    chunk_size: int | None = None,
+    bn_mode: BNMode = "eval",
+    method: HVPMethod = "forward",
+) -> Tensor:
+    """The (N,) float64 vector of e^T H_i e, H_i the Hessian of example i's loss, e = direction
+    (used as given, not normalised).
+
+    Per-example losses come from the model's batched output with ``loss_fn`` applied to each
+    example (``torch.func.vmap``). ``method="forward"`` (default) takes the second derivative
+    of that loss vector along e by nested forward mode (``jvp`` of ``jvp``);
+    ``method="reverse"`` uses double backward plus one backward to the per-example weights
+    (for modules without forward-mode support, such as ``nn.LSTM``). Never a per-example
+    Hessian.
+    """
+    if method not in ("forward", "reverse"):
+        raise ValueError(f"method must be 'forward' or 'reverse', got {method!r}")
+    if method == "forward":
+        check_forward_mode(model, bn_mode)
+    chunks = as_chunks(data, chunk_size)
+    params = trainable(model)
+    e = as_flat(direction, params)
+    e_parts = unflatten(e, params)
+    out = []
+    with measuring(model, bn_mode):
+
+        def losses(p: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
+            output = torch.func.functional_call(model, p, (x,))
+            return torch.func.vmap(lambda o, t: loss_fn(o.unsqueeze(0), t.unsqueeze(0)))(output, y)
+
+        for x, y in chunks:
+            with torch.no_grad():
+                check_finite(losses(params, x, y).sum(), "the loss")
+            if method == "forward":
+
+                def slope(p, x=x, y=y):
+                    return torch.func.jvp(lambda q: losses(q, x, y), (p,), (e_parts,))[1]
+
+                try:
+                    curv = torch.func.jvp(slope, (params,), (e_parts,))[1]
+                except (RuntimeError, NotImplementedError) as err:
+                    raise RuntimeError(
+                        f"forward-mode derivative failed for this model ({err}); "
+                        "use method='reverse'"
+                    ) from err
+            else:
+                weights = torch.ones(x.shape[0], dtype=e.dtype, device=e.device, requires_grad=True)
+                leaves = [p.detach().requires_grad_(True) for p in params.values()]
+                total = (weights * losses(dict(zip(params, leaves)), x, y)).sum()
+                grads = torch.autograd.grad(total, leaves, create_graph=True)
+                gv = sum((g * t).sum() for g, t in zip(grads, e_parts.values()))
+                hv = torch.autograd.grad(gv, leaves, create_graph=True)
+                vhv = sum((h * t).sum() for h, t in zip(hv, e_parts.values()))
+                (curv,) = torch.autograd.grad(vhv, weights)
+            out.append(curv.detach().to(torch.float64))
+    return torch.cat(out)
+
+
+def curvature_variance(
+    model: nn.Module,
+    loss_fn: LossFn,
+    data: Data,
+    direction: Tensor | Sequence[Tensor],
+    *,
+    chunk_size: int | None = None,
+    bn_mode: BNMode = "eval",
+    method: HVPMethod = "forward",
+) -> float:
+    """s^2 of the paper's Eq. 1: the population variance (1/N) sum_i (c_i - mean c)^2 of the
+    per-example curvatures c_i = e^T H_i e along ``direction`` e (see
+    :func:`per_example_curvatures`; pass a unit vector, e.g. the top Hessian eigenvector)."""
+    c = per_example_curvatures(
+        model, loss_fn, data, direction, chunk_size=chunk_size, bn_mode=bn_mode, method=method
+    )
+    return float(((c - c.mean()) ** 2).mean())
+
+
+def stability(
+    eta: float, batch_size: int, n_train: int, lambda_h: float, curvature_variance: float
+) -> float:
+    """The left side of the paper's Eq. 1, stability of SGD along e_H^1:
+
+    ``(1 - eta lambda_h)^2 + s^2 eta^2 (N - S) / (S (N - 1))``
+
+    with ``s^2 = curvature_variance``, S = ``batch_size``, N = ``n_train``. SGD is stable along
+    e_H^1 while this is <= 1; the break-even point is the first step where it reaches 1.
+    """
+    if not eta > 0:
+        raise ValueError(f"eta must be positive, got {eta!r}")
+    if not (isinstance(n_train, int) and n_train >= 2):
+        raise ValueError(f"n_train must be an integer >= 2, got {n_train!r}")
+    if not (isinstance(batch_size, int) and 1 <= batch_size <= n_train):
+        raise ValueError(
+            f"batch_size must be an integer in [1, n_train={n_train}], got {batch_size!r}"
+        )
+    if curvature_variance < 0 or not math.isfinite(curvature_variance):
+        raise ValueError(f"curvature_variance must be finite and >= 0, got {curvature_variance!r}")
+    noise = (n_train - batch_size) / (batch_size * (n_train - 1))
+    return (1 - eta * lambda_h) ** 2 + curvature_variance * eta**2 * noise

@@ -1,0 +1,112 @@
+"""Every curvature operator against a dense float64 torch.func reference on tiny cases."""
+
+import functools
+
+import pytest
+import torch
+
+import breakeven as be
+from breakeven.operators.base import flatten, functional_loss, measuring, trainable, unflatten
+from breakeven.operators.covariance import centred_gram
+from breakeven.operators.dense import dense_covariance, dense_gradients, dense_hessian
+from cases import CASES, make_case
+
+
+@functools.cache
+def _dense(name):
+    c = make_case(name)
+    return dense_hessian(c.model, c.loss_fn, c.data)
+
+
+@pytest.mark.parametrize("name", CASES)
+@pytest.mark.parametrize("method", ["reverse", "forward"])
+@pytest.mark.parametrize("chunk_size", [None, 5])
+def test_hessian_operator_equals_dense(name, method, chunk_size):
+    c = make_case(name)
+    H = _dense(name)
+    op = be.HessianOperator(c.model, c.loss_fn, c.data, chunk_size=chunk_size, method=method)
+    torch.testing.assert_close(op.to_dense(), H, rtol=1e-10, atol=1e-12)
+    v = torch.randn(op.shape[0], dtype=torch.float64)
+    torch.testing.assert_close(op @ v, H @ v, rtol=1e-10, atol=1e-12)
+    assert op.num_matvecs == op.shape[0] + 1
+
+
+def test_linear_mse_closed_form():
+    c = make_case("linear_mse", n=9)
+    xt = torch.cat([c.x, torch.ones(9, 1, dtype=torch.float64)], dim=1)
+    H = 2 / 9 * xt.T @ xt  # weight (1, 4) row-major, then bias
+    op = be.HessianOperator(c.model, c.loss_fn, c.data, chunk_size=2)
+    torch.testing.assert_close(op.to_dense(), H, rtol=1e-12, atol=1e-12)
+
+
+def test_iterable_data_equals_tuple():
+    c = make_case("mlp_ce")
+    batches = [(c.x[:5], c.y[:5]), (c.x[5:], c.y[5:])]
+    a = be.HessianOperator(c.model, c.loss_fn, batches).to_dense()
+    b = be.HessianOperator(c.model, c.loss_fn, c.data).to_dense()
+    torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("chunk_size", [4, 6])
+def test_train_mode_batchnorm_is_defined_by_the_chunks(chunk_size):
+    c = make_case("cnn_bn")
+    op = be.HessianOperator(c.model, c.loss_fn, c.data, chunk_size=chunk_size, bn_mode="train")
+    H = dense_hessian(c.model, c.loss_fn, c.data, chunk_size=chunk_size, bn_mode="train")
+    torch.testing.assert_close(op.to_dense(), H, rtol=1e-10, atol=1e-12)
+    # and it differs from the eval-mode Hessian: the mode matters and is recorded
+    assert not torch.allclose(H, dense_hessian(c.model, c.loss_fn, c.data))
+
+
+def test_forward_mode_with_train_batchnorm_is_refused():
+    c = make_case("cnn_bn")
+    with pytest.raises(ValueError, match="method='reverse'"):
+        be.HessianOperator(c.model, c.loss_fn, c.data, bn_mode="train", method="forward")
+
+
+def test_train_mode_batchnorm_hessian_against_finite_differences():
+    """torch.func's Hessian is wrong here (torch 2.13): check against an independent oracle."""
+    c = make_case("cnn_bn")
+    params = trainable(c.model)
+    theta, eps = flatten(params.values()), 1e-6
+    with measuring(c.model, "train"):
+        f = functional_loss(c.model, c.loss_fn)
+
+        def grad(t):
+            t = t.clone().requires_grad_(True)
+            return torch.autograd.grad(f(unflatten(t, params), c.x, c.y), t)[0]
+
+        fd = torch.stack(
+            [
+                (grad(theta + eps * e) - grad(theta - eps * e)) / (2 * eps)
+                for e in torch.eye(len(theta), dtype=torch.float64)
+            ],
+            dim=1,
+        )
+    op = be.HessianOperator(c.model, c.loss_fn, c.data, bn_mode="train")
+    torch.testing.assert_close(op.to_dense(), fd, rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_covariance_operator_equals_dense(name):
+    c = make_case(name, n=20)
+    batches = [(c.x[i : i + 4], c.y[i : i + 4]) for i in range(0, 20, 4)]
+    op = be.GradientCovarianceOperator(c.model, c.loss_fn, batches)
+    K = dense_covariance(dense_gradients(c.model, c.loss_fn, batches))
+    torch.testing.assert_close(op.to_dense(), K, rtol=1e-10, atol=1e-13)
+    nonzero = torch.linalg.eigvalsh(K).flip(0)[:4]
+    torch.testing.assert_close(torch.linalg.eigvalsh(op.gram()).flip(0)[:4], nonzero)
+
+
+def test_gram_is_accumulated_in_float64():
+    """Gradients whose spread spans four decades: lambda_K^* many decades below lambda_K^1."""
+    g = torch.Generator().manual_seed(0)
+    scales = torch.logspace(0, -5, 25, dtype=torch.float64)[:, None]
+    grads = (1.0 + scales * torch.randn(25, 3000, generator=g, dtype=torch.float64)).float()
+    exact = grads.double() - grads.double().mean(0)
+    exact = torch.linalg.eigvalsh(exact @ exact.T / 25)
+    ours = torch.linalg.eigvalsh(centred_gram(grads))
+    torch.testing.assert_close(ours[1:], exact[1:], rtol=1e-8, atol=0)
+    # the float32 route loses lambda_K^* entirely
+    c32 = grads - grads.mean(0)
+    e32 = torch.linalg.eigvalsh((c32 @ c32.T / 25).double())
+    assert (e32[1] - exact[1]).abs() / exact[1] > 1e-2
