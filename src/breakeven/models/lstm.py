@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from ._common import check_input
+from ._common import check_input, keras_init_
 
 
 class LSTMClassifier(nn.Module):
@@ -27,6 +27,7 @@ class LSTMClassifier(nn.Module):
         vocab_size: int = 20_000,
         embedding_dim: int = 128,
         hidden_size: int = 100,
+        init: str = "keras",
     ) -> None:
         super().__init__()
         self.input_shape = tuple(int(s) for s in input_shape)
@@ -34,6 +35,10 @@ class LSTMClassifier(nn.Module):
         self.embedding = nn.Embedding(vocab_size, embedding_dim)
         self.lstm = nn.LSTM(embedding_dim, hidden_size, batch_first=True)
         self.fc = nn.Linear(hidden_size, num_classes)
+        if init == "keras":
+            keras_init_(self)
+        elif init != "torch":
+            raise ValueError(f"init must be 'keras' or 'torch', got {init!r}")
 
     def forward(self, x: Tensor) -> Tensor:
         check_input("LSTMClassifier", x, self.input_shape, integer=True)

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from ._common import check_input
+from ._common import check_input, keras_init_
 
 
 class MLP(nn.Module):
@@ -23,6 +23,7 @@ class MLP(nn.Module):
         input_shape: Sequence[int] = (1, 28, 28),
         num_classes: int = 10,
         hidden: Sequence[int] = (300, 100),
+        init: str = "keras",
     ) -> None:
         super().__init__()
         self.input_shape = tuple(int(s) for s in input_shape)
@@ -35,6 +36,10 @@ class MLP(nn.Module):
         layers.append(nn.Linear(width, num_classes))
         self.net = nn.Sequential(*layers)
         self.in_features = in_features
+        if init == "keras":
+            keras_init_(self)
+        elif init != "torch":
+            raise ValueError(f"init must be 'keras' or 'torch', got {init!r}")
 
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() == 2 and x.shape[1] == self.in_features:

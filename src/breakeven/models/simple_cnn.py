@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from ._common import check_input
+from ._common import check_input, keras_init_
 
 
 def _block(c_in: int, c_out: int, padding: int, bn: bool) -> list[nn.Module]:
@@ -34,6 +34,7 @@ class SimpleCNN(nn.Module):
         input_shape: Sequence[int] = (3, 32, 32),
         num_classes: int = 10,
         batch_norm: bool = False,
+        init: str = "keras",
     ) -> None:
         super().__init__()
         c, h, w = (int(s) for s in input_shape)
@@ -53,6 +54,10 @@ class SimpleCNN(nn.Module):
         if batch_norm:
             dense.append(nn.BatchNorm1d(128))
         self.classifier = nn.Sequential(*dense, nn.ReLU(), nn.Linear(128, num_classes))
+        if init == "keras":
+            keras_init_(self)
+        elif init != "torch":
+            raise ValueError(f"init must be 'keras' or 'torch', got {init!r}")
 
     def forward(self, x: Tensor) -> Tensor:
         check_input(type(self).__name__, x, self.input_shape, integer=False)
