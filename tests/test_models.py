@@ -157,3 +157,22 @@ def test_bert_loads_a_local_checkpoint(tmp_path) -> None:
         load_bert(tmp_path)
     with pytest.raises(FileNotFoundError):
         load_bert(tmp_path / "absent")
+
+
+def test_keras_initialisation() -> None:
+    torch.manual_seed(0)
+    lstm = build_model("lstm")
+    h = 100
+    assert torch.equal(lstm.lstm.bias_ih_l0[h : 2 * h], torch.ones(h))  # unit forget bias
+    assert lstm.lstm.bias_hh_l0.eq(0).all() and lstm.embedding.weight.abs().max() <= 0.05
+    w = lstm.lstm.weight_hh_l0
+    torch.testing.assert_close(w.T @ w, torch.eye(h), atol=1e-5, rtol=0)  # orthogonal
+    cnn = build_model("simple_cnn")
+    conv = cnn.features[0]
+    assert conv.bias.eq(0).all()
+    limit = (6 / (3 * 9 + 32 * 9)) ** 0.5  # Glorot uniform: fan_in + fan_out
+    assert conv.weight.abs().max() <= limit and conv.weight.abs().max() > 0.9 * limit
+    torch_init = build_model("mlp", init="torch")
+    assert not torch_init.net[0].bias.eq(0).all()
+    with pytest.raises(ValueError, match="init must be 'keras' or 'torch'"):
+        build_model("mlp", init="glorot")

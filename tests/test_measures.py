@@ -1,0 +1,216 @@
+"""The public estimators against dense float64 answers on the catalogue of tiny cases."""
+
+import functools
+import math
+import warnings
+
+import pytest
+import torch
+from cases import CASES, make_case
+
+import breakeven as be
+from breakeven.operators.dense import (
+    dense_covariance,
+    dense_gradients,
+    dense_hessian,
+    per_example_hessians,
+)
+
+
+@functools.cache
+def dense(name):
+    c = make_case(name)
+    return dense_hessian(c.model, c.loss_fn, c.data)
+
+
+@pytest.mark.parametrize("name", CASES)
+@pytest.mark.parametrize("k", [1, 3])
+def test_hessian_eigenvalues_equal_eigvalsh(name, k):
+    c = make_case(name)
+    res = be.hessian_eigenvalues(c.model, c.loss_fn, c.data, k=k, tol=1e-10)
+    exact = torch.linalg.eigvalsh(dense(name)).flip(0)[:k]
+    torch.testing.assert_close(res.eigenvalues, exact, rtol=1e-6, atol=1e-9)
+    assert res.converged and res.num_matvecs > 0 and res.seconds > 0
+    assert res.bn_mode == "eval" and res.num_examples == len(c.x)
+    assert res.eigenvectors.shape == (sum(p.numel() for p in c.model.parameters()), k)
+
+
+class Saddle(torch.nn.Module):
+    """Two linear outputs; the loss mean(o1^2) - 10 mean(o2^2) has a large negative curvature."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(3, 2, bias=False)
+
+    def forward(self, x):
+        return self.lin(x)
+
+
+def test_top_is_largest_algebraic_on_a_saddle():
+    torch.manual_seed(0)
+    model = Saddle().double()
+    x = torch.randn(30, 3, dtype=torch.float64)
+
+    def loss(out, _):
+        return (out[:, 0] ** 2).mean() - 10 * (out[:, 1] ** 2).mean()
+
+    H = dense_hessian(model, loss, (x, torch.zeros(30)))
+    ev = torch.linalg.eigvalsh(H)
+    assert ev.abs().argmax() == 0 and ev[0] < 0  # the largest magnitude is negative
+    res = be.hessian_eigenvalues(model, loss, (x, torch.zeros(30)), k=1, tol=1e-10)
+    torch.testing.assert_close(res.eigenvalues[0], ev[-1], rtol=1e-6, atol=0)
+    assert res.eigenvalues[0] > 0
+
+
+def test_hessian_chunk_size_does_not_change_the_result():
+    c = make_case("mlp_ce", n=30)
+    a = be.hessian_eigenvalues(c.model, c.loss_fn, c.data, k=2, tol=1e-10)
+    b = be.hessian_eigenvalues(c.model, c.loss_fn, c.data, k=2, tol=1e-10, chunk_size=7)
+    torch.testing.assert_close(a.eigenvalues, b.eigenvalues, rtol=1e-9, atol=0)
+
+
+def test_hessian_trace_converges():
+    c = make_case("mlp_ce")
+    exact = float(dense("mlp_ce").trace())
+    err = {}
+    for n in (8, 512):
+        runs = [
+            be.hessian_trace(c.model, c.loss_fn, c.data, num_samples=n, seed=s) for s in range(8)
+        ]
+        err[n] = sum(abs(r.estimate - exact) for r in runs) / len(runs)
+        assert all(abs(r.estimate - exact) <= 5 * r.stderr for r in runs)
+        assert all(r.num_matvecs == n for r in runs)
+    assert err[512] < 0.3 * err[8]
+
+
+def test_hessian_density_matches_the_spectrum():
+    c = make_case("mlp_ce")
+    H = dense("mlp_ce")
+    dim = H.shape[0]
+    res = be.hessian_density(c.model, c.loss_fn, c.data, num_probes=2, num_steps=dim)
+    exact = torch.linalg.eigvalsh(H)
+    torch.testing.assert_close(res.nodes[0], exact, rtol=1e-6, atol=1e-8)
+    grid = torch.linspace(float(exact[0]) - 1, float(exact[-1]) + 1, 3000, dtype=torch.float64)
+    assert abs(float(torch.trapezoid(res.density(grid, 0.05), grid)) - 1) < 1e-3
+
+
+# --------------------------------------------------------------------------- K
+
+
+def batches_of(c, m):
+    return [(c.x[i : i + m], c.y[i : i + m]) for i in range(0, len(c.x), m)]
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_gradient_covariance_equals_dense(name):
+    c = make_case(name, n=24)
+    batches = batches_of(c, 3)  # L = 8, M = 3
+    s = be.gradient_covariance(c.model, c.loss_fn, batches)
+    K = dense_covariance(dense_gradients(c.model, c.loss_fn, batches))
+    r = min(7, K.shape[0])  # rank of K: at most L - 1 and at most D
+    exact = torch.linalg.eigvalsh(K).flip(0)[:r]
+    torch.testing.assert_close(s.eigenvalues[:r], exact, rtol=1e-8, atol=1e-14)
+    assert s.eigenvalues[r:].abs().max() < 1e-12 * s.top  # centring: the L-th is zero
+    assert s.top == pytest.approx(float(exact[0]), rel=1e-10)
+    if r == 7:
+        assert s.smallest_nonzero == pytest.approx(float(exact[6]), rel=1e-8)
+        assert s.condition == pytest.approx(float(exact[6] / exact[0]), rel=1e-8)
+    assert s.trace == pytest.approx(float(K.trace()), rel=1e-10)
+    assert (s.batch_size, s.num_batches) == (3, 8)
+    assert s.per_example_top == pytest.approx(3 * s.top)
+    assert s.per_example_trace == pytest.approx(3 * s.trace)
+
+
+def test_eigenvectors_and_alignment_against_dense():
+    c = make_case("mlp_ce", n=40)
+    batches = batches_of(c, 4)  # L = 10
+    s = be.gradient_covariance(c.model, c.loss_fn, batches)
+    K = dense_covariance(dense_gradients(c.model, c.loss_fn, batches))
+    _, vecs = torch.linalg.eigh(K)
+    U = vecs.flip(1)[:, :5]
+    ours = s.eigenvectors(5)
+    torch.testing.assert_close(
+        (ours.T @ U).abs(), torch.eye(5, dtype=torch.float64), atol=1e-8, rtol=0
+    )
+    g = torch.randn(K.shape[0], dtype=torch.float64)
+    torch.testing.assert_close(s.projection(g, 5).abs(), (U.T @ g).abs(), rtol=1e-8, atol=1e-12)
+    expected = float(g.norm() / (U @ (U.T @ g)).norm())
+    assert be.gradient_alignment(g, s, k=5) == pytest.approx(expected, rel=1e-8)
+    parts = [p.detach().clone() for p in c.model.parameters()]
+    flat = torch.cat([p.reshape(-1) for p in parts])
+    assert be.gradient_alignment(parts, s, k=3) == pytest.approx(be.gradient_alignment(flat, s, 3))
+    assert be.gradient_alignment(U[:, 0], s, k=5) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("name", ["mlp_ce", "cnn", "cnn_bn"])
+def test_per_example_covariance_equals_a_loop(name):
+    c = make_case(name, n=10)
+    s = be.per_example_gradient_covariance(c.model, c.loss_fn, c.x, c.y, chunk_size=4)
+    loop = [(c.x[i : i + 1], c.y[i : i + 1]) for i in range(10)]
+    K = dense_covariance(dense_gradients(c.model, c.loss_fn, loop, bn_mode="eval"))
+    torch.testing.assert_close(
+        s.eigenvalues[:9], torch.linalg.eigvalsh(K).flip(0)[:9], rtol=1e-8, atol=1e-13
+    )
+    assert (s.batch_size, s.num_batches, s.bn_mode) == (1, 10, "eval")
+
+
+def test_per_example_covariance_falls_back_with_a_reason():
+    c = make_case("lstm", n=8)
+    with pytest.warns(RuntimeWarning, match="vmap cannot batch this model"):
+        s = be.per_example_gradient_covariance(c.model, c.loss_fn, c.x, c.y)
+    loop = [(c.x[i : i + 1], c.y[i : i + 1]) for i in range(8)]
+    K = dense_covariance(dense_gradients(c.model, c.loss_fn, loop, bn_mode="eval"))
+    torch.testing.assert_close(
+        s.eigenvalues[:7], torch.linalg.eigvalsh(K).flip(0)[:7], rtol=1e-8, atol=1e-13
+    )
+
+
+# --------------------------------------------------------------------------- curvature, stability
+
+
+@pytest.mark.parametrize("name", CASES)
+@pytest.mark.parametrize("method", ["forward", "reverse"])
+def test_curvature_variance_equals_explicit_per_example_hessians(name, method):
+    c = make_case(name, n=8)
+    e = torch.linalg.eigh(dense_hessian(c.model, c.loss_fn, c.data))[1][:, -1]
+    Hi = per_example_hessians(c.model, c.loss_fn, c.x, c.y)
+    exact = torch.einsum("d,nde,e->n", e, Hi, e)
+    ours = be.per_example_curvatures(c.model, c.loss_fn, c.data, e, method=method, chunk_size=3)
+    torch.testing.assert_close(ours, exact, rtol=1e-9, atol=1e-12)
+    var = be.curvature_variance(c.model, c.loss_fn, c.data, e, method=method)
+    assert var == pytest.approx(float(exact.var(unbiased=False)), rel=1e-8)
+
+
+def test_curvature_of_mean_is_the_rayleigh_quotient():
+    c = make_case("mlp_ce")
+    res = be.hessian_eigenvalues(c.model, c.loss_fn, c.data, tol=1e-10)
+    curv = be.per_example_curvatures(c.model, c.loss_fn, c.data, res.eigenvectors[:, 0])
+    assert float(curv.mean()) == pytest.approx(float(res.eigenvalues[0]), rel=1e-8)
+
+
+def test_stability_formula():
+    # S = N: no noise term; the break-even point of full-batch GD is lambda = 2 / eta
+    assert be.stability(0.1, 100, 100, 20.0, 5.0) == pytest.approx(1.0)
+    assert be.stability(0.1, 100, 100, 10.0, 5.0) == pytest.approx(0.0)
+    # noise term: s^2 eta^2 (N - S) / (S (N - 1))
+    got = be.stability(0.01, 10, 1001, 50.0, 400.0)
+    assert got == pytest.approx(0.25 + 400 * 1e-4 * 991 / (10 * 1000))
+    with pytest.raises(ValueError, match="batch_size"):
+        be.stability(0.1, 0, 100, 1.0, 1.0)
+    with pytest.raises(ValueError, match="eta"):
+        be.stability(-0.1, 10, 100, 1.0, 1.0)
+
+
+def test_lanczos_warns_when_not_converged():
+    c = make_case("cnn")
+    with pytest.warns(RuntimeWarning, match="did not reach"):
+        res = be.hessian_eigenvalues(c.model, c.loss_fn, c.data, k=3, tol=1e-14, max_iter=4)
+    assert not res.converged and res.num_matvecs == 4
+
+
+def test_no_warning_when_converged():
+    c = make_case("mlp_ce")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = be.hessian_eigenvalues(c.model, c.loss_fn, c.data)
+    assert res.converged and math.isfinite(float(res.eigenvalues[0]))
