@@ -11,6 +11,10 @@
 | ``lstm`` | embedding 128, LSTM 100, vocabulary 20,000, length 80 | 2,652,202 (80, 2) |
 | ``densenet121`` | DenseNet-121 | 7,978,856 (3x224x224, 1000) |
 | ``bert_base`` | BERT-base multilingual cased + 3-way head | 177,855,747 (40, 3) |
+
+``mlp``, ``simple_cnn[_bn]`` and ``lstm`` start from Keras' default initialisation (the
+paper's code was Keras; ``init='torch'`` for PyTorch's); ``resnet32`` and ``densenet121``
+from Kaiming-normal convolutions; ``bert_base`` from N(0, 0.02) or a checkpoint.
 """
 
 from __future__ import annotations

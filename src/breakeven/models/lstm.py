@@ -18,7 +18,11 @@ from ._common import check_input, keras_init_
 
 
 class LSTMClassifier(nn.Module):
-    """Embedding -> LSTM -> linear on the final hidden state. Input ``(N, seq_len)`` ids."""
+    """Embedding -> LSTM -> linear on the final hidden state. Input ``(N, seq_len)`` ids.
+
+    ``init='keras'`` (default): Keras' defaults (see :func:`keras_init_`); ``'torch'``:
+    PyTorch's.
+    """
 
     def __init__(
         self,

@@ -15,7 +15,9 @@ class MLP(nn.Module):
 
     Accepts ``(N, in_features)`` or any ``(N, *input_shape)`` whose product is
     ``in_features`` (e.g. FashionMNIST's ``(N, 1, 28, 28)``), flattened row-major.
-    The default 784-300-100-10 network has 266,610 parameters.
+    The default 784-300-100-10 network has 266,610 parameters. ``init='keras'`` (default)
+    draws Glorot-uniform weights and zero biases as the paper's Keras model did;
+    ``init='torch'`` keeps PyTorch's defaults.
     """
 
     def __init__(

@@ -26,7 +26,9 @@ def _block(c_in: int, c_out: int, padding: int, bn: bool) -> list[nn.Module]:
 class SimpleCNN(nn.Module):
     """Four 3x3 convolutions, two max-pools and a 128-unit dense layer.
 
-    ``input_shape`` is ``(C, H, W)``; input must be ``(N, C, H, W)``.
+    ``input_shape`` is ``(C, H, W)``; input must be ``(N, C, H, W)``. ``init='keras'``
+    (default): Glorot-uniform kernels, zero biases, as in the paper's Keras code; with
+    PyTorch's smaller default init (``init='torch'``) training starts much slower.
     """
 
     def __init__(
