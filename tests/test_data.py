@@ -28,6 +28,16 @@ from breakeven.data.mnli import WordPieceTokenizer
 DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Tiny tensors: one thread is as fast, and on a shared 2-core machine two OpenMP
+    threads fighting another process made these tests up to 50x slower (measured)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def isolated(tmp_path, monkeypatch) -> Path:
     """Only ``tmp_path/data`` is searched: no $BREAKEVEN_DATA, user or system folders."""
@@ -428,3 +438,31 @@ def test_sklearn_digits() -> None:
     ds = load_dataset("digits")
     assert ds.n_train + ds.x_test.shape[0] == 1797 and ds.input_shape == (1, 8, 8)
     assert float(ds.x_train.max()) == 1.0 and ds.num_classes == 10
+
+
+def test_download_verifies_checksums_without_touching_the_network(isolated, monkeypatch) -> None:
+    import io
+    import urllib.error
+
+    from breakeven.data import fashion_mnist as fm
+
+    served: list[str] = []
+
+    def fake_urlopen(url, timeout):
+        served.append(url)
+        return io.BytesIO(b"not the real file")
+
+    monkeypatch.setattr(fm.urllib.request, "urlopen", fake_urlopen)
+    with pytest.raises(CorruptDatasetError, match=r"downloaded MD5 .* expected 8d4fb7e6"):
+        load_dataset("fashion_mnist", root=isolated, download=True)
+    assert served == [fm.URL + "train-images-idx3-ubyte.gz"]
+    folder = isolated.parent / "xdg" / "breakeven" / "fashion-mnist"
+    assert list(folder.iterdir()) == []  # the bad download was not kept
+
+    def offline(url, timeout):
+        raise urllib.error.URLError("no route to host")
+
+    monkeypatch.setattr(fm.urllib.request, "urlopen", offline)
+    with pytest.raises(DatasetNotFoundError, match=r"could not download .*no route to host"):
+        load_dataset("fashion_mnist", root=isolated, download=True)
+    assert list(folder.iterdir()) == []

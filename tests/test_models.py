@@ -21,6 +21,17 @@ COUNTS = {
     "bert_base": 177_853_440 + 768 * 3 + 3,  # multilingual cased BERT-base + MNLI head
 }
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Tiny tensors: one thread is as fast, and on a shared 2-core machine two OpenMP
+    threads fighting another process made these tests up to 50x slower (measured)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 TINY_BERT = {
     "vocab_size": 50,
     "hidden_size": 16,
@@ -176,3 +187,19 @@ def test_keras_initialisation() -> None:
     assert not torch_init.net[0].bias.eq(0).all()
     with pytest.raises(ValueError, match="init must be 'keras' or 'torch'"):
         build_model("mlp", init="glorot")
+
+
+@pytest.mark.parametrize("name", sorted(COUNTS))
+def test_double_backward_for_hessian_vector_products(name: str) -> None:
+    """The Hessian operators differentiate twice (reverse over reverse): every model
+    must support it, LSTM and train-mode BatchNorm included."""
+    torch.manual_seed(0)
+    model, x = _tiny_input(name)
+    model.train()
+    y = torch.zeros(x.shape[0], dtype=torch.long)
+    ps = [p for p in model.parameters() if p.requires_grad]
+    loss = torch.nn.functional.cross_entropy(model(x), y)
+    grads = torch.autograd.grad(loss, ps, create_graph=True)
+    v = [torch.randn_like(p) for p in ps]
+    hv = torch.autograd.grad(grads, ps, grad_outputs=v, allow_unused=True)
+    assert any(h is not None and h.abs().sum() > 0 for h in hv)

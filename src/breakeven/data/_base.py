@@ -46,15 +46,20 @@ def data_dirs(root: str | os.PathLike | None = None) -> list[Path]:
 
 
 def find(
-    dataset: str, names: Sequence[str], root: str | os.PathLike | None, how_to_get: str
+    dataset: str,
+    names: Sequence[str],
+    root: str | os.PathLike | None,
+    how_to_get: str,
+    markers: Sequence[str] = (),
 ) -> Path:
-    """First existing ``<dir>/<name>`` over :func:`data_dirs` and ``names``, else raise
+    """First existing ``<dir>/<name>`` over :func:`data_dirs` and ``names`` (a folder
+    counts only if it holds one of ``markers``, when given), else raise
     :class:`DatasetNotFoundError` listing every path tried and ``how_to_get``."""
     tried = []
     for d in data_dirs(root):
         for name in names:
             p = d / name
-            if p.exists():
+            if p.exists() and (not markers or any((p / m).exists() for m in markers)):
                 return p
             tried.append(str(p))
     looked = "\n  ".join(tried)

@@ -91,12 +91,18 @@ def download_fashion_mnist(dest: str | os.PathLike | None = None) -> Path:
         if target.exists() and hashlib.md5(target.read_bytes()).hexdigest() == md5:
             continue
         with tempfile.NamedTemporaryFile(dir=folder, delete=False) as tmp:
-            with urllib.request.urlopen(URL + name, timeout=60) as r:
-                shutil.copyfileobj(r, tmp)
+            try:
+                with urllib.request.urlopen(URL + name, timeout=60) as r:
+                    shutil.copyfileobj(r, tmp)
+            except OSError as e:  # URLError, timeouts, resets
+                os.unlink(tmp.name)
+                raise DatasetNotFoundError(
+                    f"could not download {URL + name} ({e}). {HOW_TO_GET}"
+                ) from e
         got = hashlib.md5(Path(tmp.name).read_bytes()).hexdigest()
         if got != md5:
             os.unlink(tmp.name)
-            raise CorruptDatasetError(URL + name, f"MD5 {got}, expected {md5}")
+            raise CorruptDatasetError(URL + name, f"downloaded MD5 {got}, expected {md5}")
         os.replace(tmp.name, target)
     return folder
 
@@ -105,7 +111,8 @@ def load_fashion_mnist(root: str | os.PathLike | None = None, download: bool = F
     """FashionMNIST: 60,000 train and 10,000 test images as float32 ``(N, 1, 28, 28)``
     scaled to [0, 1] (pixel / 255, as in the paper), labels int64 in [0, 10)."""
     try:
-        folder = find("FashionMNIST", [FOLDER], root, HOW_TO_GET)
+        markers = ("train-images-idx3-ubyte.gz", "train-images-idx3-ubyte")
+        folder = find("FashionMNIST", [FOLDER], root, HOW_TO_GET, markers)
     except DatasetNotFoundError:
         if not download:
             raise
