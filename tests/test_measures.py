@@ -6,7 +6,6 @@ import warnings
 
 import pytest
 import torch
-from cases import CASES, make_case
 
 import breakeven as be
 from breakeven.operators.dense import (
@@ -15,6 +14,7 @@ from breakeven.operators.dense import (
     dense_hessian,
     per_example_hessians,
 )
+from cases import CASES, make_case
 
 
 @functools.cache

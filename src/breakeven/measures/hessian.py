@@ -88,10 +88,10 @@ def hessian_eigenvalues(
     res = lanczos(op, k, tol=tol, max_iter=max_iter, v0=v0, seed=seed)
     op.release()
     if not res.converged:
+        worst = float((res.errors / res.eigenvalues.abs()).max())
         warnings.warn(
             f"Lanczos did not reach tol={tol} in {res.num_matvecs} products "
-            f"(largest relative error bound {float((res.errors / res.eigenvalues.abs()).max()):.2e});"
-            " raise max_iter",
+            f"(largest relative error bound {worst:.2e}); raise max_iter",
             RuntimeWarning,
             stacklevel=2,
         )

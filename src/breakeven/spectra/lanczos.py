@@ -203,7 +203,7 @@ class SpectralDensity:
     num_matvecs: int
 
     def density(self, grid: Tensor, sigma: float | None = None) -> Tensor:
-        """Smoothed density on ``grid`` (Gaussian kernel of width ``sigma``, default 1% of range)."""
+        """Density on ``grid``: Gaussian kernel of width ``sigma`` (default: 1% of range)."""
         grid = torch.as_tensor(grid, dtype=torch.float64)
         if sigma is None:
             span = float(self.nodes.max() - self.nodes.min())
