@@ -79,6 +79,7 @@ def test_unknown_key_is_rejected_with_the_allowed_keys() -> None:
         ({"device": "gpu0"}, "device"),
         ({"dataset_kwargs": {"rooot": "/data"}}, "dataset_kwargs"),
         ({"probe_fraction": 0.0}, "probe_fraction"),
+        ({"num_threads": 0}, "num_threads"),
     ],
 )
 def test_invalid_values_name_the_key_and_what_is_allowed(changes, key) -> None:
@@ -179,11 +180,18 @@ def test_same_config_same_bits_and_the_two_seeds_are_separate() -> None:
     assert not all(torch.equal(x, y) for x, y in zip(batches["a"], batches["data"], strict=True))
 
 
-def test_global_rng_is_left_alone() -> None:
+def test_global_rng_and_thread_count_are_left_alone() -> None:
     torch.manual_seed(123)
-    state = torch.get_rng_state()
-    train(TrainConfig(**MLP, steps=3, eval_every=0), dataset=toy())
+    state, threads = torch.get_rng_state(), torch.get_num_threads()
+    seen = []
+
+    class Threads:
+        def on_start(self, model, dataset, config) -> None:
+            seen.append(torch.get_num_threads())
+
+    train(TrainConfig(**MLP, steps=3, eval_every=0, num_threads=2), Threads(), dataset=toy())
     assert torch.equal(torch.get_rng_state(), state)
+    assert seen == [2] and torch.get_num_threads() == threads
 
 
 def test_absurd_learning_rate_diverges_cleanly() -> None:
