@@ -1,4 +1,10 @@
 import sys
 from pathlib import Path
 
+import torch
+
 sys.path.insert(0, str(Path(__file__).parent))
+
+# The tests use tiny tensors: one thread is as fast, and on a shared 2-core machine two
+# OpenMP threads fighting another process made them up to 50x slower (measured).
+torch.set_num_threads(1)

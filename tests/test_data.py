@@ -28,16 +28,6 @@ from breakeven.data.mnli import WordPieceTokenizer
 DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny tensors: one thread is as fast, and on a shared 2-core machine two OpenMP
-    threads fighting another process made these tests up to 50x slower (measured)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture
 def isolated(tmp_path, monkeypatch) -> Path:
     """Only ``tmp_path/data`` is searched: no $BREAKEVEN_DATA, user or system folders."""

@@ -22,16 +22,6 @@ COUNTS = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny tensors: one thread is as fast, and on a shared 2-core machine two OpenMP
-    threads fighting another process made these tests up to 50x slower (measured)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 TINY_BERT = {
     "vocab_size": 50,
     "hidden_size": 16,

@@ -16,16 +16,6 @@ from breakeven.models import build_model
 from breakeven.train import ConfigError, TrainConfig, conv_weight_decay_groups, train
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny tensors: one thread is as fast, and on a shared 2-core machine two OpenMP
-    threads fighting another process made these tests up to 50x slower (measured)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def toy(
     n: int = 96, shape: tuple[int, ...] = (1, 6, 6), classes: int = 3, seed: int = 0
 ) -> Dataset:
