@@ -17,20 +17,28 @@ The tracker protocol (every hook optional; see :class:`TrainHooks`)::
     before_step(step, model, batch, loss)  # after backward, before optimizer.step():
                                            # .grad holds the mini-batch gradient
     after_step(step, model)                # after the update of step `step`
+    on_evaluate(entry, seconds)            # after each evaluation: the new history entry
+                                           # and the seconds the evaluation took
     on_end(result)                         # once, with the TrainResult
 
 ``step`` is the 0-based index of the SGD step; before it ``step`` updates have been applied.
 Hooks must leave the model, its ``.grad`` and the global RNG as they found them if
 measuring is not to change training.
+
+Checkpoints and resume: ``train(..., checkpoint_every=k, on_checkpoint=save)`` hands
+``save`` the complete state every ``k`` steps; ``train(..., resume=state)`` continues from it
+and ends bitwise where the uninterrupted run ends (CPU). A tracker with ``state_dict()`` and
+``load_state_dict(d)`` has its state saved and restored with it.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import inspect
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal, Protocol
 
@@ -43,12 +51,14 @@ from .data import Dataset, augment_crop_flip, list_datasets, load_dataset
 from .models import build_model, list_models
 
 __all__ = [
+    "CHECKPOINT_KEYS",
     "ConfigError",
     "TrainConfig",
     "TrainHooks",
     "TrainResult",
     "conv_weight_decay_groups",
     "evaluate",
+    "prepare_dataset",
     "train",
 ]
 
@@ -182,6 +192,26 @@ class TrainConfig:
         out["lr_decay_epochs"] = list(self.lr_decay_epochs)
         return out
 
+    def steps_per_epoch(self, n_train: int) -> int:
+        """SGD steps in one pass over ``n_train`` examples (the last, smaller batch counts
+        unless ``drop_last``)."""
+        bs = self.batch_size
+        per_epoch = n_train // bs if self.drop_last else math.ceil(n_train / bs)
+        if per_epoch == 0:
+            raise ConfigError(f"batch_size={bs} with drop_last=True exceeds the {n_train} examples")
+        return per_epoch
+
+    def total_steps(self, n_train: int) -> int:
+        """SGD steps of the whole run on ``n_train`` examples."""
+        if self.steps is not None:
+            return self.steps
+        return (self.epochs or 1) * self.steps_per_epoch(n_train)
+
+    def lr_at(self, epoch: int) -> float:
+        """The learning rate during (0-based) ``epoch``: ``lr`` times ``lr_decay_factor`` for
+        each decay epoch reached."""
+        return self.lr * self.lr_decay_factor ** sum(e <= epoch for e in self.lr_decay_epochs)
+
     def replace(self, **changes: Any) -> TrainConfig:
         """A copy with ``changes`` applied and validated."""
         return TrainConfig.from_dict({**dataclasses.asdict(self), **changes})
@@ -198,10 +228,12 @@ class TrainHooks(Protocol):
 
     def after_step(self, step: int, model: nn.Module) -> None: ...
 
+    def on_evaluate(self, entry: dict[str, float], seconds: float) -> None: ...
+
     def on_end(self, result: TrainResult) -> None: ...
 
 
-_HOOKS = ("on_start", "before_step", "after_step", "on_end")
+_HOOKS = ("on_start", "before_step", "after_step", "on_evaluate", "on_end")
 
 
 @dataclass
@@ -261,7 +293,10 @@ def evaluate(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 1000) -> 
     return loss_sum / n, correct / n
 
 
-def _load(config: TrainConfig, dataset: Dataset | None) -> Dataset:
+def prepare_dataset(config: TrainConfig, dataset: Dataset | None = None) -> Dataset:
+    """The dataset :func:`train` uses for ``config``: ``dataset`` (or ``config.dataset``
+    loaded by name) reduced to the seeded ``n_train`` subset, with ``probe_fraction`` set.
+    Idempotent: passing its result to :func:`train` again selects the same data."""
     if dataset is None:
         return load_dataset(
             config.dataset,
@@ -275,13 +310,31 @@ def _load(config: TrainConfig, dataset: Dataset | None) -> Dataset:
     return dataclasses.replace(dataset, probe_fraction=config.probe_fraction)
 
 
+_load = prepare_dataset
+
+
 def train(
-    config: TrainConfig, tracker: Any = None, *, dataset: Dataset | None = None
+    config: TrainConfig,
+    tracker: Any = None,
+    *,
+    dataset: Dataset | None = None,
+    checkpoint_every: int = 0,
+    on_checkpoint: Callable[[dict[str, Any]], None] | None = None,
+    resume: Mapping[str, Any] | None = None,
 ) -> TrainResult:
     """Train ``config.model`` on ``config.dataset`` with SGD; see the module docstring.
 
     ``dataset`` overrides loading ``config.dataset`` by name (``n_train`` still applies).
     The caller's global RNG state and torch's thread count are left as they were.
+
+    Checkpoints: every ``checkpoint_every`` steps (0: never; not after the last step),
+    ``on_checkpoint(state)`` receives the complete training state after that step's update,
+    evaluation and tracker hooks (see :func:`checkpoint_state`). ``resume=state`` continues
+    from such a state: on CPU the parameters, losses, history and tracker records are
+    bitwise those of the uninterrupted run (same data order mid-epoch, augmentation and
+    dropout noise, learning-rate schedule, momentum buffers, tracker state via its
+    ``state_dict``/``load_state_dict``). ``on_start`` is called again on resume, before the
+    tracker's state is loaded.
 
     ``num_threads``: on a machine shared with other busy processes, one thread per run
     is much faster than torch's default (measured on a 2-core machine with the other core
@@ -289,8 +342,16 @@ def train(
     """
     t0 = time.perf_counter()
     c = config
+    if not _is_int(checkpoint_every) or checkpoint_every < 0:
+        raise ConfigError(
+            f"checkpoint_every={checkpoint_every!r} is invalid: must be an integer >= 0"
+        )
+    if checkpoint_every and on_checkpoint is None:
+        raise ValueError("checkpoint_every > 0 needs on_checkpoint= a function of the state")
+    if resume is not None and dict(resume.get("config", {})) != c.to_dict():
+        raise ConfigError("resume= holds the state of a run with a different config")
     device = torch.device(c.device)
-    ds = _load(c, dataset)
+    ds = prepare_dataset(c, dataset)
     fork_devices = [device.index or 0] if device.type == "cuda" else []
     threads = torch.get_num_threads()
     try:
@@ -305,119 +366,207 @@ def train(
                     f"model_kwargs={c.model_kwargs!r} rejected by {c.model!r}: {e}"
                 ) from e
             torch.manual_seed(c.data_seed)  # dropout noise
-            return _run(c, model, ds, device, tracker, t0)
+            loop = _Loop(c, model, ds, device, tracker, t0)
+            return loop.run(checkpoint_every, on_checkpoint, resume)
     finally:
         torch.set_num_threads(threads)
 
 
-def _run(
-    c: TrainConfig, model: nn.Module, ds: Dataset, device: torch.device, tracker: Any, t0: float
-) -> TrainResult:
-    memory_format = torch.channels_last if c.channels_last else torch.contiguous_format
-    model.to(device=device, memory_format=memory_format)
-    model.train()
-    x_train, y_train = ds.x_train.to(device), ds.y_train.to(device)
-    x_test, y_test = ds.x_test.to(device), ds.y_test.to(device)
-    if c.channels_last and x_train.dim() == 4:
-        x_train = x_train.contiguous(memory_format=torch.channels_last)
-        x_test = x_test.contiguous(memory_format=torch.channels_last)
-    if c.augment and x_train.dim() != 4:
-        raise ConfigError(f"augment=True needs images (N, C, H, W); {ds.name} has {ds.input_shape}")
-    fill = None
-    if c.augment and "mean" in ds.meta:  # pad with black pixels of the normalised data
-        mean, std = torch.tensor(ds.meta["mean"]), torch.tensor(ds.meta["std"])
-        fill = (-mean / std).to(device)
+#: Keys of a checkpoint state (see :meth:`_Loop.state`).
+CHECKPOINT_KEYS = (
+    "config", "step", "model", "optimizer", "shuffle_rng", "augment_rng", "torch_rng",
+    "cuda_rng", "history", "losses", "seconds", "tracker",
+)  # fmt: skip
 
-    groups = conv_weight_decay_groups(model, c.weight_decay)
-    if c.weight_decay > 0 and not any(g["weight_decay"] for g in groups):
-        raise ConfigError(
-            f"weight_decay={c.weight_decay} has no effect: {c.model!r} has no convolution "
-            "kernels (weight decay applies to them only, paper App. D); set it to 0"
-        )
-    opt = torch.optim.SGD(groups, lr=c.lr, momentum=c.momentum, nesterov=c.nesterov)
 
-    n, bs = len(y_train), c.batch_size
-    per_epoch = n // bs if c.drop_last else math.ceil(n / bs)
-    if per_epoch == 0:
-        raise ConfigError(f"batch_size={bs} with drop_last=True exceeds the {n} examples")
-    total = c.steps if c.steps is not None else (c.epochs or 1) * per_epoch
-    shuffle = torch.Generator().manual_seed(c.data_seed)
-    aug_gen = torch.Generator().manual_seed(c.data_seed + 1_000_003)
-    x_eval, y_eval = x_train, y_train
-    if c.eval_train_size is not None and c.eval_train_size < n:
-        idx = torch.randperm(n, generator=torch.Generator().manual_seed(0))[: c.eval_train_size]
-        x_eval, y_eval = x_train[idx.sort().values], y_train[idx.sort().values]
+class _Loop:
+    """One run's SGD loop, its state in attributes so that it can be checkpointed."""
 
-    history: list[dict[str, float]] = []
-    losses: list[float] = []
+    def __init__(
+        self,
+        c: TrainConfig,
+        model: nn.Module,
+        ds: Dataset,
+        device: torch.device,
+        tracker: Any,
+        t0: float,
+    ) -> None:
+        self.c, self.model, self.ds, self.device, self.tracker, self.t0 = (
+            c, model, ds, device, tracker, t0
+        )  # fmt: skip
+        memory_format = torch.channels_last if c.channels_last else torch.contiguous_format
+        model.to(device=device, memory_format=memory_format)
+        model.train()
+        self.x_train, self.y_train = ds.x_train.to(device), ds.y_train.to(device)
+        self.x_test, self.y_test = ds.x_test.to(device), ds.y_test.to(device)
+        if c.channels_last and self.x_train.dim() == 4:
+            self.x_train = self.x_train.contiguous(memory_format=torch.channels_last)
+            self.x_test = self.x_test.contiguous(memory_format=torch.channels_last)
+        if c.augment and self.x_train.dim() != 4:
+            raise ConfigError(
+                f"augment=True needs images (N, C, H, W); {ds.name} has {ds.input_shape}"
+            )
+        self.fill = None
+        if c.augment and "mean" in ds.meta:  # pad with black pixels of the normalised data
+            mean, std = torch.tensor(ds.meta["mean"]), torch.tensor(ds.meta["std"])
+            self.fill = (-mean / std).to(device)
 
-    def record(step: int) -> None:
-        tr_loss, tr_acc = evaluate(model, x_eval, y_eval, c.eval_batch_size)
-        va_loss, va_acc = evaluate(model, x_test, y_test, c.eval_batch_size)
-        history.append(
-            {
-                "step": step,
-                "epoch": step / per_epoch,
-                "lr": opt.param_groups[0]["lr"],
-                "train_loss": tr_loss,
-                "train_acc": tr_acc,
-                "val_loss": va_loss,
-                "val_acc": va_acc,
-                "seconds": time.perf_counter() - t0,
-            }
-        )
+        groups = conv_weight_decay_groups(model, c.weight_decay)
+        if c.weight_decay > 0 and not any(g["weight_decay"] for g in groups):
+            raise ConfigError(
+                f"weight_decay={c.weight_decay} has no effect: {c.model!r} has no convolution "
+                "kernels (weight decay applies to them only, paper App. D); set it to 0"
+            )
+        self.opt = torch.optim.SGD(groups, lr=c.lr, momentum=c.momentum, nesterov=c.nesterov)
+        self.n = len(self.y_train)
+        self.per_epoch, self.total = c.steps_per_epoch(self.n), c.total_steps(self.n)
+        self.shuffle = torch.Generator().manual_seed(c.data_seed)
+        self.shuffle_at_epoch_start = self.shuffle.get_state()
+        self.aug_gen = torch.Generator().manual_seed(c.data_seed + 1_000_003)
+        self.x_eval, self.y_eval = self.x_train, self.y_train
+        if c.eval_train_size is not None and c.eval_train_size < self.n:
+            g = torch.Generator().manual_seed(0)
+            idx = torch.randperm(self.n, generator=g)[: c.eval_train_size].sort().values
+            self.x_eval, self.y_eval = self.x_train[idx], self.y_train[idx]
+        self.history: list[dict[str, float]] = []
+        self.losses: list[float] = []
+        self.step = 0
+        self.perm: Tensor | None = None
+        self.hook = {k: getattr(tracker, k, None) for k in _HOOKS}
 
-    hook = {k: getattr(tracker, k, None) for k in _HOOKS}
-    if hook["on_start"] is not None:
-        hook["on_start"](model, ds, c)
-    before, after = hook["before_step"], hook["after_step"]
-    evaluating = c.eval_every != 0
-    if evaluating:
-        record(0)
-    step, diverged_at = 0, None
-    while step < total and diverged_at is None:
-        epoch = step // per_epoch
-        lr = c.lr * c.lr_decay_factor ** sum(e <= epoch for e in c.lr_decay_epochs)
-        for g in opt.param_groups:
-            g["lr"] = lr
-        perm = torch.randperm(n, generator=shuffle).to(device)
-        for b in range(min(per_epoch, total - step)):
-            idx = perm[b * bs : (b + 1) * bs]
-            xb, yb = x_train[idx], y_train[idx]
+    def evaluate(self) -> None:
+        c, t = self.c, time.perf_counter()
+        tr_loss, tr_acc = evaluate(self.model, self.x_eval, self.y_eval, c.eval_batch_size)
+        va_loss, va_acc = evaluate(self.model, self.x_test, self.y_test, c.eval_batch_size)
+        entry = {
+            "step": self.step,
+            "epoch": self.step / self.per_epoch,
+            "lr": self.opt.param_groups[0]["lr"],
+            "train_loss": tr_loss,
+            "train_acc": tr_acc,
+            "val_loss": va_loss,
+            "val_acc": va_acc,
+            "seconds": time.perf_counter() - self.t0,
+        }
+        self.history.append(entry)
+        if self.hook["on_evaluate"] is not None:
+            self.hook["on_evaluate"](dict(entry), time.perf_counter() - t)
+
+    def state(self) -> dict[str, Any]:
+        """The complete state after ``self.step`` updates (everything needed to continue
+        bitwise): copies, safe to keep while training goes on."""
+        c, step = self.c, self.step
+        mid_epoch = step % self.per_epoch != 0
+        tracker_state = getattr(self.tracker, "state_dict", None)
+        return {
+            "config": c.to_dict(),
+            "step": step,
+            "model": copy.deepcopy(self.model.state_dict()),
+            "optimizer": copy.deepcopy(self.opt.state_dict()),
+            # mid-epoch: the generator as it was before this epoch's permutation was drawn
+            "shuffle_rng": self.shuffle_at_epoch_start if mid_epoch else self.shuffle.get_state(),
+            "augment_rng": self.aug_gen.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state(self.device)
+            if self.device.type == "cuda"
+            else None,
+            "history": copy.deepcopy(self.history),
+            "losses": list(self.losses),
+            "seconds": time.perf_counter() - self.t0,
+            "tracker": copy.deepcopy(tracker_state()) if tracker_state is not None else None,
+        }
+
+    def restore(self, s: Mapping[str, Any]) -> None:
+        missing = [k for k in CHECKPOINT_KEYS if k not in s]
+        if missing:
+            raise ValueError(f"resume= is not a checkpoint state: missing {missing}")
+        if not 0 <= s["step"] <= self.total:
+            raise ValueError(f"resume= is at step {s['step']}, beyond this run's {self.total}")
+        self.model.load_state_dict(s["model"])
+        self.opt.load_state_dict(s["optimizer"])
+        self.step = int(s["step"])
+        self.shuffle.set_state(s["shuffle_rng"])
+        if self.step % self.per_epoch != 0:
+            self.shuffle_at_epoch_start = self.shuffle.get_state()
+            self.perm = torch.randperm(self.n, generator=self.shuffle).to(self.device)
+        self.aug_gen.set_state(s["augment_rng"])
+        torch.set_rng_state(s["torch_rng"])
+        if s["cuda_rng"] is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state(s["cuda_rng"], self.device)
+        self.history = copy.deepcopy(list(s["history"]))
+        self.losses = list(s["losses"])
+        self.t0 = time.perf_counter() - float(s["seconds"])
+
+    def run(
+        self,
+        checkpoint_every: int,
+        on_checkpoint: Callable[[dict[str, Any]], None] | None,
+        resume: Mapping[str, Any] | None,
+    ) -> TrainResult:
+        c, hook, model, opt = self.c, self.hook, self.model, self.opt
+        if resume is not None:
+            self.restore(resume)
+        if hook["on_start"] is not None:
+            hook["on_start"](model, self.ds, c)
+        if resume is not None and resume["tracker"] is not None:
+            self.tracker.load_state_dict(resume["tracker"])
+        before, after = hook["before_step"], hook["after_step"]
+        evaluating = c.eval_every != 0
+        if evaluating and resume is None:
+            self.evaluate()
+        bs, diverged_at = c.batch_size, None
+        while self.step < self.total:
+            epoch, b = divmod(self.step, self.per_epoch)
+            lr = c.lr_at(epoch)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            if b == 0:
+                self.shuffle_at_epoch_start = self.shuffle.get_state()
+                self.perm = torch.randperm(self.n, generator=self.shuffle).to(self.device)
+            assert self.perm is not None
+            idx = self.perm[b * bs : (b + 1) * bs]
+            xb, yb = self.x_train[idx], self.y_train[idx]
             if c.augment:
-                xb = augment_crop_flip(xb, aug_gen, fill=fill)
+                xb = augment_crop_flip(xb, self.aug_gen, fill=self.fill)
             loss = F.cross_entropy(model(xb), yb)
             value = loss.item()
             if not math.isfinite(value):
-                diverged_at = step
+                diverged_at = self.step
                 break
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if before is not None:
-                before(step, model, (xb, yb), loss)
+                before(self.step, model, (xb, yb), loss)
             opt.step()
             if after is not None:
-                after(step, model)
-            losses.append(value)
-            step += 1
-            if evaluating and c.eval_every is not None and step % c.eval_every == 0:
-                record(step)
-        if evaluating and c.eval_every is None and diverged_at is None:
-            record(step)
-    if diverged_at is None and not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
-        diverged_at = step
-    if evaluating and diverged_at is None and history[-1]["step"] != step:
-        record(step)
-    result = TrainResult(
-        status="finished" if diverged_at is None else "diverged",
-        config=c,
-        model=model,
-        history=history,
-        losses=losses,
-        steps=step,
-        seconds=time.perf_counter() - t0,
-        diverged_at=diverged_at,
-    )
-    if hook["on_end"] is not None:
-        hook["on_end"](result)
-    return result
+                after(self.step, model)
+            self.losses.append(value)
+            self.step += 1
+            if evaluating and (
+                self.step % c.eval_every == 0
+                if c.eval_every is not None
+                else self.step % self.per_epoch == 0 or self.step == self.total
+            ):
+                self.evaluate()
+            if checkpoint_every and self.step % checkpoint_every == 0 and self.step < self.total:
+                assert on_checkpoint is not None
+                on_checkpoint(self.state())
+        step = self.step
+        finite = all(bool(torch.isfinite(p).all()) for p in model.parameters())
+        if diverged_at is None and not finite:
+            diverged_at = step
+        if evaluating and diverged_at is None and self.history[-1]["step"] != step:
+            self.evaluate()
+        result = TrainResult(
+            status="finished" if diverged_at is None else "diverged",
+            config=c,
+            model=model,
+            history=self.history,
+            losses=self.losses,
+            steps=step,
+            seconds=time.perf_counter() - self.t0,
+            diverged_at=diverged_at,
+        )
+        if hook["on_end"] is not None:
+            hook["on_end"](result)
+        return result

@@ -1,0 +1,406 @@
+"""The run store: one directory per run, written so that a kill at any moment loses nothing.
+
+Layout of a run directory::
+
+    config.json     the resolved config, written once; a resume with another config is refused
+    records.jsonl   one JSON record per line, appended, flushed and fsynced record by record
+    status          running | finished | diverged | failed: <error message>   (atomic)
+    checkpoint.pt   training state + tracker state + number of records written  (atomic)
+    summary.json    written at the end: status, steps, seconds, last loss        (atomic)
+    model.pt        the final parameters (state_dict)                             (atomic)
+
+A record is a dict ``{"step", "epoch", "measure", "values": {key: float}, "seconds",
+"matvecs"}``. Atomic files are written to ``<name>.tmp``, fsynced, then ``os.replace``\\d,
+so a reader sees the old or the new file, never a mix. A kill during an append can leave
+an incomplete last line in ``records.jsonl``: readers ignore it, and :meth:`RunStore.open`
+cuts the file back to the records counted in the checkpoint (so a resumed run neither loses
+nor duplicates a record).
+
+:func:`load_run` returns the records as a tidy pandas DataFrame; :func:`export` writes it
+to Parquet (needs pyarrow) or CSV.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = [
+    "DEFAULT_MIN_FREE_BYTES",
+    "ConfigMismatchError",
+    "OutputDirError",
+    "RunStore",
+    "RunStoreError",
+    "export",
+    "load_run",
+    "read_config",
+    "read_records",
+    "read_status",
+    "read_summary",
+]
+
+CONFIG, RECORDS, STATUS, CHECKPOINT, SUMMARY, MODEL = (
+    "config.json", "records.jsonl", "status", "checkpoint.pt", "summary.json", "model.pt"
+)  # fmt: skip
+#: Free disk space a run needs before it starts (bytes); checkpoints of the paper's models
+#: are well below this (the MLP's is 2 MB, ResNet-32's 4 MB).
+DEFAULT_MIN_FREE_BYTES = 64 * 2**20
+FORMAT_VERSION = 1
+COLUMNS = ["run", "step", "epoch", "measure", "key", "value", "seconds", "matvecs"]
+
+
+class RunStoreError(Exception):
+    """A run directory cannot be used (the message says why and what to do)."""
+
+
+class OutputDirError(RunStoreError, OSError):
+    """The output directory cannot be created or written, or its disk is (nearly) full."""
+
+
+class ConfigMismatchError(RunStoreError, ValueError):
+    """The run directory holds a run of another config; ``keys`` lists the differing keys."""
+
+    def __init__(self, path: Path, keys: list[str]) -> None:
+        self.keys = keys
+        super().__init__(
+            f"{path} holds a run with a different config (differing keys: {', '.join(keys)}); "
+            "use another output directory, or the config saved in its config.json"
+        )
+
+
+# ------------------------------------------------------------------ atomic writes
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # some platforms cannot open directories
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    """Write ``path`` through ``write(file)`` on ``path.tmp``, fsync, then rename over it."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    _atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def _plain(x: Any) -> Any:
+    """JSON-able copy: tuples as lists, tensors and numpy scalars/arrays as Python values."""
+    if isinstance(x, Mapping):
+        return {str(k): _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    if hasattr(x, "tolist"):  # torch.Tensor, numpy arrays and scalars
+        return x.tolist()
+    if isinstance(x, os.PathLike):
+        return os.fspath(x)
+    return x
+
+
+def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
+    """Dotted keys where the nested mappings ``a`` and ``b`` differ."""
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        out = []
+        for k in sorted(set(a) | set(b)):
+            key = f"{prefix}.{k}" if prefix else str(k)
+            if k not in a or k not in b:
+                out.append(key)
+            else:
+                out += _diff(a[k], b[k], key)
+        return out
+    return [] if a == b else [prefix or "<config>"]
+
+
+# ------------------------------------------------------------------ the store
+
+
+class RunStore:
+    """One run's directory (see the module docstring).
+
+    ``RunStore(path)`` only stores its arguments; :meth:`open` checks the directory, writes
+    or checks ``config.json``, cuts ``records.jsonl`` back to the last checkpoint and
+    returns that checkpoint (None for a fresh run). Then :meth:`append` each record,
+    :meth:`save_checkpoint` on a schedule, and :meth:`finish` or :meth:`fail` at the end.
+    ``n_records_`` counts the records in the file.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, min_free_bytes: int = DEFAULT_MIN_FREE_BYTES):
+        self.path = Path(path)
+        self.min_free_bytes = min_free_bytes
+        self.n_records_ = 0
+        self._file: Any = None
+
+    # -- checks and opening
+
+    def check_writable(self) -> None:
+        """Create the directory and raise :class:`OutputDirError` if it cannot be written
+        or its disk has less than ``min_free_bytes`` free."""
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise OutputDirError(f"cannot create the run directory {self.path}: {e}") from e
+        probe = self.path / ".write-test"
+        try:
+            probe.write_bytes(b"ok")
+            probe.unlink()
+        except OSError as e:
+            raise OutputDirError(f"the run directory {self.path} is not writable: {e}") from e
+        free = shutil.disk_usage(self.path).free
+        if free < self.min_free_bytes:
+            raise OutputDirError(
+                f"only {free / 2**20:.1f} MiB free on the disk of {self.path}; a run needs at "
+                f"least {self.min_free_bytes / 2**20:.0f} MiB: free some space or choose "
+                "another output directory"
+            )
+
+    @property
+    def status(self) -> str | None:
+        """The current status, or None before the run was opened."""
+        return read_status(self.path)
+
+    def open(self, config: Mapping[str, Any]) -> dict[str, Any] | None:
+        """Start or resume the run of ``config`` (a plain nested mapping).
+
+        A fresh directory gets ``config.json``; an existing one must hold the same config
+        (else :class:`ConfigMismatchError` naming the differing keys). Returns the last
+        checkpoint (None if there is none), with ``records.jsonl`` cut back to the
+        ``n_records`` it counts; the status becomes ``running``.
+        """
+        self.check_writable()
+        cfg = _plain(config)
+        cfg_path = self.path / CONFIG
+        if cfg_path.exists():
+            saved = read_config(self.path)
+            keys = _diff(saved, cfg)
+            if keys:
+                raise ConfigMismatchError(self.path, keys)
+        else:
+            _atomic_text(cfg_path, json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+        for stale in self.path.glob("*.tmp"):  # a kill during an atomic write
+            stale.unlink()
+        checkpoint = self.load_checkpoint()
+        self._truncate_records(checkpoint["n_records"] if checkpoint else 0)
+        self._file = open(self.path / RECORDS, "ab")
+        self.set_status("running")
+        return checkpoint
+
+    def _truncate_records(self, keep: int) -> None:
+        """Keep the first ``keep`` complete lines of records.jsonl, drop everything after."""
+        path = self.path / RECORDS
+        data = path.read_bytes() if path.exists() else b""
+        offset, count = 0, 0
+        while count < keep:
+            end = data.find(b"\n", offset)
+            if end < 0:
+                raise RunStoreError(
+                    f"{path} has {count} complete records, but the checkpoint counts {keep}: "
+                    "the file was changed or lost; start the run in a new directory"
+                )
+            offset, count = end + 1, count + 1
+        if offset != len(data):
+            with open(path, "r+b") as f:
+                f.truncate(offset)
+                f.flush()
+                os.fsync(f.fileno())
+        self.n_records_ = keep
+
+    # -- writing
+
+    def append(self, record: Mapping[str, Any]) -> None:
+        """Append one record as a JSON line; flushed and fsynced before returning. On an
+        error (e.g. a full disk) the partial line is cut off when possible, and the error
+        is raised."""
+        if self._file is None:
+            raise RunStoreError("append() before open()")
+        line = (json.dumps(_plain(record), sort_keys=True) + "\n").encode()
+        f = self._file
+        offset = f.tell()
+        try:
+            f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
+        except OSError:
+            try:
+                f.truncate(offset)
+                f.seek(offset)
+            except OSError:
+                pass  # readers ignore an incomplete last line anyway
+            raise
+        self.n_records_ += 1
+
+    def save_checkpoint(self, state: Mapping[str, Any]) -> None:
+        """Write ``state`` plus ``n_records`` (records written so far) to checkpoint.pt,
+        atomically."""
+        full = {**state, "n_records": self.n_records_, "format_version": FORMAT_VERSION}
+        _atomic_write(self.path / CHECKPOINT, lambda f: torch.save(full, f))
+
+    def load_checkpoint(self) -> dict[str, Any] | None:
+        """The last checkpoint, or None."""
+        path = self.path / CHECKPOINT
+        if not path.exists():
+            return None
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise RunStoreError(f"{path} is not a readable checkpoint: {e}") from e
+        if state.get("format_version") != FORMAT_VERSION:
+            raise RunStoreError(f"{path} has format {state.get('format_version')!r}, "
+                                f"expected {FORMAT_VERSION}")  # fmt: skip
+        return state
+
+    def set_status(self, status: str) -> None:
+        """Write the status file atomically (one line)."""
+        _atomic_text(self.path / STATUS, status.replace("\n", " ").strip() + "\n")
+
+    def finish(
+        self, status: str, summary: Mapping[str, Any], model_state: Mapping[str, Any]
+    ) -> None:
+        """End a run that trained to its end (``finished``) or ``diverged``: write
+        summary.json and model.pt, then the status; the checkpoint is removed last."""
+        self.close()
+        _atomic_text(self.path / SUMMARY, json.dumps(_plain(summary), indent=2) + "\n")
+        _atomic_write(self.path / MODEL, lambda f: torch.save(dict(model_state), f))
+        self.set_status(status)
+        (self.path / CHECKPOINT).unlink(missing_ok=True)
+
+    def fail(self, message: str) -> None:
+        """Mark the run ``failed: <message>`` (best effort: the disk may be full)."""
+        self.close()
+        try:
+            self.set_status(f"failed: {message}")
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        if self._file is not None:
+            try:
+                self._file.close()
+            except OSError:
+                pass
+            self._file = None
+
+
+# ------------------------------------------------------------------ reading
+
+
+def read_status(path: str | os.PathLike) -> str | None:
+    """The status of the run in ``path`` (None if it has none)."""
+    p = Path(path) / STATUS
+    return p.read_text().strip() if p.exists() else None
+
+
+def read_config(path: str | os.PathLike) -> dict[str, Any]:
+    """The resolved config of the run in ``path``."""
+    p = Path(path) / CONFIG
+    if not p.exists():
+        raise FileNotFoundError(f"{path} is not a run directory: it has no {CONFIG}")
+    return json.loads(p.read_text())
+
+
+def read_summary(path: str | os.PathLike) -> dict[str, Any] | None:
+    """summary.json of a run that ended, else None."""
+    p = Path(path) / SUMMARY
+    return json.loads(p.read_text()) if p.exists() else None
+
+
+def read_records(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The complete records of the run in ``path``, in order. An incomplete last line (a
+    kill or a full disk during a write) is ignored; a malformed complete line raises
+    ``ValueError`` naming it."""
+    p = Path(path) / RECORDS
+    if not p.exists():
+        if not (Path(path) / CONFIG).exists():
+            raise FileNotFoundError(f"{path} is not a run directory: it has no {CONFIG}")
+        return []
+    data = p.read_bytes()
+    lines = data.split(b"\n")[:-1]  # the piece after the last newline is incomplete or empty
+    out = []
+    for i, line in enumerate(lines, 1):
+        try:
+            out.append(json.loads(line))
+        except ValueError as e:
+            raise ValueError(f"{p}, line {i}: not a JSON record ({e})") from e
+    return out
+
+
+def _number(v: Any) -> float | None:
+    if isinstance(v, bool):
+        return float(v)
+    if isinstance(v, (int, float)):
+        return float(v)
+    if v is None:
+        return math.nan
+    return None  # lists, strings: not a scalar
+
+
+def load_run(path: str | os.PathLike | Iterable[str | os.PathLike]) -> Any:
+    """The records of one run directory (or several) as a tidy pandas DataFrame.
+
+    One row per scalar value: columns ``run`` (the directory name), ``step``, ``epoch``,
+    ``measure``, ``key``, ``value`` (float; booleans as 0/1, None as NaN), and the record's
+    cost ``seconds`` and ``matvecs`` (repeated on each of its rows). Non-scalar values
+    (lists) are left out. Incomplete last lines are ignored (see :func:`read_records`).
+    """
+    import pandas as pd
+
+    paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
+    rows = []
+    for p in paths:
+        run = Path(p).resolve().name
+        for r in read_records(p):
+            for key, v in r.get("values", {}).items():
+                x = _number(v)
+                if x is not None:
+                    rows.append((run, r.get("step"), r.get("epoch"), r.get("measure"), key, x,
+                                 r.get("seconds", math.nan), r.get("matvecs", 0)))  # fmt: skip
+    df = pd.DataFrame(rows, columns=COLUMNS)
+    return df.astype({"step": "int64", "value": "float64", "seconds": "float64"})
+
+
+def export(
+    path: str | os.PathLike, to: str = "parquet", out: str | os.PathLike | None = None
+) -> Path:
+    """Write :func:`load_run` of ``path`` to ``out`` (default ``<path>/records.<ext>``) as
+    ``to='parquet'`` (needs pyarrow) or ``'csv'``; returns the file written."""
+    if to not in ("parquet", "csv"):
+        raise ValueError(f"to={to!r} is invalid: must be 'parquet' or 'csv'")
+    if to == "parquet":
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError as e:
+            raise ImportError(
+                "exporting to Parquet needs pyarrow: pip install pyarrow (or use to='csv')"
+            ) from e
+    df = load_run(path)
+    target = Path(out) if out is not None else Path(path) / f"records.{to}"
+    if to == "parquet":
+        df.to_parquet(target, index=False)
+    else:
+        df.to_csv(target, index=False)
+    return target
