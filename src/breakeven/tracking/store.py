@@ -38,6 +38,7 @@ __all__ = [
     "OutputDirError",
     "RunStore",
     "RunStoreError",
+    "config_diff",
     "export",
     "load_run",
     "read_config",
@@ -47,8 +48,13 @@ __all__ = [
 ]
 
 CONFIG, RECORDS, STATUS, CHECKPOINT, SUMMARY, MODEL = (
-    "config.json", "records.jsonl", "status", "checkpoint.pt", "summary.json", "model.pt"
-)  # fmt: skip
+    "config.json",
+    "records.jsonl",
+    "status",
+    "checkpoint.pt",
+    "summary.json",
+    "model.pt",
+)
 #: Free disk space a run needs before it starts (bytes); checkpoints of the paper's models
 #: are well below this (the MLP's is 2 MB, ResNet-32's 4 MB).
 DEFAULT_MIN_FREE_BYTES = 64 * 2**20
@@ -123,7 +129,7 @@ def _plain(x: Any) -> Any:
     return x
 
 
-def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
+def config_diff(a: Any, b: Any, prefix: str = "") -> list[str]:
     """Dotted keys where the nested mappings ``a`` and ``b`` differ."""
     if isinstance(a, Mapping) and isinstance(b, Mapping):
         out = []
@@ -132,7 +138,7 @@ def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
             if k not in a or k not in b:
                 out.append(key)
             else:
-                out += _diff(a[k], b[k], key)
+                out += config_diff(a[k], b[k], key)
         return out
     return [] if a == b else [prefix or "<config>"]
 
@@ -197,7 +203,7 @@ class RunStore:
         cfg_path = self.path / CONFIG
         if cfg_path.exists():
             saved = read_config(self.path)
-            keys = _diff(saved, cfg)
+            keys = config_diff(saved, cfg)
             if keys:
                 raise ConfigMismatchError(self.path, keys)
         else:
@@ -270,8 +276,9 @@ class RunStore:
         except Exception as e:
             raise RunStoreError(f"{path} is not a readable checkpoint: {e}") from e
         if state.get("format_version") != FORMAT_VERSION:
-            raise RunStoreError(f"{path} has format {state.get('format_version')!r}, "
-                                f"expected {FORMAT_VERSION}")  # fmt: skip
+            raise RunStoreError(
+                f"{path} has format {state.get('format_version')!r}, expected {FORMAT_VERSION}"
+            )
         return state
 
     def set_status(self, status: str) -> None:
@@ -377,8 +384,18 @@ def load_run(path: str | os.PathLike | Iterable[str | os.PathLike]) -> Any:
             for key, v in r.get("values", {}).items():
                 x = _number(v)
                 if x is not None:
-                    rows.append((run, r.get("step"), r.get("epoch"), r.get("measure"), key, x,
-                                 r.get("seconds", math.nan), r.get("matvecs", 0)))  # fmt: skip
+                    rows.append(
+                        (
+                            run,
+                            r.get("step"),
+                            r.get("epoch"),
+                            r.get("measure"),
+                            key,
+                            x,
+                            r.get("seconds", math.nan),
+                            r.get("matvecs", 0),
+                        )
+                    )
     df = pd.DataFrame(rows, columns=COLUMNS)
     return df.astype({"step": "int64", "value": "float64", "seconds": "float64"})
 

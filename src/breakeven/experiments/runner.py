@@ -1,0 +1,462 @@
+"""Run configs: TOML loading, ``--set`` overrides, validation, and one tracked, resumable run.
+
+A run config (a TOML file, a preset name, or the same as a dict) has three tables::
+
+    name = "mlp_fashion"          # optional: default output folder runs/<name>
+    [run]
+    checkpoint_every = 500        # steps between checkpoints (0: none; default 500)
+    [train]                       # breakeven.TrainConfig fields
+    lr = 0.1
+    [track]                       # the tracker spec: {measure: {schedule, arguments}}
+    covariance = { every = 50, num_batches = 25 }
+
+:func:`run` validates everything before training (unknown keys or bad values raise
+:class:`~breakeven.ConfigError` naming the key and what is allowed), then trains with the
+tracker, writing the run store (see :mod:`breakeven.tracking.store`). Running the same
+config into the same folder again resumes from the last checkpoint, or does nothing if the
+run has ended.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..data import Dataset
+from ..tracking import MEASURES, build_tracker
+from ..tracking.store import (
+    DEFAULT_MIN_FREE_BYTES,
+    ConfigMismatchError,
+    RunStore,
+    config_diff,
+    read_config,
+    read_summary,
+)
+from ..train import ConfigError, TrainConfig, TrainResult, prepare_dataset, train
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+__all__ = [
+    "PRESETS_DIR",
+    "RunConfig",
+    "RunOutcome",
+    "apply_overrides",
+    "default_out_dir",
+    "list_presets",
+    "load_config",
+    "resolve_config",
+    "run",
+]
+
+PRESETS_DIR = Path(__file__).parent / "presets"
+TABLES = ("train", "track", "run")
+TOP_KEYS = ("name", "description", *TABLES)
+RUN_KEYS = {"checkpoint_every": 500}  # key: default
+EVAL_MEASURE = "evaluation"  # the measure name of the training loop's evaluation records
+
+
+def list_presets() -> list[str]:
+    """Names of the bundled presets (``experiments/presets/*.toml``), sorted."""
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.toml"))
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path} is not valid TOML: {e}") from e
+
+
+def load_config(source: str | os.PathLike | Mapping[str, Any]) -> dict[str, Any]:
+    """The raw config from a TOML file path, a preset name, or a mapping (copied).
+
+    The ``name`` defaults to the file's or preset's stem (``"run"`` for a mapping)."""
+    if isinstance(source, Mapping):
+        cfg = json.loads(json.dumps(source))  # a deep, plain copy
+        cfg.setdefault("name", "run")
+        return cfg
+    path = Path(source)
+    if not path.is_file():
+        if str(source) in list_presets():
+            path = PRESETS_DIR / f"{source}.toml"
+        else:
+            raise ConfigError(
+                f"{source!r} is neither a TOML file nor a preset; presets: {list_presets()}"
+            )
+    cfg = _read_toml(path)
+    cfg.setdefault("name", path.stem)
+    return cfg
+
+
+def _parse_value(text: str) -> Any:
+    """A ``--set`` value as TOML (``0.1``, ``true``, ``[1, 2]``, ``"x"``), else the raw string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(
+    config: Mapping[str, Any], overrides: Sequence[str] | Mapping[str, Any] = ()
+) -> dict[str, Any]:
+    """A copy of ``config`` with ``overrides`` applied: ``"train.lr=0.05"``,
+    ``"track.covariance.every=100"``, ``"run.checkpoint_every=50"``, or a bare TrainConfig
+    or ``[run]`` key (``"lr=0.05"``). Values are read as TOML, falling back to a string."""
+    cfg = json.loads(json.dumps(config))
+    items: list[tuple[str, Any]]
+    if isinstance(overrides, Mapping):
+        items = list(overrides.items())
+    else:
+        items = []
+        for item in overrides:
+            key, sep, value = item.partition("=")
+            if not sep or not key.strip():
+                raise ConfigError(f"--set {item!r} is invalid: must be key=value")
+            items.append((key.strip(), _parse_value(value.strip())))
+    train_keys = TrainConfig.__dataclass_fields__
+    for key, value in items:
+        parts = key.split(".")
+        if len(parts) == 1 and key in train_keys:
+            parts = ["train", key]
+        elif len(parts) == 1 and key in RUN_KEYS:
+            parts = ["run", key]
+        elif parts[0] not in TOP_KEYS:
+            raise ConfigError(
+                f"--set {key}: unknown key; use train.<key>, track.<measure>.<option>, "
+                f"run.<key>, or a bare key of {sorted(train_keys)} or {sorted(RUN_KEYS)}"
+            )
+        node = cfg
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {key}: {p} is not a table")
+        node[parts[-1]] = value
+    return cfg
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """A validated run config: the training config, the tracker spec and run options."""
+
+    name: str
+    train: TrainConfig
+    track: dict[str, dict[str, Any]] = field(default_factory=dict, hash=False)
+    checkpoint_every: int = RUN_KEYS["checkpoint_every"]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved config as plain data (what ``config.json`` holds)."""
+        return {
+            "name": self.name,
+            "train": self.train.to_dict(),
+            "track": json.loads(json.dumps(self.track)),
+            "run": {"checkpoint_every": self.checkpoint_every},
+        }
+
+
+def _check_track(track: Any) -> dict[str, dict[str, Any]]:
+    if not isinstance(track, Mapping):
+        raise ConfigError(f"track={track!r} is invalid: must be a table of measure tables")
+    for name, options in track.items():
+        if name not in MEASURES:
+            raise ConfigError(f"track.{name}: unknown measure; allowed: {sorted(MEASURES)}")
+        if not isinstance(options, Mapping):
+            raise ConfigError(
+                f"track.{name}={options!r} is invalid: must be a table such as {{ every = 100 }}"
+            )
+    return {k: dict(v) for k, v in track.items()}
+
+
+def resolve_config(config: Mapping[str, Any]) -> RunConfig:
+    """Validate a raw config (after overrides) into a :class:`RunConfig`.
+
+    Raises :class:`~breakeven.ConfigError` naming any unknown key or invalid value. The
+    tracker's measure options are checked by building it (see :func:`run`)."""
+    unknown = sorted(set(config) - set(TOP_KEYS))
+    if unknown:
+        raise ConfigError(f"unknown top-level key(s) {unknown}; allowed: {list(TOP_KEYS)}")
+    for t in TABLES:
+        if not isinstance(config.get(t, {}), Mapping):
+            raise ConfigError(f"{t}={config[t]!r} is invalid: must be a table [{t}]")
+    run_opts = {**RUN_KEYS, **config.get("run", {})}
+    unknown = sorted(set(run_opts) - set(RUN_KEYS))
+    if unknown:
+        raise ConfigError(f"unknown run key(s) {unknown}; allowed: {sorted(RUN_KEYS)}")
+    ce = run_opts["checkpoint_every"]
+    if not isinstance(ce, int) or isinstance(ce, bool) or ce < 0:
+        raise ConfigError(
+            f"run.checkpoint_every={ce!r} is invalid: must be an integer >= 0 (steps; 0: none)"
+        )
+    name = config.get("name", "run")
+    if not isinstance(name, str) or not name or "/" in name:
+        raise ConfigError(f"name={name!r} is invalid: must be a non-empty string without '/'")
+    try:
+        train_cfg = TrainConfig.from_dict(config.get("train", {}))
+    except TypeError as e:  # e.g. a table where a value was expected
+        raise ConfigError(f"[train]: {e}") from e
+    return RunConfig(name, train_cfg, _check_track(config.get("track", {})), ce)
+
+
+def default_out_dir(config: Mapping[str, Any], overrides: Sequence[str] = ()) -> Path:
+    """``runs/<name>``, plus a short hash of the overrides when there are any (so that the
+    same command always resumes the same run)."""
+    name = config.get("name", "run")
+    if not overrides:
+        return Path("runs") / name
+    digest = hashlib.sha1("\n".join(overrides).encode()).hexdigest()[:8]
+    return Path("runs") / f"{name}-{digest}"
+
+
+@dataclass
+class RunOutcome:
+    """How :func:`run` ended: ``status`` (``finished``, ``diverged`` or ``failed: <error>``),
+    the run directory, the steps trained, the :class:`TrainResult` (None when the run had
+    already ended or failed) and whether it resumed from a checkpoint."""
+
+    status: str
+    path: Path
+    steps: int
+    result: TrainResult | None = None
+    resumed_from: int | None = None
+    error: BaseException | None = None
+
+
+class _Hooks:
+    """The training hooks of a run: the tracker's, plus evaluation records and progress."""
+
+    def __init__(self, tracker: Any, store: Any, progress: Any, first_step: int = 0) -> None:
+        self.tracker, self.store, self.progress = tracker, store, progress
+        self.first_step = first_step
+        if tracker is not None and hasattr(tracker, "state_dict"):
+            self.state_dict = tracker.state_dict
+            self.load_state_dict = tracker.load_state_dict
+
+    def _call(self, hook: str, *args: Any) -> None:
+        f = getattr(self.tracker, hook, None)
+        if f is not None:
+            f(*args)
+
+    def on_start(self, model: Any, dataset: Dataset, config: TrainConfig) -> None:
+        self._call("on_start", model, dataset, config)
+        if self.progress is not None:
+            self.progress.start(config.total_steps(dataset.n_train), self.first_step)
+
+    def before_step(self, step: int, model: Any, batch: Any, loss: Any) -> None:
+        self._call("before_step", step, model, batch, loss)
+        if self.progress is not None:
+            self.progress.loss = loss.item()
+
+    def after_step(self, step: int, model: Any) -> None:
+        self._call("after_step", step, model)
+        if self.progress is not None:
+            self.progress.update(step + 1)
+
+    def on_evaluate(self, entry: dict[str, float], seconds: float) -> None:
+        values = {k: v for k, v in entry.items() if k not in ("step", "epoch", "seconds")}
+        record = {
+            "step": int(entry["step"]),
+            "epoch": entry["epoch"],
+            "measure": EVAL_MEASURE,
+            "values": values,
+            "seconds": seconds,
+            "matvecs": 0,
+        }
+        self.store.append(record)
+        if self.progress is not None:
+            self.progress.record(record)
+
+    def on_end(self, result: TrainResult) -> None:
+        self._call("on_end", result)
+
+
+def run(
+    config: str | os.PathLike | Mapping[str, Any],
+    out_dir: str | os.PathLike | None = None,
+    overrides: Sequence[str] | Mapping[str, Any] = (),
+    *,
+    dataset: Dataset | None = None,
+    progress: bool | Callable[[], Any] = False,
+    min_free_bytes: int | None = None,
+) -> RunOutcome:
+    """Train and track one run of ``config`` (a TOML path, a preset name or a mapping),
+    writing its store to ``out_dir`` (default :func:`default_out_dir`).
+
+    Everything is checked before training: config keys and values, the tracker spec (by
+    building the tracker), the dataset, and that ``out_dir`` is writable with enough free
+    disk. An existing ``out_dir`` of the same config is resumed from its last checkpoint (a
+    different config is refused, naming the differing keys); one whose run ended is left as
+    it is. An ``OSError`` during training (e.g. a full disk) ends the run with status
+    ``failed: <error>`` and is returned in the outcome, not raised; any other exception
+    also marks the run failed and is raised.
+
+    ``dataset`` replaces loading ``train.dataset`` by name. ``progress=True`` shows a
+    progress bar on stderr (tqdm if installed).
+    """
+    raw = apply_overrides(load_config(config), overrides)
+    rc = resolve_config(raw)
+    if out_dir is None:
+        ov = (
+            list(overrides)
+            if not isinstance(overrides, Mapping)
+            else [f"{k}={v!r}" for k, v in overrides.items()]
+        )
+        out_dir = default_out_dir(raw, ov)
+    path = Path(out_dir)
+    store = RunStore(path, min_free_bytes=min_free_bytes or DEFAULT_MIN_FREE_BYTES)
+    status = store.status
+    if status in ("finished", "diverged"):  # ended: nothing to do
+        keys = config_diff(read_config(path), json.loads(json.dumps(rc.to_dict())))
+        if keys:
+            raise ConfigMismatchError(path, keys)
+        return RunOutcome(status, path, int((read_summary(path) or {}).get("steps", 0)))
+
+    store.check_writable()
+    ds = prepare_dataset(rc.train, dataset)
+    sink: list[Callable[[dict[str, Any]], None]] = []
+    tracker = None
+    if rc.track:
+        try:
+            tracker = build_tracker(
+                rc.track, on_record=lambda r: sink[0](r), seed=rc.train.data_seed
+            )
+        except (TypeError, ValueError) as e:
+            raise ConfigError(str(e)) from e
+    bar = _make_progress(progress)
+
+    def on_record(record: dict[str, Any]) -> None:
+        store.append(record)
+        if bar is not None:
+            bar.record(record)
+
+    sink.append(on_record)
+    checkpoint = store.open(rc.to_dict())
+    resumed_from = None if checkpoint is None else int(checkpoint["step"])
+    hooks = _Hooks(tracker, store, bar, resumed_from or 0)
+    try:
+        result = train(
+            rc.train,
+            hooks,
+            dataset=ds,
+            checkpoint_every=rc.checkpoint_every,
+            on_checkpoint=store.save_checkpoint if rc.checkpoint_every else None,
+            resume=checkpoint,
+        )
+        summary = {
+            "status": result.status,
+            "steps": result.steps,
+            "seconds": result.seconds,
+            "diverged_at": result.diverged_at,
+            "last_loss": result.losses[-1] if result.losses else None,
+            "final": result.final,
+            "resumed_from": resumed_from,
+        }
+        store.finish(result.status, summary, result.model.state_dict())
+    except OSError as e:  # e.g. a full disk: a clean failed status
+        message = f"{type(e).__name__}: {e}"
+        store.fail(message)
+        return RunOutcome(f"failed: {message}", path, 0, None, resumed_from, error=e)
+    except BaseException as e:
+        interrupted = isinstance(e, KeyboardInterrupt)
+        store.fail("interrupted" if interrupted else f"{type(e).__name__}: {e}")
+        raise
+    finally:
+        store.close()
+        if bar is not None:
+            bar.close()
+    return RunOutcome(result.status, path, result.steps, result, resumed_from)
+
+
+# ------------------------------------------------------------------ progress
+
+
+def _fmt(v: float | None, spec: str = ".3g") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+class _Progress:
+    """Step, loss, accuracy, latest lambda_K^1 and lambda_H^1 and time left, on stderr: a
+    tqdm bar when tqdm is installed, else a line every ~5% of the run or 10 seconds."""
+
+    def __init__(self, use_tqdm: bool = True, stream: Any = None) -> None:
+        self.use_tqdm, self.stream = use_tqdm, stream or sys.stderr
+        self.loss: float | None = None
+        self.acc: float | None = None
+        self.lam_k: float | None = None
+        self.lam_h: float | None = None
+        self.bar: Any = None
+        self.total = 0
+        self.first = 0  # the step this process started from (> 0 when resumed)
+        self.t0 = self.last_print = 0.0
+
+    def start(self, total: int, first: int = 0) -> None:
+        self.total, self.first = total, first
+        self.t0 = self.last_print = time.perf_counter()
+        if self.use_tqdm:
+            try:
+                from tqdm.auto import tqdm
+            except ImportError:
+                return
+            self.bar = tqdm(
+                total=total,
+                initial=first,
+                unit="step",
+                dynamic_ncols=True,
+                mininterval=0.5,
+                file=self.stream,
+            )
+
+    def fields(self) -> dict[str, str]:
+        return {
+            "loss": _fmt(self.loss),
+            "acc": _fmt(self.acc, ".3f"),
+            "λK1": _fmt(self.lam_k),
+            "λH1": _fmt(self.lam_h),
+        }
+
+    def update(self, step: int) -> None:
+        """``step`` steps are done."""
+        if self.bar is not None:
+            self.bar.set_postfix(self.fields(), refresh=False)
+            self.bar.update(step - self.bar.n)
+            return
+        now = time.perf_counter()
+        if now - self.last_print < 10 and step % max(1, self.total // 20) and step != self.total:
+            return
+        self.last_print = now
+        done = step - self.first
+        left = (self.total - step) * (now - self.t0) / done if done > 0 else math.nan
+        text = " ".join(f"{k} {v}" for k, v in self.fields().items())
+        print(f"step {step}/{self.total} {text} left {left:.0f}s", file=self.stream, flush=True)
+
+    def record(self, record: dict[str, Any]) -> None:
+        values = record.get("values", {})
+        if "lambda_K_1" in values:
+            self.lam_k = values["lambda_K_1"]
+        if "lambda_H_1" in values:
+            self.lam_h = values["lambda_H_1"]
+        for key in ("val_acc", "val_accuracy"):
+            if key in values:
+                self.acc = values[key]
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _make_progress(progress: bool | Callable[[], Any]) -> Any:
+    if progress is True:
+        return _Progress()
+    if callable(progress):
+        return progress()
+    return None

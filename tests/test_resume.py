@@ -1,0 +1,203 @@
+"""Resume: a run continued from any checkpoint ends bitwise where the uninterrupted run ends
+(parameters, losses, history, tracker records), in-process and after SIGKILLs of a real
+``python -m breakeven.cli run`` subprocess."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from breakeven.data import Dataset
+from breakeven.models import register_model
+from breakeven.tracking import build_tracker
+from breakeven.tracking.store import read_records, read_status
+from breakeven.train import TrainConfig, train
+
+
+@register_model("test_resume_dropout_bn", (1, 6, 6), 3)
+def _dropout_bn(input_shape, num_classes, hidden: int = 12) -> nn.Module:
+    """BatchNorm (running statistics) and dropout (global RNG): both must survive a resume."""
+    d = math.prod(input_shape)
+    return nn.Sequential(nn.Flatten(), nn.Linear(d, hidden), nn.BatchNorm1d(hidden), nn.ReLU(),
+                         nn.Dropout(0.3), nn.Linear(hidden, num_classes))  # fmt: skip
+
+
+def toy(n: int = 90, shape: tuple[int, ...] = (1, 6, 6), classes: int = 3) -> Dataset:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n + 30, *shape, generator=g)
+    y = (x.flatten(1) @ torch.randn(math.prod(shape), classes, generator=g)).argmax(1)
+    return Dataset("toy", x[:n], y[:n], x[n:], y[n:], classes)
+
+
+TRACK = {
+    "covariance": {"every": 4, "num_batches": 3},
+    "hessian": {"every": 6, "k": 2},
+    "loss_change": {"every": 5},
+}
+
+
+def strip(records: list[dict]) -> list[dict]:
+    """Records without their timings (the only field that may differ between runs)."""
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in records]
+
+
+def history(result) -> list[dict]:
+    return [{k: v for k, v in h.items() if k != "seconds"} for h in result.history]
+
+
+def same_params(a: nn.Module, b: nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+CASES = {
+    # per epoch 9 steps; checkpoints every 4 land mid-epoch; lr decays; Nesterov momentum
+    "mlp": TrainConfig(model="mlp", model_kwargs={"hidden": (16,)}, batch_size=10, lr=0.1,
+                       momentum=0.9, nesterov=True, epochs=3, lr_decay_epochs=(2,)),
+    # BatchNorm running statistics and dropout noise; evaluation every 5 steps
+    "dropout_bn": TrainConfig(model="test_resume_dropout_bn", batch_size=8, lr=0.05,
+                              momentum=0.5, steps=25, eval_every=5),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_resume_from_every_checkpoint_is_bitwise_equal(case: str) -> None:
+    cfg, ds = CASES[case], toy()
+    full_tracker = build_tracker(TRACK)
+    states: list[dict] = []
+    full = train(cfg, full_tracker, dataset=ds, checkpoint_every=4, on_checkpoint=states.append)
+    assert full.status == "finished" and len(states) == (full.steps - 1) // 4
+    for state in states:
+        s = state["step"]
+        tracker = build_tracker(TRACK)
+        resumed = train(cfg, tracker, dataset=ds, resume=state)
+        assert same_params(resumed.model, full.model), f"parameters differ, resumed at {s}"
+        assert resumed.losses == full.losses and history(resumed) == history(full)
+        before = [r for r in full_tracker.records_ if r["step"] < s]
+        assert strip(before + tracker.records_) == strip(full_tracker.records_)
+
+
+def test_checkpoint_state_is_a_copy_and_resume_is_checked() -> None:
+    cfg, ds = CASES["mlp"], toy()
+    states: list[dict] = []
+    train(cfg, dataset=ds, checkpoint_every=9, on_checkpoint=states.append)
+    assert [s["step"] for s in states] == [9, 18]
+    w0, w1 = states[0]["model"]["net.0.weight"], states[1]["model"]["net.0.weight"]
+    assert not torch.equal(w0, w1)  # each state is a snapshot, not a live reference
+    with pytest.raises(ValueError, match="different config"):
+        train(cfg.replace(lr=0.2), dataset=ds, resume=states[0])
+    with pytest.raises(ValueError, match="on_checkpoint"):
+        train(cfg, dataset=ds, checkpoint_every=3)
+
+
+# ---------------------------------------------------------------- SIGKILL, real subprocess
+
+
+CONFIG = """
+[run]
+checkpoint_every = 40
+
+[train]
+model = "mlp"
+model_kwargs = {{ hidden = [256, 256] }}
+dataset = "npz"
+dataset_kwargs = {{ root = "{npz}" }}
+lr = 0.05
+momentum = 0.9
+batch_size = 32
+epochs = 4
+eval_every = 20
+num_threads = 1
+
+[track]
+covariance = {{ every = 10, num_batches = 4 }}
+hessian = {{ every = "epoch", k = 1 }}
+loss_change = {{ every = 10 }}
+"""
+
+
+@pytest.fixture(scope="module")
+def kill_setup(tmp_path_factory) -> dict:
+    """A tiny .npz dataset, its config, and one uninterrupted run to compare with."""
+    root = tmp_path_factory.mktemp("kill")
+    g = np.random.default_rng(0)
+    x = g.integers(0, 256, size=(1040, 16, 16), dtype=np.uint8)
+    y = (x.reshape(len(x), -1).astype(np.float32) @ g.standard_normal((256, 4))).argmax(1)
+    npz = root / "tiny.npz"
+    np.savez(npz, x_train=x[:960], y_train=y[:960], x_test=x[960:], y_test=y[960:])
+    config = root / "tiny.toml"
+    config.write_text(CONFIG.format(npz=npz))
+    ref = root / "reference"
+    assert cli(config, ref).wait(timeout=120) == 0
+    return {"root": root, "config": config, "ref": ref}
+
+
+def cli(config: Path, out: Path) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "breakeven.cli", "run", str(config), "--out", str(out),
+           "--no-progress"]  # fmt: skip
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def count_lines(path: Path) -> int:
+    try:
+        return path.read_bytes().count(b"\n")
+    except FileNotFoundError:
+        return 0
+
+
+def kill_when(proc: subprocess.Popen, ready, timeout: float = 60) -> None:
+    """SIGKILL ``proc`` as soon as ``ready()``; fail if it ended before."""
+    t0 = time.monotonic()
+    while not ready():
+        assert proc.poll() is None, f"the run ended before the kill point: {proc.stderr.read()}"
+        assert time.monotonic() - t0 < timeout
+        time.sleep(0.002)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+
+
+def test_sigkill_at_several_points_then_rerun_gives_the_uninterrupted_run(
+    kill_setup, tmp_path
+) -> None:
+    """One run directory, killed three times (before its first checkpoint, after one, after a
+    later one with a half-written last line and a stale temporary checkpoint, as a kill during
+    a write leaves them), then rerun to its end: the same records (no record lost or
+    duplicated) and bitwise the same parameters as the uninterrupted run."""
+    config, out = kill_setup["config"], tmp_path / "run"
+    records, ckpt = out / "records.jsonl", out / "checkpoint.pt"
+    lines = lambda: count_lines(records)  # noqa: E731
+
+    kill_when(cli(config, out), lambda: lines() >= 3)  # before the first checkpoint (step 40)
+    assert read_status(out) == "running" and not ckpt.exists()
+    kill_when(cli(config, out), lambda: ckpt.exists() and lines() >= 16)  # after it
+    assert read_status(out) == "running"
+    kill_when(cli(config, out), lambda: lines() >= 24)  # a later kill, resumed at step 40
+    assert read_status(out) == "running"
+    with open(records, "ab") as f:
+        f.write(b'{"step": 999, "measure": "covar')
+    (out / "checkpoint.pt.tmp").write_bytes(b"partial")
+    assert all(r["step"] != 999 for r in read_records(out))  # never read back
+
+    proc = cli(config, out)
+    assert proc.wait(timeout=120) == 0, proc.stderr.read()
+    assert not (out / "checkpoint.pt.tmp").exists() and not ckpt.exists()
+    assert read_status(out) == "finished"
+    assert strip(read_records(out)) == strip(read_records(kill_setup["ref"]))
+    a = torch.load(out / "model.pt", weights_only=True)
+    b = torch.load(kill_setup["ref"] / "model.pt", weights_only=True)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 120 and summary["resumed_from"] in (40, 80)
