@@ -21,6 +21,7 @@ from breakeven.tracking.store import (
     ConfigMismatchError,
     OutputDirError,
     RunStore,
+    RunStoreError,
     export,
     load_run,
     read_records,
@@ -72,7 +73,16 @@ def test_append_checkpoint_and_reopen_cut_back_to_the_checkpoint(tmp_path: Path)
     again.close()
     assert [r["values"]["x"] for r in read_records(tmp_path / "r")] == [0.0, 1.0, 2.0, 3.5]
     assert sorted(p.name for p in (tmp_path / "r").iterdir()) == [
-        "checkpoint.pt", "config.json", "records.jsonl", "status"]  # fmt: skip
+        "checkpoint.pt", "config.json", "lock", "records.jsonl", "status"]  # fmt: skip
+
+
+def test_a_second_writer_is_refused_while_the_first_holds_the_lock(tmp_path: Path) -> None:
+    first = RunStore(tmp_path)
+    first.open({})
+    with pytest.raises(RunStoreError, match="being written by another process"):
+        RunStore(tmp_path).open({})
+    first.close()  # released (also when the process dies: the OS drops the lock)
+    RunStore(tmp_path).open({})
 
 
 def test_a_half_written_last_line_is_never_read_back(tmp_path: Path) -> None:

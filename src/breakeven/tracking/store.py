@@ -8,6 +8,7 @@ Layout of a run directory::
     checkpoint.pt   training state + tracker state + number of records written  (atomic)
     summary.json    written at the end: status, steps, seconds, last loss        (atomic)
     model.pt        the final parameters (state_dict)                             (atomic)
+    lock            held (``flock``) by the process writing the run; a second one is refused
 
 A record is a dict ``{"step", "epoch", "measure", "values": {key: float}, "seconds",
 "matvecs"}``. Atomic files are written to ``<name>.tmp``, fsynced, then ``os.replace``\\d,
@@ -31,6 +32,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX: no lock
+    fcntl = None  # type: ignore[assignment]
 
 __all__ = [
     "DEFAULT_MIN_FREE_BYTES",
@@ -161,6 +167,7 @@ class RunStore:
         self.min_free_bytes = min_free_bytes
         self.n_records_ = 0
         self._file: Any = None
+        self._lock: Any = None
 
     # -- checks and opening
 
@@ -199,22 +206,41 @@ class RunStore:
         ``n_records`` it counts; the status becomes ``running``.
         """
         self.check_writable()
-        cfg = _plain(config)
-        cfg_path = self.path / CONFIG
-        if cfg_path.exists():
-            saved = read_config(self.path)
-            keys = config_diff(saved, cfg)
-            if keys:
-                raise ConfigMismatchError(self.path, keys)
-        else:
-            _atomic_text(cfg_path, json.dumps(cfg, indent=2, sort_keys=True) + "\n")
-        for stale in self.path.glob("*.tmp"):  # a kill during an atomic write
-            stale.unlink()
-        checkpoint = self.load_checkpoint()
-        self._truncate_records(checkpoint["n_records"] if checkpoint else 0)
-        self._file = open(self.path / RECORDS, "ab")
-        self.set_status("running")
+        self._acquire_lock()
+        try:
+            cfg = _plain(config)
+            cfg_path = self.path / CONFIG
+            if cfg_path.exists():
+                saved = read_config(self.path)
+                keys = config_diff(saved, cfg)
+                if keys:
+                    raise ConfigMismatchError(self.path, keys)
+            else:
+                _atomic_text(cfg_path, json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+            for stale in self.path.glob("*.tmp"):  # a kill during an atomic write
+                stale.unlink()
+            checkpoint = self.load_checkpoint()
+            self._truncate_records(checkpoint["n_records"] if checkpoint else 0)
+            self._file = open(self.path / RECORDS, "ab")
+            self.set_status("running")
+        except BaseException:
+            self.close()
+            raise
         return checkpoint
+
+    def _acquire_lock(self) -> None:
+        if fcntl is None or self._lock is not None:
+            return
+        lock = open(self.path / "lock", "a+b")
+        try:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            lock.close()
+            raise RunStoreError(
+                f"{self.path} is being written by another process (its lock is held): wait "
+                "for it to end, or use another output directory"
+            ) from e
+        self._lock = lock  # released by close(), or by the OS when the process dies
 
     def _truncate_records(self, keep: int) -> None:
         """Keep the first ``keep`` complete lines of records.jsonl, drop everything after."""
@@ -305,12 +331,15 @@ class RunStore:
             pass
 
     def close(self) -> None:
-        if self._file is not None:
-            try:
-                self._file.close()
-            except OSError:
-                pass
-            self._file = None
+        """Close the records file and release the lock."""
+        for name in ("_file", "_lock"):
+            f = getattr(self, name)
+            if f is not None:
+                try:
+                    f.close()
+                except OSError:
+                    pass
+                setattr(self, name, None)
 
 
 # ------------------------------------------------------------------ reading
