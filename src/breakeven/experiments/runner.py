@@ -203,8 +203,8 @@ def resolve_config(config: Mapping[str, Any]) -> RunConfig:
         raise ConfigError(f"name={name!r} is invalid: must be a non-empty string without '/'")
     try:
         train_cfg = TrainConfig.from_dict(config.get("train", {}))
-    except TypeError as e:  # e.g. a table where a value was expected
-        raise ConfigError(f"[train]: {e}") from e
+    except (ConfigError, TypeError) as e:  # TypeError: e.g. a table where a value was expected
+        raise ConfigError(f"[train] {e}") from e
     return RunConfig(name, train_cfg, _check_track(config.get("track", {})), ce)
 
 
