@@ -18,15 +18,14 @@ import pytest
 import torch
 from torch import nn
 
+from breakeven import models
 from breakeven.data import Dataset
 from breakeven.experiments import run
-from breakeven.models import register_model
 from breakeven.tracking import build_tracker
 from breakeven.tracking.store import read_records, read_status
 from breakeven.train import TrainConfig, train
 
 
-@register_model("test_resume_dropout_bn", (1, 6, 6), 3)
 def _dropout_bn(input_shape, num_classes, hidden: int = 12) -> nn.Module:
     """BatchNorm (running statistics) and dropout (global RNG): both must survive a resume."""
     d = math.prod(input_shape)
@@ -64,17 +63,23 @@ def same_params(a: nn.Module, b: nn.Module) -> bool:
 
 CASES = {
     # per epoch 9 steps; checkpoints every 4 land mid-epoch; lr decays; Nesterov momentum
-    "mlp": TrainConfig(model="mlp", model_kwargs={"hidden": (16,)}, batch_size=10, lr=0.1,
-                       momentum=0.9, nesterov=True, epochs=3, lr_decay_epochs=(2,)),
+    "mlp": dict(model="mlp", model_kwargs={"hidden": (16,)}, batch_size=10, lr=0.1,
+                momentum=0.9, nesterov=True, epochs=3, lr_decay_epochs=(2,)),
     # BatchNorm running statistics and dropout noise; evaluation every 5 steps
-    "dropout_bn": TrainConfig(model="test_resume_dropout_bn", batch_size=8, lr=0.05,
-                              momentum=0.5, steps=25, eval_every=5),
+    "dropout_bn": dict(model="test_resume_dropout_bn", batch_size=8, lr=0.05, momentum=0.5,
+                       steps=25, eval_every=5),
 }  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def dropout_bn_model(monkeypatch) -> None:
+    """Register the test model for this module's tests only (the registry stays as it was)."""
+    monkeypatch.setitem(models._REGISTRY, "test_resume_dropout_bn", (_dropout_bn, (1, 6, 6), 3))
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_resume_from_every_checkpoint_is_bitwise_equal(case: str) -> None:
-    cfg, ds = CASES[case], toy()
+    cfg, ds = TrainConfig(**CASES[case]), toy()
     full_tracker = build_tracker(TRACK)
     states: list[dict] = []
     full = train(cfg, full_tracker, dataset=ds, checkpoint_every=4, on_checkpoint=states.append)
@@ -90,7 +95,7 @@ def test_resume_from_every_checkpoint_is_bitwise_equal(case: str) -> None:
 
 
 def test_checkpoint_state_is_a_copy_and_resume_is_checked() -> None:
-    cfg, ds = CASES["mlp"], toy()
+    cfg, ds = TrainConfig(**CASES["mlp"]), toy()
     states: list[dict] = []
     train(cfg, dataset=ds, checkpoint_every=9, on_checkpoint=states.append)
     assert [s["step"] for s in states] == [9, 18]
