@@ -214,3 +214,15 @@ def test_no_warning_when_converged():
         warnings.simplefilter("error")
         res = be.hessian_eigenvalues(c.model, c.loss_fn, c.data)
     assert res.converged and math.isfinite(float(res.eigenvalues[0]))
+
+
+def test_warm_start_from_an_overtaken_eigenvector_still_finds_the_top():
+    """From e_2 alone Lanczos stops at once on lambda_2 (an exact eigenpair); the start
+    mixes in the gradient and a random vector, so the top is still found."""
+    c = make_case("mlp_ce")
+    evals, evecs = torch.linalg.eigh(dense("mlp_ce"))
+    e2 = evecs[:, -2]
+    plain = be.lanczos(be.HessianOperator(c.model, c.loss_fn, c.data), 1, v0=e2)
+    assert plain.eigenvalues[0] == pytest.approx(float(evals[-2]), rel=1e-8)  # the trap
+    res = be.hessian_eigenvalues(c.model, c.loss_fn, c.data, v0=e2, tol=1e-8)
+    assert res.eigenvalues[0] == pytest.approx(float(evals[-1]), rel=1e-6)

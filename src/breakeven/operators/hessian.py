@@ -164,6 +164,26 @@ class HessianOperator(LinearOperator):
             total = parts if total is None else [a + b for a, b in zip(total, parts)]
         return total
 
+    def gradient(self) -> Tensor:
+        """The flat gradient of the loss at theta (free when the first-order graph is cached)."""
+        with measuring(self.model, self.bn_mode):
+            if self.method == "reverse" and len(self.chunks) == 1:
+                if self._cached is None:
+                    self._cached = self._first_order(*self.chunks[0])
+                parts = [
+                    torch.zeros_like(p) if g is None else g.detach()
+                    for p, g in zip(self.params.values(), self._cached[1])
+                ]
+            else:
+                f = functional_loss(self.model, self.loss_fn)
+                parts = None
+                for x, y in self.chunks:
+                    leaves = [p.detach().requires_grad_(True) for p in self.params.values()]
+                    loss = f(dict(zip(self.params, leaves)), x, y) * self._weight(x)
+                    g = torch.autograd.grad(loss, leaves, allow_unused=True, materialize_grads=True)
+                    parts = list(g) if parts is None else [a + b for a, b in zip(parts, g)]
+        return flatten(parts)
+
     def release(self) -> None:
         """Drop the cached first-order graph (it is rebuilt on the next product)."""
         self._cached = None

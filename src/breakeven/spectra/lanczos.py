@@ -48,9 +48,13 @@ def _start_vector(dim: int, dtype, device, v0: Tensor | None, generator) -> Tens
         if not torch.isfinite(v).all() or v.norm() == 0:
             raise ValueError("v0 must be a finite, non-zero vector")
     else:
-        v = torch.randn(dim, generator=generator, dtype=torch.float64).to(
-            dtype=dtype, device=device
-        )
+        v = random_unit(dim, generator).to(dtype=dtype, device=device)
+    return v / v.norm()
+
+
+def random_unit(dim: int, generator: torch.Generator) -> Tensor:
+    """A uniformly random unit vector (float64, CPU) from a private generator."""
+    v = torch.randn(dim, generator=generator, dtype=torch.float64)
     return v / v.norm()
 
 
