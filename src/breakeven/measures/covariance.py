@@ -52,6 +52,12 @@ class CovarianceSpectrum:
     gram_eigenvectors: Tensor = field(repr=False)
     operator: GradientCovarianceOperator = field(repr=False)
 
+    @property
+    def mean_gradient_norm_sq(self) -> float:
+        """|g|^2 of the mean g of the L gradients, in float64 (a biased estimate of the
+        squared full gradient norm: its expectation exceeds it by about Tr(K) / L)."""
+        return self.operator.mean_norm_sq()
+
     def _check_k(self, k: int) -> None:
         if not isinstance(k, int) or not 1 <= k <= self.num_batches - 1:
             raise ValueError(

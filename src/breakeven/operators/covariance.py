@@ -186,6 +186,14 @@ class GradientCovarianceOperator(LinearOperator):
             self._gram = centred_gram(self.gradients)
         return self._gram
 
+    def mean_norm_sq(self) -> float:
+        """|g|^2 of the mean g of the L gradients, in float64."""
+        total = 0.0
+        for start in range(0, self.shape[0], _GRAM_COLUMNS):
+            block = self.gradients[:, start : start + _GRAM_COLUMNS].to(torch.float64)
+            total += float(block.mean(dim=0).pow(2).sum())
+        return total
+
     def centred_products(self, v: Tensor) -> Tensor:
         """C v in float64: the L dot products of the centred gradients with a flat vector."""
         v = v.to(dtype=torch.float64, device=self.device)

@@ -1,0 +1,457 @@
+"""The paper's quantities as schedulable measures, for the :class:`~breakeven.Tracker`.
+
+Each measure stores only its arguments; ``measure(ctx)`` returns a dict of floats computed
+at the parameters *before* the training step of ``ctx.step`` (the step's mini-batch gradient
+is in ``ctx.gradient``). A measure that also needs the parameters after the step (the loss
+change) implements ``after(ctx)``. Results other measures can reuse at the same step go in
+``ctx.cache`` (the K spectrum, the Hessian eigenpairs), and state kept across steps (warm
+starts) in ``ctx.state[self.name]``. A key ``"matvecs"`` in the returned dict is the
+measure's cost in matrix-vector products (Hessian-vector products or gradients).
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from ..operators.base import Batch, BNMode, LossFn, measuring
+from .covariance import (
+    CovarianceSpectrum,
+    gradient_alignment,
+    gradient_covariance,
+    per_example_gradient_covariance,
+)
+from .hessian import (
+    EigenResult,
+    curvature_variance,
+    hessian_density,
+    hessian_eigenvalues,
+    hessian_trace,
+    stability,
+)
+
+_BN_TYPES = (nn.modules.batchnorm._BatchNorm,)
+
+
+@dataclass
+class Context:
+    """What a measure may look at, at one training step.
+
+    ``sample_batches(L, M)`` draws L disjoint training mini-batches of M examples with the
+    tracker's own generator (the global RNG is untouched). ``lr`` is the learning rate of
+    this step, ``batch_size`` the training batch size S, ``n_train`` the training-set size N.
+    """
+
+    step: int
+    epoch: float
+    model: nn.Module
+    loss_fn: LossFn
+    probe: Batch
+    sample_batches: Callable[[int, int], list[Batch]]
+    lr: float
+    momentum: float
+    batch_size: int
+    n_train: int
+    batch: Batch | None = None
+    gradient: list[Tensor] | None = None
+    val_data: Batch | None = None
+    cache: dict[str, Any] = field(default_factory=dict)
+    state: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+class Measure:
+    """Base class: ``name`` identifies the measure in records and configs."""
+
+    name: ClassVar[str] = ""
+
+    def measure(self, ctx: Context) -> dict[str, Any]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        return f"{type(self).__name__}({args})"
+
+
+# ----------------------------------------------------------------------------- K
+
+
+class GradientCovariance(Measure):
+    """The spectrum of K from ``num_batches`` (L) training mini-batches of ``batch_size`` (M)
+    examples (default: the training batch size S; the paper uses M = 128 when S is swept).
+    ``batch_size=1`` uses per-example gradients (``vmap``). Keys: ``lambda_K_1``,
+    ``lambda_K_star`` ((L-1)-th), ``condition_K``, ``trace_K``, their per-example scale
+    ``M * value`` (``per_example_lambda_K_1``, ``per_example_trace_K``), ``M``, ``L``;
+    with ``spectrum=True`` also every eigenvalue ``eig_K_i`` (i = 0 the largest)."""
+
+    name = "covariance"
+
+    def __init__(
+        self,
+        num_batches: int = 25,
+        batch_size: int | None = None,
+        bn_mode: BNMode = "train",
+        spectrum: bool = False,
+    ) -> None:
+        self.num_batches = num_batches
+        self.batch_size = batch_size
+        self.bn_mode = bn_mode
+        self.spectrum = spectrum
+
+    def compute(self, ctx: Context) -> CovarianceSpectrum:
+        M = self.batch_size or ctx.batch_size
+        if M == 1:
+            ((x, y),) = ctx.sample_batches(1, self.num_batches)
+            return per_example_gradient_covariance(ctx.model, ctx.loss_fn, x, y)
+        batches = ctx.sample_batches(self.num_batches, M)
+        return gradient_covariance(ctx.model, ctx.loss_fn, batches, bn_mode=self.bn_mode)
+
+    def measure(self, ctx: Context) -> dict[str, Any]:
+        spec = self.compute(ctx)
+        ctx.cache[self.name] = spec
+        out = {
+            "lambda_K_1": spec.top,
+            "lambda_K_star": spec.smallest_nonzero,
+            "condition_K": spec.condition,
+            "trace_K": spec.trace,
+            "per_example_lambda_K_1": spec.per_example_top,
+            "per_example_trace_K": spec.per_example_trace,
+            "M": spec.batch_size,
+            "L": spec.num_batches,
+            "matvecs": spec.num_batches,
+        }
+        if self.spectrum:
+            out.update({f"eig_K_{i}": float(v) for i, v in enumerate(spec.eigenvalues)})
+        return out
+
+
+def _covariance(ctx: Context) -> CovarianceSpectrum:
+    """The K spectrum of this step: the one measured, or a default one (L = 25, M = S)."""
+    if "covariance" not in ctx.cache:
+        ctx.cache["covariance"] = GradientCovariance().compute(ctx)
+    return ctx.cache["covariance"]
+
+
+class GradientAlignment(Measure):
+    """``alignment``: ||g|| / ||g_k|| of the step's mini-batch gradient g on the top-k
+    eigenvectors of K (the K measured at this step, or L = 25 batches of size S)."""
+
+    name = "alignment"
+
+    def __init__(self, k: int = 5) -> None:
+        self.k = k
+
+    def measure(self, ctx: Context) -> dict[str, Any]:
+        if ctx.gradient is None:
+            raise ValueError("gradient alignment needs the step's gradient (before_step)")
+        return {
+            "alignment": gradient_alignment(ctx.gradient, _covariance(ctx), self.k),
+            "k": self.k,
+        }
+
+
+class GradientNoiseScale(Measure):
+    """``noise_scale``: B_simple = tr(Sigma) / |G|^2 (McCandlish et al. 2018), from the K
+    measurement: tr(Sigma) ~ M Tr(K) and the unbiased |G|^2 ~ |g|^2 - Tr(K) / L, g the mean
+    of the L batch gradients. ``nan`` when the estimate of |G|^2 is not positive."""
+
+    name = "noise_scale"
+
+    def measure(self, ctx: Context) -> dict[str, Any]:
+        spec = _covariance(ctx)
+        g2 = spec.mean_gradient_norm_sq - spec.trace / spec.num_batches
+        trace_sigma = spec.batch_size * spec.trace
+        return {
+            "noise_scale": trace_sigma / g2 if g2 > 0 else math.nan,
+            "trace_sigma": trace_sigma,
+            "grad_norm_sq": g2,
+        }
+
+
+# ----------------------------------------------------------------------------- H
+
+
+class HessianTop(Measure):
+    """The top-k Hessian eigenvalues on the probe (largest algebraic), warm-started from the
+    previous measurement's eigenvectors. Keys ``lambda_H_1..k``, ``residual_H_1..k``,
+    ``converged`` (1.0 or 0.0)."""
+
+    name = "hessian"
+
+    def __init__(
+        self,
+        k: int = 1,
+        tol: float = 1e-3,
+        max_iter: int | None = None,
+        chunk_size: int | None = None,
+        bn_mode: BNMode = "eval",
+        warm_start: bool = True,
+    ) -> None:
+        self.k = k
+        self.tol = tol
+        self.max_iter = max_iter
+        self.chunk_size = chunk_size
+        self.bn_mode = bn_mode
+        self.warm_start = warm_start
+
+    def compute(self, ctx: Context) -> EigenResult:
+        state = ctx.state.setdefault(self.name, {})
+        res = hessian_eigenvalues(
+            ctx.model,
+            ctx.loss_fn,
+            ctx.probe,
+            k=self.k,
+            tol=self.tol,
+            max_iter=self.max_iter,
+            v0=state.get("v0") if self.warm_start else None,
+            chunk_size=self.chunk_size,
+            bn_mode=self.bn_mode,
+            seed=ctx.step,
+        )
+        state["v0"] = res.eigenvectors.detach().clone()
+        return res
+
+    def measure(self, ctx: Context) -> dict[str, Any]:
+        res = self.compute(ctx)
+        ctx.cache[self.name] = res
+        out: dict[str, Any] = {f"lambda_H_{i + 1}": float(v) for i, v in enumerate(res.eigenvalues)}
+        out.update({f"residual_H_{i + 1}": float(r) for i, r in enumerate(res.residuals)})
+        out["converged"] = float(res.converged)
+        out["matvecs"] = res.num_matvecs
+        return out
+
+
+def _hessian(ctx: Context) -> EigenResult:
+    if "hessian" not in ctx.cache:
+        ctx.cache["hessian"] = HessianTop().compute(ctx)
+    return ctx.cache["hessian"]
+
+
+class HessianTrace(Measure):
+    """``trace_H`` (Hutchinson, Rademacher) and its standard error ``trace_H_stderr``."""
+
+    name = "hessian_trace"
+
+    def __init__(self, num_samples: int = 50, bn_mode: BNMode = "eval") -> None:
+        self.num_samples = num_samples
+        self.bn_mode = bn_mode
+
+    def measure(self, ctx: Context) -> dict[str, Any]:
+        res = hessian_trace(
+            ctx.model,
+            ctx.loss_fn,
+            ctx.probe,
+            num_samples=self.num_samples,
+            bn_mode=self.bn_mode,
+            seed=ctx.step,
+        )
+        return {"trace_H": res.estimate, "trace_H_stderr": res.stderr, "matvecs": res.num_matvecs}
+
+
+class HessianDensity(Measure):
+    """The SLQ quadrature of H's spectrum (paper Fig. 3): ``node_i`` and ``weight_i`` of each
+    probe vector concatenated (num_probes * num_steps of each)."""
+
+    name = "hessian_density"
+
+    def __init__(self, num_probes: int = 1, num_steps: int = 40, bn_mode: BNMode = "eval") -> None:
+        self.num_probes = num_probes
+        self.num_steps = num_steps
+        self.bn_mode = bn_mode
+
+    def measure(self, ctx: Context) -> dict[str, Any]:
+        res = hessian_density(
+            ctx.model,
+            ctx.loss_fn,
+            ctx.probe,
+            num_probes=self.num_probes,
+            num_steps=self.num_steps,
+            bn_mode=self.bn_mode,
+            seed=ctx.step,
+        )
+        out: dict[str, Any] = {f"node_{i}": float(v) for i, v in enumerate(res.nodes.reshape(-1))}
+        out.update({f"weight_{i}": float(w) for i, w in enumerate(res.weights.reshape(-1))})
+        out["matvecs"] = res.num_matvecs
+        return out
+
+
+class Stability(Measure):
+    """The left side of Eq. 1 along e_H^1 and the break-even flag (``break_even`` = 1.0 once
+    it reaches 1): ``stability``, ``lambda_H_1``, ``s2`` (per-example curvature variance on the
+    probe), using this step's learning rate and batch size."""
+
+    name = "stability"
+
+    def measure(self, ctx: Context) -> dict[str, Any]:
+        top = _hessian(ctx)
+        lam = float(top.eigenvalues[0])
+        s2 = curvature_variance(ctx.model, ctx.loss_fn, ctx.probe, top.eigenvectors[:, 0])
+        value = stability(ctx.lr, ctx.batch_size, ctx.n_train, lam, s2)
+        return {"stability": value, "break_even": float(value >= 1.0), "lambda_H_1": lam, "s2": s2}
+
+
+class EdgeOfStability(Measure):
+    """``eos_ratio`` = lambda_H^1 / threshold, threshold = (2 + 2 beta) / eta (2/eta without
+    momentum beta): gradient descent is unstable along e_H^1 when the ratio exceeds 1."""
+
+    name = "edge_of_stability"
+
+    def measure(self, ctx: Context) -> dict[str, Any]:
+        lam = float(_hessian(ctx).eigenvalues[0])
+        threshold = (2 + 2 * ctx.momentum) / ctx.lr
+        return {"eos_ratio": lam / threshold, "eos_threshold": threshold, "lambda_H_1": lam}
+
+
+# ----------------------------------------------------------------------------- loss, weights
+
+
+def _loss_and_accuracy(model: nn.Module, loss_fn: LossFn, data: Batch, chunk: int = 1000):
+    x, y = data
+    with measuring(model, "eval"), torch.no_grad():
+        total, correct = 0.0, 0
+        for i in range(0, len(y), chunk):
+            out = model(x[i : i + chunk])
+            total += float(loss_fn(out, y[i : i + chunk])) * len(y[i : i + chunk])
+            if out.ndim == 2 and y.ndim == 1:
+                correct += int((out.argmax(1) == y[i : i + chunk]).sum())
+    return total / len(y), correct / len(y)
+
+
+class LossChange(Measure):
+    """Delta L = loss before the step - loss after it, on the same fixed probe data (eval
+    mode): positive when the step reduced the loss. Keys ``delta_loss``, ``loss_before``,
+    ``loss_after``."""
+
+    name = "loss_change"
+
+    def measure(self, ctx: Context) -> dict[str, Any]:
+        before, _ = _loss_and_accuracy(ctx.model, ctx.loss_fn, ctx.probe)
+        return {"loss_before": before}
+
+    def after(self, ctx: Context, values: dict[str, Any]) -> dict[str, Any]:
+        after, _ = _loss_and_accuracy(ctx.model, ctx.loss_fn, ctx.probe)
+        return {"loss_after": after, "delta_loss": values["loss_before"] - after}
+
+
+class ProbeMetrics(Measure):
+    """``probe_loss`` and ``probe_accuracy`` on the probe subset (eval mode)."""
+
+    name = "probe"
+
+    def measure(self, ctx: Context) -> dict[str, Any]:
+        loss, acc = _loss_and_accuracy(ctx.model, ctx.loss_fn, ctx.probe)
+        return {"probe_loss": loss, "probe_accuracy": acc}
+
+
+class ValidationMetrics(Measure):
+    """``val_loss`` and ``val_accuracy`` on the validation (test) set (eval mode)."""
+
+    name = "validation"
+
+    def measure(self, ctx: Context) -> dict[str, Any]:
+        if ctx.val_data is None:
+            raise ValueError("the validation measure needs validation data (Tracker(val_data=...))")
+        loss, acc = _loss_and_accuracy(ctx.model, ctx.loss_fn, ctx.val_data)
+        return {"val_loss": loss, "val_accuracy": acc}
+
+
+class BatchNormScale(Measure):
+    """||gamma|| of each BatchNorm layer (``gamma_norm/<module name>``) and of the last one
+    (``gamma_norm_last``), found by module type; nothing when the model has no BatchNorm."""
+
+    name = "batchnorm"
+
+    def measure(self, ctx: Context) -> dict[str, Any]:
+        norms = {
+            f"gamma_norm/{name}": float(m.weight.detach().norm())
+            for name, m in ctx.model.named_modules()
+            if isinstance(m, _BN_TYPES) and m.weight is not None
+        }
+        if norms:
+            norms["gamma_norm_last"] = list(norms.values())[-1]
+        return norms
+
+
+class ParameterNorm(Measure):
+    """``param_norm``: ||theta|| over the trainable parameters."""
+
+    name = "param_norm"
+
+    def measure(self, ctx: Context) -> dict[str, Any]:
+        sq = sum(
+            float(p.detach().double().pow(2).sum())
+            for p in ctx.model.parameters()
+            if p.requires_grad
+        )
+        return {"param_norm": math.sqrt(sq)}
+
+
+class LearningRate(Measure):
+    """``lr``: the learning rate of this step (after any decay)."""
+
+    name = "lr"
+
+    def measure(self, ctx: Context) -> dict[str, Any]:
+        return {"lr": ctx.lr}
+
+
+class Predictions(Measure):
+    """Softmax predictions on the first ``num_examples`` validation examples, stored compactly
+    (float16, base64) under the record's ``arrays`` for the trajectory embedding (Fig. 1)."""
+
+    name = "predictions"
+
+    def __init__(self, num_examples: int = 1000) -> None:
+        self.num_examples = num_examples
+
+    def measure(self, ctx: Context) -> dict[str, Any]:
+        if ctx.val_data is None:
+            raise ValueError("predictions need validation data (Tracker(val_data=...))")
+        x = ctx.val_data[0][: self.num_examples]
+        with measuring(ctx.model, "eval"), torch.no_grad():
+            probs = torch.softmax(ctx.model(x).float(), dim=1).to(torch.float16).cpu()
+        return {"arrays": {"predictions": encode_array(probs)}}
+
+
+def encode_array(t: Tensor) -> dict[str, Any]:
+    """A tensor as ``{"dtype", "shape", "data"}`` with base64 bytes (JSON-safe)."""
+    arr = t.detach().cpu().contiguous().numpy()
+    return {
+        "dtype": str(arr.dtype),
+        "shape": list(arr.shape),
+        "data": base64.b64encode(arr.tobytes()).decode(),
+    }
+
+
+def decode_array(d: dict[str, Any]) -> Any:
+    """The numpy array of :func:`encode_array`."""
+    import numpy as np
+
+    return np.frombuffer(base64.b64decode(d["data"]), dtype=d["dtype"]).reshape(d["shape"])
+
+
+MEASURES: dict[str, type[Measure]] = {
+    m.name: m
+    for m in (
+        GradientCovariance,
+        GradientAlignment,
+        GradientNoiseScale,
+        HessianTop,
+        HessianTrace,
+        HessianDensity,
+        Stability,
+        EdgeOfStability,
+        LossChange,
+        ProbeMetrics,
+        ValidationMetrics,
+        BatchNormScale,
+        ParameterNorm,
+        LearningRate,
+        Predictions,
+    )
+}

@@ -1,0 +1,303 @@
+"""The Tracker: measures on schedules along any training loop, ours or a user's.
+
+In a plain PyTorch loop::
+
+    tracker = Tracker([GradientCovariance(), (HessianTop(), every(500))], every(50),
+                      loss_fn=loss_fn, probe=(x_probe, y_probe), train_data=(x, y),
+                      lr=0.1, batch_size=128)
+    for step, (xb, yb) in enumerate(loader):
+        opt.zero_grad(); loss = loss_fn(model(xb), yb); loss.backward()
+        tracker.before_step(step, model, (xb, yb), loss)   # sees the mini-batch gradient
+        opt.step()
+        tracker.after_step(step, model)                    # loss change; emits the records
+    tracker.records_, tracker.summary()
+
+``breakeven.train`` calls the same hooks (plus ``on_start``, which fills in the probe, the
+data, the learning rate and the batch size from the run's config). Every measurement happens
+at the parameters before the step and leaves training bitwise unchanged: the estimators
+restore the model's state and the tracker draws its mini-batches from its own generator.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..measures.tracked import MEASURES, Context, Measure
+from ..operators.base import Batch, LossFn
+from .schedules import Schedule, every, parse_schedule
+
+Record = dict[str, Any]
+_SCHEDULE_KEYS = ("every", "at", "log_spaced", "schedule")
+
+
+class Tracker:
+    """Run ``measures`` along a training trajectory.
+
+    Args:
+        measures: :class:`Measure` objects, or ``(measure, schedule)`` pairs to give one its
+            own schedule.
+        schedule: the default schedule (``every(100)``).
+        loss_fn: mean-reduced loss (default: cross-entropy, as ``breakeven.train``).
+        probe: fixed ``(x, y)`` for Hessian quantities and the loss change.
+        train_data: ``(x, y)`` training set, from which K's mini-batches are drawn.
+        val_data: ``(x, y)`` validation set (validation metrics, predictions).
+        lr: learning rate, a float or a function of the step.
+        momentum: SGD momentum beta (edge-of-stability threshold).
+        batch_size: training batch size S (K's default M; Eq. 1).
+        n_train: training-set size N (default ``len(train_data)``).
+        steps_per_epoch: for ``per_epoch`` schedules and the records' ``epoch``.
+        seed: seeds the tracker's own generator (K's mini-batches).
+        on_record: called with each record as soon as it is complete (e.g. a run store).
+
+    Records are dicts ``{"step", "epoch", "measure", "values": {key: float}, "seconds",
+    "matvecs"}`` (plus ``"arrays"`` for predictions), in ``records_``.
+    """
+
+    def __init__(
+        self,
+        measures: Iterable[Measure | tuple[Measure, Any]],
+        schedule: Schedule | Any = None,
+        *,
+        loss_fn: LossFn | None = None,
+        probe: Batch | None = None,
+        train_data: Batch | None = None,
+        val_data: Batch | None = None,
+        lr: float | Callable[[int], float] | None = None,
+        momentum: float = 0.0,
+        batch_size: int | None = None,
+        n_train: int | None = None,
+        steps_per_epoch: int | None = None,
+        seed: int = 0,
+        on_record: Callable[[Record], None] | None = None,
+    ) -> None:
+        default = every(100) if schedule is None else parse_schedule(schedule)
+        self.measures: list[tuple[Measure, Schedule]] = []
+        for item in measures:
+            m, s = item if isinstance(item, tuple) else (item, default)
+            if not isinstance(m, Measure):
+                raise TypeError(f"not a measure: {m!r} (choose from {sorted(MEASURES)})")
+            self.measures.append((m, parse_schedule(s)))
+        names = [m.name for m, _ in self.measures]
+        if len(set(names)) != len(names):
+            raise ValueError(f"each measure may appear once, got {names}")
+        self.loss_fn = loss_fn
+        self.probe = probe
+        self.train_data = train_data
+        self.val_data = val_data
+        self.lr = lr
+        self.momentum = momentum
+        self.batch_size = batch_size
+        self.n_train = n_train
+        self.steps_per_epoch = steps_per_epoch
+        self.seed = seed
+        self.on_record = on_record
+        self.records_: list[Record] = []
+        self.seconds_: dict[str, float] = {n: 0.0 for n in names}
+        self.matvecs_: dict[str, int] = {n: 0 for n in names}
+        self.state_: dict[str, dict[str, Any]] = {}
+        self._generator = torch.Generator().manual_seed(seed)
+        self._pending: list[tuple[Measure, dict[str, Any], float]] = []
+        self._ctx: Context | None = None
+        self._started: float | None = None
+        self.total_seconds_: float | None = None
+
+    # ------------------------------------------------------------------ hooks of breakeven.train
+
+    def on_start(self, model: nn.Module, dataset: Any, config: Any) -> None:
+        """Fill what was not given from a :class:`~breakeven.Dataset` and a TrainConfig."""
+        if self.probe is None:
+            self.probe = dataset.probe()
+        if self.train_data is None:
+            self.train_data = (dataset.x_train, dataset.y_train)
+        if self.val_data is None and len(dataset.y_test):
+            self.val_data = (dataset.x_test, dataset.y_test)
+        if self.batch_size is None:
+            self.batch_size = config.batch_size
+        if self.steps_per_epoch is None:
+            self.steps_per_epoch = config.steps_per_epoch(len(self.train_data[1]))
+        if self.lr is None:
+            per_epoch = self.steps_per_epoch
+            self.lr = lambda step: config.lr_at(step // per_epoch)
+        if not self.momentum:
+            self.momentum = config.momentum
+        self._started = time.perf_counter()
+
+    def on_end(self, result: Any) -> None:
+        self.total_seconds_ = result.seconds
+
+    # ------------------------------------------------------------------ hooks of any loop
+
+    def before_step(
+        self, step: int, model: nn.Module, batch: Batch | None = None, loss: Tensor | None = None
+    ) -> None:
+        """Measure what is due at ``step``, at the parameters before the step (call it after
+        ``loss.backward()`` and before ``optimizer.step()``)."""
+        if self._started is None:
+            self._started = time.perf_counter()
+        due = [m for m, s in self.measures if s(step, self.steps_per_epoch)]
+        self._pending = []
+        if not due:
+            return
+        ctx = self._context(step, model, batch)
+        for m in due:
+            t0 = time.perf_counter()
+            values = m.measure(ctx)
+            self._pending.append((m, values, time.perf_counter() - t0))
+        self._ctx = ctx
+
+    def after_step(self, step: int, model: nn.Module) -> None:
+        """Finish the measures of ``step`` that need the parameters after it; emit records."""
+        if not self._pending:
+            return
+        ctx = self._ctx
+        for m, values, seconds in self._pending:
+            if hasattr(m, "after"):
+                t0 = time.perf_counter()
+                ctx.model = model
+                values.update(m.after(ctx, values))
+                seconds += time.perf_counter() - t0
+            self._emit(step, m, values, seconds)
+        self._pending, self._ctx = [], None
+
+    # ------------------------------------------------------------------ internals
+
+    def _context(self, step: int, model: nn.Module, batch: Batch | None) -> Context:
+        missing = [n for n in ("probe", "train_data") if getattr(self, n) is None]
+        if missing:
+            raise ValueError(f"the tracker needs {' and '.join(missing)} (pass them to Tracker)")
+        n_train = self.n_train or len(self.train_data[1])
+        batch_size = self.batch_size or (len(batch[1]) if batch is not None else None)
+        if batch_size is None or self.lr is None:
+            raise ValueError("the tracker needs lr and batch_size (pass them to Tracker)")
+        lr = self.lr(step) if callable(self.lr) else float(self.lr)
+        grads = [
+            p.grad.detach() if p.grad is not None else torch.zeros_like(p)
+            for p in model.parameters()
+            if p.requires_grad
+        ]
+        return Context(
+            step=step,
+            epoch=step / self.steps_per_epoch if self.steps_per_epoch else math.nan,
+            model=model,
+            loss_fn=self.loss_fn or nn.CrossEntropyLoss(),
+            probe=self.probe,
+            sample_batches=self._sample_batches,
+            lr=lr,
+            momentum=self.momentum,
+            batch_size=batch_size,
+            n_train=n_train,
+            batch=batch,
+            gradient=grads,
+            val_data=self.val_data,
+            state=self.state_,
+        )
+
+    def _sample_batches(self, num: int, size: int) -> list[Batch]:
+        x, y = self.train_data
+        if num * size > len(y):
+            raise ValueError(
+                f"cannot draw {num} disjoint batches of {size} from {len(y)} training examples"
+            )
+        idx = torch.randperm(len(y), generator=self._generator)[: num * size].to(y.device)
+        return [(x[i], y[i]) for i in idx.split(size)]
+
+    def _emit(self, step: int, m: Measure, values: dict[str, Any], seconds: float) -> None:
+        matvecs = int(values.pop("matvecs", 0))
+        arrays = values.pop("arrays", None)
+        record: Record = {
+            "step": step,
+            "epoch": step / self.steps_per_epoch if self.steps_per_epoch else None,
+            "measure": m.name,
+            "values": {k: float(v) for k, v in values.items()},
+            "seconds": seconds,
+            "matvecs": matvecs,
+        }
+        if arrays:
+            record["arrays"] = arrays
+        self.seconds_[m.name] += seconds
+        self.matvecs_[m.name] += matvecs
+        self.records_.append(record)
+        if self.on_record is not None:
+            self.on_record(record)
+
+    # ------------------------------------------------------------------ reporting, resume
+
+    def summary(self, total_seconds: float | None = None) -> dict[str, dict[str, float]]:
+        """Per measure: records, seconds, matrix-vector products and the fraction of the
+        run's wall time spent on it (``total_seconds``: default the run's, from ``on_end``,
+        or the time since the first step)."""
+        total = total_seconds or self.total_seconds_
+        if total is None and self._started is not None:
+            total = time.perf_counter() - self._started
+        counts: dict[str, int] = {n: 0 for n in self.seconds_}
+        for r in self.records_:
+            counts[r["measure"]] += 1
+        return {
+            n: {
+                "records": counts[n],
+                "seconds": self.seconds_[n],
+                "matvecs": self.matvecs_[n],
+                "fraction": self.seconds_[n] / total if total else math.nan,
+            }
+            for n in self.seconds_
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumed run needs to continue identically: the generator, warm starts, costs."""
+        return {
+            "generator": self._generator.get_state(),
+            "state": {k: dict(v) for k, v in self.state_.items()},
+            "seconds": dict(self.seconds_),
+            "matvecs": dict(self.matvecs_),
+        }
+
+    def load_state_dict(self, d: dict[str, Any]) -> None:
+        self._generator.set_state(d["generator"])
+        self.state_ = {k: dict(v) for k, v in d["state"].items()}
+        self.seconds_.update(d["seconds"])
+        self.matvecs_.update(d["matvecs"])
+
+
+def build_tracker(spec: dict[str, dict[str, Any]], **kwargs: Any) -> Tracker:
+    """A :class:`Tracker` from a config table ``{measure name: {schedule and arguments}}``,
+    e.g. ``{"covariance": {"every": 50, "num_batches": 25}, "hessian": {"every": "epoch"}}``.
+
+    The schedule is ``every`` (an int or ``"epoch"``/``"N epochs"``), ``at`` or
+    ``log_spaced`` (default every 100 steps); other keys go to the measure's constructor.
+    Unknown measures or arguments are rejected naming what is allowed. ``kwargs`` go to
+    :class:`Tracker`.
+    """
+    if not isinstance(spec, dict):
+        raise ValueError(f"the track table must map measure names to tables, got {spec!r}")
+    measures = []
+    for name, options in spec.items():
+        if name not in MEASURES:
+            raise ValueError(f"track.{name}: unknown measure; choose from {sorted(MEASURES)}")
+        options = dict(options or {})
+        cls = MEASURES[name]
+        allowed = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+        sched = [k for k in _SCHEDULE_KEYS if k in options]
+        if len(sched) > 1:
+            raise ValueError(f"track.{name}: give one schedule key of {list(_SCHEDULE_KEYS)}")
+        try:
+            schedule = parse_schedule({sched[0]: options.pop(sched[0])} if sched else 100)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"track.{name}: {err}") from err
+        unknown = sorted(set(options) - set(allowed))
+        if unknown:
+            raise ValueError(
+                f"track.{name}: unknown option(s) {unknown}; allowed: "
+                f"{sorted([*allowed, *_SCHEDULE_KEYS])}"
+            )
+        try:
+            measures.append((cls(**options), schedule))
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"track.{name}: {err}") from err
+    return Tracker(measures, **kwargs)
