@@ -169,7 +169,7 @@ def test_per_example_covariance_falls_back_with_a_reason():
 
 
 @pytest.mark.parametrize("name", CASES)
-@pytest.mark.parametrize("method", ["forward", "reverse"])
+@pytest.mark.parametrize("method", ["auto", "forward", "reverse"])
 def test_curvature_variance_equals_explicit_per_example_hessians(name, method):
     c = make_case(name, n=8)
     e = torch.linalg.eigh(dense_hessian(c.model, c.loss_fn, c.data))[1][:, -1]

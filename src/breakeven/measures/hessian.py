@@ -8,6 +8,7 @@ import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -27,6 +28,8 @@ from ..operators.base import (
 from ..operators.hessian import HessianOperator, HVPMethod
 from ..spectra import SpectralDensity, TraceResult, hutchinson, lanczos, slq
 from ..spectra.lanczos import random_unit
+
+CurvatureMethod = Literal["auto", "forward", "reverse"]
 
 
 @dataclass(frozen=True)
@@ -196,57 +199,73 @@ def per_example_curvatures(
     *,
     chunk_size: int | None = None,
     bn_mode: BNMode = "eval",
-    method: HVPMethod = "forward",
+    method: CurvatureMethod = "auto",
 ) -> Tensor:
     """The (N,) float64 vector of e^T H_i e, H_i the Hessian of example i's loss, e = direction
     (used as given, not normalised).
 
     Per-example losses come from the model's batched output with ``loss_fn`` applied to each
-    example (``torch.func.vmap``). ``method="forward"`` (default) takes the second derivative
-    of that loss vector along e by nested forward mode (``jvp`` of ``jvp``);
-    ``method="reverse"`` uses double backward plus one backward to the per-example weights
-    (for modules without forward-mode support, such as ``nn.LSTM``). Never a per-example
-    Hessian.
+    example (``torch.func.vmap``). ``method="forward"`` takes the second derivative of that
+    loss vector along e by nested forward mode (``jvp`` of ``jvp``, a few forward passes);
+    ``method="reverse"`` uses double backward plus one backward to per-example weights
+    (for modules without forward-mode support: ``nn.LSTM`` on CUDA, train-mode BatchNorm);
+    ``"auto"`` (default) uses forward mode where it works and reverse mode elsewhere. Never
+    a per-example Hessian.
     """
-    if method not in ("forward", "reverse"):
-        raise ValueError(f"method must be 'forward' or 'reverse', got {method!r}")
+    if method not in ("auto", "forward", "reverse"):
+        raise ValueError(f"method must be 'auto', 'forward' or 'reverse', got {method!r}")
     if method == "forward":
         check_forward_mode(model, bn_mode)
+    use_forward = method == "forward"
+    if method == "auto":
+        try:
+            check_forward_mode(model, bn_mode)
+            use_forward = True
+        except ValueError:
+            pass
     chunks = as_chunks(data, chunk_size)
     params = trainable(model)
     e = as_flat(direction, params)
     e_parts = unflatten(e, params)
+
+    def losses(p: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
+        output = torch.func.functional_call(model, p, (x,))
+        return torch.func.vmap(lambda o, t: loss_fn(o.unsqueeze(0), t.unsqueeze(0)))(output, y)
+
+    def forward(x: Tensor, y: Tensor) -> Tensor:
+        def slope(p):
+            return torch.func.jvp(lambda q: losses(q, x, y), (p,), (e_parts,))[1]
+
+        return torch.func.jvp(slope, (params,), (e_parts,))[1]
+
+    def reverse(x: Tensor, y: Tensor) -> Tensor:
+        weights = torch.ones(x.shape[0], dtype=e.dtype, device=e.device, requires_grad=True)
+        leaves = [p.detach().requires_grad_(True) for p in params.values()]
+        total = (weights * losses(dict(zip(params, leaves)), x, y)).sum()
+        grads = torch.autograd.grad(total, leaves, create_graph=True)
+        gv = sum((g * t).sum() for g, t in zip(grads, e_parts.values()))
+        hv = torch.autograd.grad(gv, leaves, create_graph=True)
+        vhv = sum((h * t).sum() for h, t in zip(hv, e_parts.values()))
+        return torch.autograd.grad(vhv, weights)[0]
+
     out = []
     with measuring(model, bn_mode):
-
-        def losses(p: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
-            output = torch.func.functional_call(model, p, (x,))
-            return torch.func.vmap(lambda o, t: loss_fn(o.unsqueeze(0), t.unsqueeze(0)))(output, y)
-
         for x, y in chunks:
             with torch.no_grad():
                 check_finite(losses(params, x, y).sum(), "the loss")
-            if method == "forward":
-
-                def slope(p, x=x, y=y):
-                    return torch.func.jvp(lambda q: losses(q, x, y), (p,), (e_parts,))[1]
-
+            curv = None
+            if use_forward:
                 try:
-                    curv = torch.func.jvp(slope, (params,), (e_parts,))[1]
+                    curv = forward(x, y)
                 except (RuntimeError, NotImplementedError) as err:
-                    raise RuntimeError(
-                        f"forward-mode derivative failed for this model ({err}); "
-                        "use method='reverse'"
-                    ) from err
-            else:
-                weights = torch.ones(x.shape[0], dtype=e.dtype, device=e.device, requires_grad=True)
-                leaves = [p.detach().requires_grad_(True) for p in params.values()]
-                total = (weights * losses(dict(zip(params, leaves)), x, y)).sum()
-                grads = torch.autograd.grad(total, leaves, create_graph=True)
-                gv = sum((g * t).sum() for g, t in zip(grads, e_parts.values()))
-                hv = torch.autograd.grad(gv, leaves, create_graph=True)
-                vhv = sum((h * t).sum() for h, t in zip(hv, e_parts.values()))
-                (curv,) = torch.autograd.grad(vhv, weights)
+                    if method == "forward":
+                        raise RuntimeError(
+                            f"forward-mode derivative failed for this model ({err}); "
+                            "use method='reverse' or 'auto'"
+                        ) from err
+                    use_forward = False
+            if curv is None:
+                curv = reverse(x, y)
             out.append(curv.detach().to(torch.float64))
     return torch.cat(out)
 
@@ -259,7 +278,7 @@ def curvature_variance(
     *,
     chunk_size: int | None = None,
     bn_mode: BNMode = "eval",
-    method: HVPMethod = "forward",
+    method: CurvatureMethod = "auto",
 ) -> float:
     """s^2 of the paper's Eq. 1: the population variance (1/N) sum_i (c_i - mean c)^2 of the
     per-example curvatures c_i = e^T H_i e along ``direction`` e (see

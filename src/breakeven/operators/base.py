@@ -201,6 +201,10 @@ def measuring(model: nn.Module, bn_mode: BNMode = "eval") -> Iterator[None]:
         raise ValueError(f"bn_mode must be 'eval' or 'train', got {bn_mode!r}")
     modes = [(m, m.training) for m in model.modules()]
     tracking = [(m, m.track_running_stats) for m in model.modules() if isinstance(m, _BN_TYPES)]
+    # cuDNN's RNN kernels run backward only in train mode and are not twice differentiable:
+    # measure recurrent models with PyTorch's own kernels (same function, CPU unaffected).
+    rnn = any(isinstance(m, nn.RNNBase) for m in model.modules())
+    cudnn = torch.backends.cudnn.flags(enabled=False) if rnn else contextlib.nullcontext()
     cpu_rng = torch.get_rng_state()
     cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
     try:
@@ -209,7 +213,8 @@ def measuring(model: nn.Module, bn_mode: BNMode = "eval") -> Iterator[None]:
             for m, _ in tracking:
                 m.train()
                 m.track_running_stats = False
-        yield
+        with cudnn:
+            yield
     finally:
         for m, flag in modes:
             m.training = flag
