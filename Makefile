@@ -23,8 +23,10 @@ fashion-mnist:
 		{ echo "could not install dataset-fashion-mnist; put the IDX files in \$$BREAKEVEN_DATA/fashion-mnist"; exit 1; }; \
 	else echo "FashionMNIST not found: run 'sudo apt-get install dataset-fashion-mnist' or put the IDX files in \$$BREAKEVEN_DATA/fashion-mnist"; exit 1; fi
 
+# One tracked run of the MLP on real FashionMNIST (resumes if killed; a finished run is shown).
 demo: $(STAMP) fashion-mnist
-	$(PY) -m breakeven.demo
+	$(VENV)/bin/breakeven run mlp_fashion --out runs/demo
+	$(VENV)/bin/breakeven show runs/demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"

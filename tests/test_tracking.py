@@ -182,6 +182,14 @@ def test_build_tracker_rejects_bad_specs():
         build_tracker({"hessain": {}})
     with pytest.raises(ValueError, match=r"unknown option\(s\) \['kk'\]"):
         build_tracker({"hessian": {"kk": 2}})
+    with pytest.raises(
+        ValueError, match=r"track\.covariance: num_batches \(L\) must be an integer >= 2"
+    ):
+        build_tracker({"covariance": {"num_batches": 1}})
+    with pytest.raises(ValueError, match=r"track\.hessian: k must be an integer >= 1, got 'x'"):
+        build_tracker({"hessian": {"k": "x"}})
+    with pytest.raises(ValueError, match=r"track\.hessian: bn_mode"):
+        build_tracker({"hessian": {"bn_mode": "batch"}})
     with pytest.raises(ValueError, match="one schedule key"):
         build_tracker({"hessian": {"every": 2, "at": [1]}})
     with pytest.raises(ValueError, match=r"track\.hessian: schedule 'weekly'"):

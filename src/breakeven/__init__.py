@@ -12,6 +12,7 @@ from .data import (
     list_datasets,
     load_dataset,
 )
+from .experiments import RunConfig, RunOutcome, list_presets, load_config, run
 from .measures import (
     CovarianceSpectrum,
     EigenResult,
@@ -47,7 +48,23 @@ from .measures.tracked import (
 from .models import build_model, list_models, register_model
 from .operators import GradientCovarianceOperator, HessianOperator, LinearOperator
 from .spectra import LanczosResult, SpectralDensity, TraceResult, hutchinson, lanczos, slq
-from .tracking import MEASURES, Schedule, Tracker, at, build_tracker, every, log_spaced, per_epoch
+from .tracking import (
+    MEASURES,
+    ConfigMismatchError,
+    OutputDirError,
+    RunStore,
+    RunStoreError,
+    Schedule,
+    Tracker,
+    at,
+    build_tracker,
+    every,
+    load_run,
+    log_spaced,
+    per_epoch,
+    read_records,
+)
+from .tracking import export as export_run
 from .train import ConfigError, TrainConfig, TrainHooks, TrainResult, train
 
 __version__ = "0.1.0"
@@ -56,6 +73,7 @@ __all__ = [
     "MEASURES",
     "BatchNormScale",
     "ConfigError",
+    "ConfigMismatchError",
     "Context",
     "CorruptDatasetError",
     "CovarianceSpectrum",
@@ -76,9 +94,14 @@ __all__ = [
     "LinearOperator",
     "LossChange",
     "Measure",
+    "OutputDirError",
     "ParameterNorm",
     "Predictions",
     "ProbeMetrics",
+    "RunConfig",
+    "RunOutcome",
+    "RunStore",
+    "RunStoreError",
     "Schedule",
     "SpectralDensity",
     "Stability",
@@ -95,6 +118,7 @@ __all__ = [
     "build_tracker",
     "curvature_variance",
     "every",
+    "export_run",
     "gradient_alignment",
     "gradient_covariance",
     "hessian_density",
@@ -104,12 +128,17 @@ __all__ = [
     "lanczos",
     "list_datasets",
     "list_models",
+    "list_presets",
+    "load_config",
     "load_dataset",
+    "load_run",
     "log_spaced",
     "per_epoch",
     "per_example_curvatures",
     "per_example_gradient_covariance",
+    "read_records",
     "register_model",
+    "run",
     "slq",
     "stability",
     "train",

@@ -65,8 +65,21 @@ class Context:
     state: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
+def _int_at_least(value: Any, minimum: int, what: str, optional: bool = False) -> None:
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{what} must be an integer >= {minimum}, got {value!r}")
+
+
+def _bn_mode(value: Any) -> None:
+    if value not in ("eval", "train"):
+        raise ValueError(f"bn_mode must be 'eval' or 'train', got {value!r}")
+
+
 class Measure:
-    """Base class: ``name`` identifies the measure in records and configs."""
+    """Base class: ``name`` identifies the measure in records and configs. Constructors
+    check their arguments, so a bad config fails before training starts."""
 
     name: ClassVar[str] = ""
 
@@ -98,6 +111,9 @@ class GradientCovariance(Measure):
         bn_mode: BNMode = "train",
         spectrum: bool = False,
     ) -> None:
+        _int_at_least(num_batches, 2, "num_batches (L)")
+        _int_at_least(batch_size, 1, "batch_size (M)", optional=True)
+        _bn_mode(bn_mode)
         self.num_batches = num_batches
         self.batch_size = batch_size
         self.bn_mode = bn_mode
@@ -144,6 +160,7 @@ class GradientAlignment(Measure):
     name = "alignment"
 
     def __init__(self, k: int = 5) -> None:
+        _int_at_least(k, 1, "k")
         self.k = k
 
     def measure(self, ctx: Context) -> dict[str, Any]:
@@ -192,6 +209,12 @@ class HessianTop(Measure):
         bn_mode: BNMode = "eval",
         warm_start: bool = True,
     ) -> None:
+        _int_at_least(k, 1, "k")
+        _int_at_least(max_iter, 1, "max_iter", optional=True)
+        _int_at_least(chunk_size, 1, "chunk_size", optional=True)
+        _bn_mode(bn_mode)
+        if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol > 0:
+            raise ValueError(f"tol must be a positive number, got {tol!r}")
         self.k = k
         self.tol = tol
         self.max_iter = max_iter
@@ -238,6 +261,8 @@ class HessianTrace(Measure):
     name = "hessian_trace"
 
     def __init__(self, num_samples: int = 50, bn_mode: BNMode = "eval") -> None:
+        _int_at_least(num_samples, 1, "num_samples")
+        _bn_mode(bn_mode)
         self.num_samples = num_samples
         self.bn_mode = bn_mode
 
@@ -260,6 +285,9 @@ class HessianDensity(Measure):
     name = "hessian_density"
 
     def __init__(self, num_probes: int = 1, num_steps: int = 40, bn_mode: BNMode = "eval") -> None:
+        _int_at_least(num_probes, 1, "num_probes")
+        _int_at_least(num_steps, 1, "num_steps")
+        _bn_mode(bn_mode)
         self.num_probes = num_probes
         self.num_steps = num_steps
         self.bn_mode = bn_mode
@@ -407,6 +435,7 @@ class Predictions(Measure):
     name = "predictions"
 
     def __init__(self, num_examples: int = 1000) -> None:
+        _int_at_least(num_examples, 1, "num_examples")
         self.num_examples = num_examples
 
     def measure(self, ctx: Context) -> dict[str, Any]:

@@ -1,17 +1,33 @@
-"""When and where to record: schedules, the Tracker."""
+"""When and where to record: schedules, the Tracker, the run store."""
 
 from ..measures.tracked import MEASURES
 from .schedules import Schedule, at, every, log_spaced, parse_schedule, per_epoch
+from .store import (
+    ConfigMismatchError,
+    OutputDirError,
+    RunStore,
+    RunStoreError,
+    export,
+    load_run,
+    read_records,
+)
 from .tracker import Tracker, build_tracker
 
 __all__ = [
     "MEASURES",
+    "ConfigMismatchError",
+    "OutputDirError",
+    "RunStore",
+    "RunStoreError",
     "Schedule",
     "Tracker",
     "at",
     "build_tracker",
     "every",
+    "export",
+    "load_run",
     "log_spaced",
     "parse_schedule",
     "per_epoch",
+    "read_records",
 ]
