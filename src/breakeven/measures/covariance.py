@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from ..operators.base import Batch, BNMode, LossFn, flatten
-from ..operators.covariance import GradientCovarianceOperator, per_example_gradients
+from ..operators.covariance import GradientCovarianceOperator, _per_example_blocks
 
 
 @dataclass(frozen=True)
@@ -145,8 +145,8 @@ def per_example_gradient_covariance(
     if x.shape[0] < 2:
         raise ValueError(f"the per-example covariance needs at least 2 examples, got {x.shape[0]}")
     start = time.perf_counter()
-    grads = per_example_gradients(model, loss_fn, x, y, chunk_size=chunk_size, bn_mode=bn_mode)
-    op = GradientCovarianceOperator.from_gradients(grads, batch_size=1)
+    blocks = _per_example_blocks(model, loss_fn, x, y, chunk_size=chunk_size, bn_mode=bn_mode)
+    op = GradientCovarianceOperator.from_gradients(blocks, batch_size=1)
     op.bn_mode = bn_mode
     return spectrum_of(op, time.perf_counter() - start)
 
