@@ -37,7 +37,7 @@ import breakeven as be
 import peers
 from breakeven.data import load_dataset
 from breakeven.models import build_model
-from breakeven.operators.covariance import centred_gram
+from breakeven.operators.covariance import centred_gram, per_example_gradients
 
 LOSS = nn.CrossEntropyLoss()
 
@@ -236,6 +236,10 @@ def top10(problem, model, x, y, repeats, with_pyhessian):
 
 
 def per_example(problem, model, x, y, repeats):
+    _, t = timed(lambda: per_example_gradients(model, LOSS, x, y), repeats)
+    row(problem, "per-example gradients only", "breakeven vmap(grad)", t, None, [1.0], [1.0])
+    _, t = timed(lambda: peers.backpack_per_example_grads(model, LOSS, x, y), repeats)
+    row(problem, "per-example gradients only", "BackPACK BatchGrad", t, None, [1.0], [1.0])
     ours, t = timed(lambda: be.per_example_gradient_covariance(model, LOSS, x, y), repeats)
     lam = ours.eigenvalues.numpy()
     row(
@@ -273,8 +277,15 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="skip the 2,560-example SimpleCNN problem")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "out" / "core.md")
+    ap.add_argument("--per-example-only", action="store_true", help="only the cnn/256 K rows")
     args = ap.parse_args()
     torch.set_num_threads(2)
+    g = torch.Generator().manual_seed(0)
+    cx = torch.randn(2560, 3, 32, 32, generator=g)
+    cy = torch.randint(0, 10, (2560,), generator=g)
+    if args.per_example_only:
+        per_example("cnn/256", trained("simple_cnn", cx, cy), cx[:256], cy[:256], args.repeats)
+        return write(args.out)
 
     fm = load_dataset("fashion_mnist")
     x, y = fm.x_train[:2560].float(), fm.y_train[:2560]
@@ -283,9 +294,6 @@ def main() -> None:
     warm("mlp/2560", model, x, y, prev, args.repeats)
     top10("mlp/2560", model, x, y, args.repeats, with_pyhessian=True)
 
-    g = torch.Generator().manual_seed(0)
-    cx = torch.randn(2560, 3, 32, 32, generator=g)
-    cy = torch.randint(0, 10, (2560,), generator=g)
     cnn = trained("simple_cnn", cx, cy)
     prev = top1("cnn/256", cnn, cx[:256], cy[:256], args.repeats, eigenthings_iter=20)
     top10("cnn/256", cnn, cx[:256], cy[:256], args.repeats, with_pyhessian=False)
@@ -295,6 +303,10 @@ def main() -> None:
         cnn = trained("simple_cnn", cx, cy)
         top1("cnn/2560", cnn, cx, cy, 1, eigenthings_iter=20)
 
+    write(args.out)
+
+
+def write(out: Path) -> None:
     header = (
         f"Machine: {platform.machine()}, {torch.get_num_threads()} threads, "
         f"{platform.python_version()}, torch {torch.__version__}, numpy {np.__version__}; "
@@ -304,8 +316,8 @@ def main() -> None:
         "|---|---|---|---|---|---|---|---|\n"
     )
     table = header + "\n".join("| " + " | ".join(str(c) for c in r) + " |" for r in ROWS) + "\n"
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(table)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(table)
     print(table)
 
 

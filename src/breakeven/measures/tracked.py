@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from ..operators.base import Batch, BNMode, LossFn, measuring
+from ..operators.base import Batch, BNMode, LossFn, check_bn_mode, measuring
 from .covariance import (
     CovarianceSpectrum,
     gradient_alignment,
@@ -72,11 +72,6 @@ def _int_at_least(value: Any, minimum: int, what: str, optional: bool = False) -
         raise ValueError(f"{what} must be an integer >= {minimum}, got {value!r}")
 
 
-def _bn_mode(value: Any) -> None:
-    if value not in ("eval", "train"):
-        raise ValueError(f"bn_mode must be 'eval' or 'train', got {value!r}")
-
-
 class Measure:
     """Base class: ``name`` identifies the measure in records and configs. Constructors
     check their arguments, so a bad config fails before training starts."""
@@ -113,7 +108,7 @@ class GradientCovariance(Measure):
     ) -> None:
         _int_at_least(num_batches, 2, "num_batches (L)")
         _int_at_least(batch_size, 1, "batch_size (M)", optional=True)
-        _bn_mode(bn_mode)
+        check_bn_mode(bn_mode)
         self.num_batches = num_batches
         self.batch_size = batch_size
         self.bn_mode = bn_mode
@@ -212,7 +207,7 @@ class HessianTop(Measure):
         _int_at_least(k, 1, "k")
         _int_at_least(max_iter, 1, "max_iter", optional=True)
         _int_at_least(chunk_size, 1, "chunk_size", optional=True)
-        _bn_mode(bn_mode)
+        check_bn_mode(bn_mode)
         if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol > 0:
             raise ValueError(f"tol must be a positive number, got {tol!r}")
         self.k = k
@@ -262,7 +257,7 @@ class HessianTrace(Measure):
 
     def __init__(self, num_samples: int = 50, bn_mode: BNMode = "eval") -> None:
         _int_at_least(num_samples, 1, "num_samples")
-        _bn_mode(bn_mode)
+        check_bn_mode(bn_mode)
         self.num_samples = num_samples
         self.bn_mode = bn_mode
 
@@ -287,7 +282,7 @@ class HessianDensity(Measure):
     def __init__(self, num_probes: int = 1, num_steps: int = 40, bn_mode: BNMode = "eval") -> None:
         _int_at_least(num_probes, 1, "num_probes")
         _int_at_least(num_steps, 1, "num_steps")
-        _bn_mode(bn_mode)
+        check_bn_mode(bn_mode)
         self.num_probes = num_probes
         self.num_steps = num_steps
         self.bn_mode = bn_mode

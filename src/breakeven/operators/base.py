@@ -174,6 +174,11 @@ def as_flat(direction: Tensor | Sequence[Tensor], params: dict[str, Tensor]) -> 
 # ----------------------------------------------------------------------------- model state
 
 
+def check_bn_mode(bn_mode: object) -> None:
+    if bn_mode not in ("eval", "train"):
+        raise ValueError(f"bn_mode must be 'eval' or 'train', got {bn_mode!r}")
+
+
 def check_forward_mode(model: nn.Module, bn_mode: BNMode) -> None:
     """Refuse forward-mode AD through train-mode BatchNorm: in torch 2.13 it silently returns
     wrong second derivatives there (an asymmetric Hessian), so it is never used."""
@@ -197,8 +202,7 @@ def measuring(model: nn.Module, bn_mode: BNMode = "eval") -> Iterator[None]:
     restored. Parameters and ``.grad`` are never written (the operators differentiate
     detached copies).
     """
-    if bn_mode not in ("eval", "train"):
-        raise ValueError(f"bn_mode must be 'eval' or 'train', got {bn_mode!r}")
+    check_bn_mode(bn_mode)
     modes = [(m, m.training) for m in model.modules()]
     tracking = [(m, m.track_running_stats) for m in model.modules() if isinstance(m, _BN_TYPES)]
     # cuDNN's RNN kernels run backward only in train mode and are not twice differentiable:

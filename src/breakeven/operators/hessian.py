@@ -13,6 +13,7 @@ from .base import (
     LinearOperator,
     LossFn,
     as_chunks,
+    check_bn_mode,
     check_finite,
     check_forward_mode,
     flatten,
@@ -65,8 +66,7 @@ class HessianOperator(LinearOperator):
     ) -> None:
         if method not in ("reverse", "forward"):
             raise ValueError(f"method must be 'reverse' or 'forward', got {method!r}")
-        if bn_mode not in ("eval", "train"):
-            raise ValueError(f"bn_mode must be 'eval' or 'train', got {bn_mode!r}")
+        check_bn_mode(bn_mode)
         if method == "forward":
             check_forward_mode(model, bn_mode)
         self.model = model
