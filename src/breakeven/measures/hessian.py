@@ -27,7 +27,7 @@ from ..operators.base import (
 )
 from ..operators.hessian import HessianOperator, HVPMethod
 from ..spectra import SpectralDensity, TraceResult, hutchinson, lanczos, slq
-from ..spectra.lanczos import random_unit
+from ..spectra.lanczos import as_start, random_unit
 
 CurvatureMethod = Literal["auto", "forward", "reverse"]
 
@@ -130,23 +130,12 @@ def _start(op: HessianOperator, v0: Tensor | None, seed: int) -> Tensor:
     start = random_unit(op.shape[0], torch.Generator().manual_seed(seed)).to(op.dtype)
     g = op.gradient().to(dtype=op.dtype)
     start = start.to(g.device)
-    extra = [g] if v0 is None else [g, _as_start(v0, op.shape[0]).to(g)]
+    extra = [g] if v0 is None else [g, as_start(v0, op.shape[0]).to(g)]
     for vec in extra:
         norm = vec.norm()
         if norm > 0 and torch.isfinite(norm):
             start = start + vec / norm
     return start
-
-
-def _as_start(v0: Tensor, dim: int) -> Tensor:
-    v = v0.detach()
-    if v.ndim == 2:  # several previous eigenvectors: start in their span
-        v = v.sum(dim=1)
-    if v.shape != (dim,):
-        raise ValueError(f"v0 has shape {tuple(v0.shape)}, expected ({dim},) or ({dim}, k)")
-    if not torch.isfinite(v).all():
-        raise ValueError("v0 must be finite")
-    return v
 
 
 def hessian_trace(

@@ -38,14 +38,23 @@ class LanczosResult:
     num_matvecs: int
 
 
+def as_start(v0: Tensor, dim: int) -> Tensor:
+    """A start vector (D,) from ``v0`` given as (D,) or as previous eigenvectors (D, k),
+    summed to start in their span; checked finite (not normalised)."""
+    v = v0.detach()
+    if v.ndim == 2:
+        v = v.sum(dim=1)
+    if v.shape != (dim,):
+        raise ValueError(f"v0 has shape {tuple(v0.shape)}, expected ({dim},) or ({dim}, k)")
+    if not torch.isfinite(v).all():
+        raise ValueError("v0 must be a finite, non-zero vector")
+    return v
+
+
 def _start_vector(dim: int, dtype, device, v0: Tensor | None, generator) -> Tensor:
     if v0 is not None:
-        v = v0.detach().to(dtype=dtype, device=device)
-        if v.ndim == 2:  # several previous eigenvectors: start in their span
-            v = v.sum(dim=1)
-        if v.shape != (dim,):
-            raise ValueError(f"v0 has shape {tuple(v0.shape)}, expected ({dim},) or ({dim}, k)")
-        if not torch.isfinite(v).all() or v.norm() == 0:
+        v = as_start(v0, dim).to(dtype=dtype, device=device)
+        if v.norm() == 0:
             raise ValueError("v0 must be a finite, non-zero vector")
     else:
         v = random_unit(dim, generator).to(dtype=dtype, device=device)
