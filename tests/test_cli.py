@@ -97,7 +97,7 @@ def test_set_values_are_read_as_toml() -> None:
         (["--set", "foo.bar=1"], r"--set foo.bar: unknown key"),
         (["--set", "run.every=3"], r"unknown run key\(s\) \['every'\]; allowed: \['checkpoint_"),
         (["--set", "run.checkpoint_every=-2"], r"run.checkpoint_every=-2 is invalid"),
-        (["--set", "track.hessain.every=5"], r"track.hessain: unknown measure; allowed: \["),
+        (["--set", "track.hessain.every=5"], r"track.hessain: unknown measure 'hessain'; allowed: \["),
         (["--set", "track.hessian.kk=2"], r"track.hessian: unknown option\(s\) \['kk'\]"),
         (["--set", "track.hessian.every=often"], r"schedule 'often'"),
         (["--set", "track.covariance=3"], r"track.covariance=3 is invalid: must be a table"),

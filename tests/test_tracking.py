@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 import breakeven as be
-from breakeven.measures.tracked import MEASURES, decode_array
+from breakeven.measures.tracked import MEASURES
+from breakeven.records import decode_array
 from breakeven.tracking import at, build_tracker, every, log_spaced, parse_schedule, per_epoch
 
 
@@ -237,3 +238,20 @@ def test_tracker_in_breakeven_train(tmp_path):
     cov = [r for r in tracker.records_ if r["measure"] == "covariance"]
     assert [r["step"] for r in cov] == [0, 10] and [r["epoch"] for r in cov] == [0.0, 1.0]
     assert math.isfinite(tracker.summary()["covariance"]["fraction"])
+
+
+def test_one_measure_twice_under_two_names():
+    spec = {
+        "covariance": {"every": 3, "num_batches": 4},
+        "covariance_m1": {"measure": "covariance", "every": 3, "num_batches": 8, "batch_size": 1},
+    }
+    tracker = tracker_for_loop(spec)
+    assert [m.name for m, _ in tracker.measures] == ["covariance", "covariance_m1"]
+    assert be.GradientCovariance.name == "covariance"  # the class keeps its name
+    loop(tracker, steps=4)
+    got = {(r["measure"], r["step"]): r["values"] for r in tracker.records_}
+    assert set(got) == {(m, s) for m in spec for s in (0, 3)}
+    assert got[("covariance", 0)]["M"] == 16 and got[("covariance", 0)]["L"] == 4
+    assert got[("covariance_m1", 0)]["M"] == 1 and got[("covariance_m1", 0)]["L"] == 8
+    with pytest.raises(ValueError, match="unknown measure 'nope'"):
+        build_tracker({"x": {"measure": "nope"}})

@@ -169,11 +169,14 @@ def _check_track(track: Any) -> dict[str, dict[str, Any]]:
     if not isinstance(track, Mapping):
         raise ConfigError(f"track={track!r} is invalid: must be a table of measure tables")
     for name, options in track.items():
-        if name not in MEASURES:
-            raise ConfigError(f"track.{name}: unknown measure; allowed: {sorted(MEASURES)}")
         if not isinstance(options, Mapping):
             raise ConfigError(
                 f"track.{name}={options!r} is invalid: must be a table such as {{ every = 100 }}"
+            )
+        kind = options.get("measure", name)
+        if kind not in MEASURES:
+            raise ConfigError(
+                f"track.{name}: unknown measure {kind!r}; allowed: {sorted(MEASURES)}"
             )
     return {k: dict(v) for k, v in track.items()}
 

@@ -452,13 +452,6 @@ def encode_array(t: Tensor) -> dict[str, Any]:
     }
 
 
-def decode_array(d: dict[str, Any]) -> Any:
-    """The numpy array of :func:`encode_array`."""
-    import numpy as np
-
-    return np.frombuffer(base64.b64decode(d["data"]), dtype=d["dtype"]).reshape(d["shape"])
-
-
 MEASURES: dict[str, type[Measure]] = {
     m.name: m
     for m in (

@@ -271,6 +271,9 @@ def build_tracker(spec: dict[str, dict[str, Any]], **kwargs: Any) -> Tracker:
 
     The schedule is ``every`` (an int or ``"epoch"``/``"N epochs"``), ``at`` or
     ``log_spaced`` (default every 100 steps); other keys go to the measure's constructor.
+    A table may name its measure with ``measure = "..."`` to track one measure twice under
+    two names, e.g. ``covariance_m1 = {measure = "covariance", batch_size = 1}`` beside
+    ``covariance``: its records (and warm-start state) carry the table's name.
     Unknown measures or arguments are rejected naming what is allowed. ``kwargs`` go to
     :class:`Tracker`.
     """
@@ -278,10 +281,13 @@ def build_tracker(spec: dict[str, dict[str, Any]], **kwargs: Any) -> Tracker:
         raise ValueError(f"the track table must map measure names to tables, got {spec!r}")
     measures = []
     for name, options in spec.items():
-        if name not in MEASURES:
-            raise ValueError(f"track.{name}: unknown measure; choose from {sorted(MEASURES)}")
         options = dict(options or {})
-        cls = MEASURES[name]
+        kind = options.pop("measure", name)
+        if kind not in MEASURES:
+            raise ValueError(
+                f"track.{name}: unknown measure {kind!r}; choose from {sorted(MEASURES)}"
+            )
+        cls = MEASURES[kind]
         allowed = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
         sched = [k for k in _SCHEDULE_KEYS if k in options]
         if len(sched) > 1:
@@ -297,7 +303,10 @@ def build_tracker(spec: dict[str, dict[str, Any]], **kwargs: Any) -> Tracker:
                 f"{sorted([*allowed, *_SCHEDULE_KEYS])}"
             )
         try:
-            measures.append((cls(**options), schedule))
+            measure = cls(**options)
         except (TypeError, ValueError) as err:
             raise ValueError(f"track.{name}: {err}") from err
+        if name != kind:
+            measure.name = name
+        measures.append((measure, schedule))
     return Tracker(measures, **kwargs)
