@@ -2,10 +2,13 @@
 
 ::
 
-    breakeven run CONFIG_OR_PRESET [--set key=value ...] [--out DIR] [--no-progress]
+    breakeven run CONFIG_OR_PRESET [--scale quick|full] [--set key=value ...] [--out DIR]
+    breakeven sweep PRESET [--scale quick|full] [--grid key=v1,v2,...] [--seeds N]
+                    [--workers N] [--backend local|ray] [--address ADDR] [--set ...] [--out DIR]
+    breakeven verdict SWEEP_DIR... [--support F] [--min-pairs N] [--thresholds a,b,...]
     breakeven presets
     breakeven show RUN_DIR
-    breakeven export RUN_DIR [--to parquet|csv] [--out FILE]
+    breakeven export RUN_OR_SWEEP [--to tensorboard|parquet|csv] [--out PATH]
 
 Exit codes: 0 finished, 1 the run failed or diverged, 2 invalid config, arguments or output
 directory (nothing was trained).
@@ -53,13 +56,49 @@ def _parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--out", help="run directory (default runs/<name>[-<hash of the --set>])")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    r.add_argument("--scale", help="a preset's scale: full (the paper's values, default) or quick")
+    w = sub.add_parser("sweep", help="run a preset over a grid of values and seeds (resumable)")
+    w.add_argument("config", help="a TOML file or a preset name (see `breakeven presets`)")
+    w.add_argument("--scale", help="full (the paper's values, default) or quick (minutes on a CPU)")
+    w.add_argument(
+        "--grid",
+        action="append",
+        default=[],
+        metavar="KEY=V1,V2,...",
+        help="swept values, e.g. lr=0.1,0.01 (repeat for a product; replaces the preset's grid)",
+    )
+    w.add_argument("--seeds", type=int, help="seeds 0..N-1 (default: the preset's)")
+    w.add_argument("--workers", type=int, default=1, help="runs at a time (default 1)")
+    w.add_argument("--backend", choices=["local", "ray"], default="local")
+    w.add_argument("--address", help="Ray cluster address (--backend ray; default: local Ray)")
+    w.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    w.add_argument("--out", help="sweep directory (default runs/sweeps/<preset>-<scale>)")
+    v = sub.add_parser("verdict", help="break-even points and conjecture verdicts of sweeps")
+    v.add_argument("paths", nargs="+", metavar="SWEEP_DIR")
+    v.add_argument("--support", type=float, default=0.8, help="fraction of ordered pairs")
+    v.add_argument("--min-pairs", type=int, default=3, help="fewest pairs for a verdict")
+    v.add_argument(
+        "--thresholds", default="0.5,0.65,0.8", help="training accuracies to report crossings of"
+    )
     sub.add_parser("presets", help="list the bundled presets")
     s = sub.add_parser("show", help="summary table of a run directory")
     s.add_argument("run_dir")
-    e = sub.add_parser("export", help="write a run's records as a tidy table")
-    e.add_argument("run_dir")
-    e.add_argument("--to", choices=["parquet", "csv"], default="csv")
-    e.add_argument("--out", help="file to write (default RUN_DIR/records.<ext>)")
+    e = sub.add_parser(
+        "export", help="write the records of a run or a sweep as a tidy table or TensorBoard events"
+    )
+    e.add_argument("run_dir", metavar="RUN_OR_SWEEP", help="a run directory or a sweep directory")
+    e.add_argument(
+        "--to",
+        choices=["tensorboard", "parquet", "csv"],
+        default="csv",
+        help="csv (default) or parquet: one tidy table, all runs of a sweep in it; "
+        "tensorboard: event files, one subdirectory per run",
+    )
+    e.add_argument(
+        "--out",
+        help="file (or, for tensorboard, directory) to write "
+        "(default RUN_OR_SWEEP/records.<ext> or RUN_OR_SWEEP/tensorboard/)",
+    )
     return p
 
 
@@ -129,8 +168,110 @@ def _presets() -> int:
     return 0
 
 
+def _table(df: Any) -> str:
+    """A DataFrame as aligned text, floats to 4 significant digits."""
+    return df.to_string(index=False, float_format=lambda x: f"{x:.4g}", na_rep="-")
+
+
+def _verdict(args: argparse.Namespace) -> int:
+    from .analysis import break_even_points, read_runs, verdicts
+
+    runs = read_runs(args.paths)
+    try:
+        thresholds = [float(t) for t in args.thresholds.split(",") if t.strip()]
+    except ValueError:
+        print(
+            f"error: --thresholds {args.thresholds!r}: must be numbers like 0.5,0.65",
+            file=sys.stderr,
+        )
+        return 2
+    points = break_even_points(runs, thresholds)
+    cols = [c for c in points.columns if not c.endswith("_epoch") or c.startswith("acc_")]
+    print("Break-even points (steps; train acc interpolated between evaluations)")
+    print(_table(points[cols]))
+    table = verdicts(runs, support=args.support, min_pairs=args.min_pairs)
+    print()
+    if table.empty:
+        print(
+            "No verdicts: the sweep varies no key with a predicted direction "
+            "(lr, batch_size, momentum)"
+        )
+        return 0
+    print("Conjecture verdicts (each run's maximum over its trajectory after step 0)")
+    print(_table(table.drop(columns=["rule", "left_out"])))
+    print(f"rule: {table['rule'].iloc[0]}")
+    if table["left_out"].iloc[0]:
+        print(f"left out: {table['left_out'].iloc[0]}")
+    return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from .experiments import parse_grid, sweep
+
+    grid = parse_grid(args.grid) if args.grid else None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover
+        tqdm = None
+    bar = None
+
+    def on_done(name: str, status: str, seconds: float) -> None:
+        line = f"{name}: {status} ({seconds:.0f} s)"
+        if bar is not None:
+            bar.write(line)
+            bar.update(1)
+        else:
+            print(line, flush=True)
+
+    from .experiments import plan_sweep
+
+    plan = plan_sweep(
+        args.config,
+        grid=grid,
+        seeds=args.seeds,
+        scale=args.scale,
+        overrides=args.overrides,
+        workers=args.workers,
+    )
+    for note in plan.notes:
+        print(f"note: {note}")
+    if tqdm is not None:
+        bar = tqdm(total=len(plan.runs), unit="run", file=sys.stderr, dynamic_ncols=True)
+    try:
+        outcome = sweep(
+            args.config,
+            grid=grid,
+            seeds=args.seeds,
+            scale=args.scale,
+            overrides=args.overrides,
+            workers=args.workers,
+            backend=args.backend,
+            address=args.address,
+            out=args.out,
+            on_done=on_done,
+        )
+    finally:
+        if bar is not None:
+            bar.close()
+    counts = ", ".join(f"{n} {k}" for k, n in sorted(outcome.counts.items()))
+    print(f"sweep {outcome.path}: {counts}")
+    dataset_failed = [s for _, s, _ in outcome.runs if "DatasetNotFound" in s or "not found" in s]
+    if all(s.startswith("failed") or s == "skipped" for _, s, _ in outcome.runs):
+        if dataset_failed:
+            print(f"error: {dataset_failed[0]}", file=sys.stderr)
+            return 2
+        return 1
+    print()
+    args.paths, args.support, args.min_pairs = [str(outcome.path)], 0.8, 3
+    args.thresholds = "0.5,0.65,0.8"
+    _verdict(args)
+    return 0 if all(s in ("finished", "diverged") for _, s, _ in outcome.runs) else 1
+
+
 def _run(args: argparse.Namespace) -> int:
-    outcome = run(args.config, args.out, args.overrides, progress=not args.no_progress)
+    outcome = run(
+        args.config, args.out, args.overrides, scale=args.scale, progress=not args.no_progress
+    )
     if outcome.result is None and outcome.error is None:
         print(f"{outcome.path}: the run has already ended ({outcome.status}); nothing to do")
     elif outcome.resumed_from is not None:
@@ -142,18 +283,40 @@ def _run(args: argparse.Namespace) -> int:
     return 0 if outcome.status == "finished" else 1
 
 
+def _export(args: argparse.Namespace) -> int:
+    from .records import SWEEP_FILE, default_export_path, write_records
+
+    path = Path(args.run_dir)
+    if (path / SWEEP_FILE).exists():
+        from .analysis import read_runs
+
+        try:
+            records = read_runs(path).records
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        out = args.out if args.out is not None else default_export_path(path, args.to)
+        print(write_records(records, args.to, out))
+    else:
+        print(export(path, args.to, args.out))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``breakeven`` console script; returns the exit code."""
     args = _parser().parse_args(argv)
     try:
         if args.command == "run":
             return _run(args)
+        if args.command == "sweep":
+            return _sweep(args)
+        if args.command == "verdict":
+            return _verdict(args)
         if args.command == "presets":
             return _presets()
         if args.command == "show":
             return _show(args.run_dir)
-        print(export(args.run_dir, args.to, args.out))
-        return 0
+        return _export(args)
     except (ConfigError, RunStoreError, DatasetNotFoundError, CorruptDatasetError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -2,7 +2,9 @@
 
 The layout of a run directory and the format of a record are described in
 :mod:`breakeven.tracking.store`, which writes them. :func:`load_run` returns the records as
-a tidy pandas DataFrame; :func:`export` writes it to Parquet (needs pyarrow) or CSV.
+a tidy pandas DataFrame; :func:`export` writes it to TensorBoard event files (needs the
+``tensorboard`` package), Parquet (needs pyarrow) or CSV, and :func:`write_records` writes any
+such table (e.g. a sweep's, from :func:`breakeven.analysis.read_runs`).
 """
 
 from __future__ import annotations
@@ -17,13 +19,17 @@ from typing import Any
 
 __all__ = [
     "COLUMNS",
+    "EXPORT_FORMATS",
+    "SWEEP_FILE",
     "decode_array",
+    "default_export_path",
     "export",
     "load_run",
     "read_config",
     "read_records",
     "read_status",
     "read_summary",
+    "write_records",
 ]
 
 CONFIG, RECORDS, STATUS, CHECKPOINT, SUMMARY, MODEL = (
@@ -34,6 +40,7 @@ CONFIG, RECORDS, STATUS, CHECKPOINT, SUMMARY, MODEL = (
     "summary.json",
     "model.pt",
 )
+SWEEP_FILE = "sweep.json"  # a sweep directory's plan (see breakeven.experiments.sweep)
 COLUMNS = ["run", "step", "epoch", "measure", "key", "value", "seconds", "matvecs"]
 
 
@@ -121,27 +128,109 @@ def load_run(path: str | os.PathLike | Iterable[str | os.PathLike]) -> Any:
     return df.astype({"step": "int64", "value": "float64", "seconds": "float64"})
 
 
-def export(
-    path: str | os.PathLike, to: str = "parquet", out: str | os.PathLike | None = None
-) -> Path:
-    """Write :func:`load_run` of ``path`` to ``out`` (default ``<path>/records.<ext>``) as
-    ``to='parquet'`` (needs pyarrow) or ``'csv'``; returns the file written."""
-    if to not in ("parquet", "csv"):
-        raise ValueError(f"to={to!r} is invalid: must be 'parquet' or 'csv'")
+EXPORT_FORMATS = ("tensorboard", "parquet", "csv")
+
+
+def default_export_path(path: str | os.PathLike, to: str) -> Path:
+    """Where :func:`export` writes by default: ``<path>/records.parquet``,
+    ``<path>/records.csv`` or the directory ``<path>/tensorboard/``."""
+    _check_format(to)
+    return Path(path) / ("tensorboard" if to == "tensorboard" else f"records.{to}")
+
+
+def _check_format(to: str) -> None:
+    if to not in EXPORT_FORMATS:
+        raise ValueError(f"to={to!r} is invalid: must be 'tensorboard', 'parquet' or 'csv'")
+
+
+def _require(to: str) -> None:
+    """Raise a clear ImportError when the package that writes ``to`` is missing."""
     if to == "parquet":
         try:
             import pyarrow  # noqa: F401
         except ImportError as e:
             raise ImportError(
-                "exporting to Parquet needs pyarrow: pip install pyarrow (or use to='csv')"
+                "exporting to Parquet needs pyarrow: pip install pyarrow "
+                "(or pip install 'breakeven[parquet]'; or use to='csv')"
             ) from e
-    df = load_run(path)
-    target = Path(out) if out is not None else Path(path) / f"records.{to}"
+    elif to == "tensorboard":
+        try:
+            from tensorboard.summary import Writer  # noqa: F401
+        except ImportError as e:
+            raise ImportError(
+                "exporting to TensorBoard needs the tensorboard package: "
+                "pip install 'breakeven[tensorboard]'"
+            ) from e
+
+
+def write_records(records: Any, to: str, out: str | os.PathLike) -> Path:
+    """Write a tidy records table (the :func:`load_run` columns, several runs told apart by
+    ``run``) to ``out``; returns ``out``.
+
+    ``to='parquet'`` (needs pyarrow) or ``'csv'``: one file, the table as it is.
+    ``to='tensorboard'`` (needs the ``tensorboard`` package): event files in one
+    subdirectory of ``out`` per run (``out/<run>/``, so ``tensorboard --logdir out`` shows
+    the runs side by side), one scalar series per measure and key, tagged
+    ``<measure>/<key>`` (e.g. ``covariance/lambda_K_1``, ``hessian/lambda_H_1``,
+    ``evaluation/val_loss``), at ``global_step = step``. TensorBoard stores each value as a
+    float32 (NaN stays NaN). Event files left in ``out/<run>/`` by an earlier export are
+    removed first, so exporting again replaces the series instead of doubling them.
+    """
+    _check_format(to)
+    _require(to)
+    target = Path(out)
     if to == "parquet":
-        df.to_parquet(target, index=False)
+        records.to_parquet(target, index=False)
+    elif to == "csv":
+        records.to_csv(target, index=False)
     else:
-        df.to_csv(target, index=False)
+        _write_tensorboard(records, target)
     return target
+
+
+def _write_tensorboard(records: Any, out: Path) -> None:
+    from tensorboard.summary import Writer
+
+    out.mkdir(parents=True, exist_ok=True)
+    for run, frame in records.groupby("run", sort=False):
+        run_dir = out / str(run)
+        if run_dir.resolve() == out.resolve() or out.resolve() not in run_dir.resolve().parents:
+            raise ValueError(f"run name {run!r} does not name a subdirectory of {out}")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        for old in run_dir.glob("events.out.tfevents.*"):
+            old.unlink()
+        writer = Writer(str(run_dir))
+        try:
+            tags = frame["measure"].astype(str) + "/" + frame["key"].astype(str)
+            for tag, step, value in zip(tags, frame["step"], frame["value"]):
+                writer.add_scalar(tag, float(value), int(step))
+        finally:
+            writer.close()
+
+
+def export(
+    path: str | os.PathLike, to: str = "parquet", out: str | os.PathLike | None = None
+) -> Path:
+    """Write the records of the run directory ``path`` (:func:`load_run`) with
+    :func:`write_records` as ``to='tensorboard'``, ``'parquet'`` or ``'csv'`` to ``out``
+    (default :func:`default_export_path`: ``<path>/records.<ext>`` or ``<path>/tensorboard/``);
+    returns the file or directory written. A missing writer package raises ImportError
+    naming what to install, before anything is read.
+
+    A sweep directory (``sweep.json`` and ``runs/``) is read by
+    :func:`breakeven.analysis.read_runs`; ``breakeven export SWEEP`` writes all its runs
+    (one file, or one TensorBoard subdirectory per run), as does
+    ``write_records(read_runs(sweep).records, to, out)``.
+    """
+    _check_format(to)
+    _require(to)
+    if not (Path(path) / CONFIG).exists() and (Path(path) / SWEEP_FILE).exists():
+        raise ValueError(
+            f"{path} is a sweep directory: export it with `breakeven export {path}` or "
+            "write_records(breakeven.analysis.read_runs(path).records, to, out)"
+        )
+    df = load_run(path)
+    return write_records(df, to, out if out is not None else default_export_path(path, to))
 
 
 def decode_array(d: dict[str, Any]) -> Any:

@@ -19,11 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..records import CONFIG, load_run, read_config, read_status
+from ..records import CONFIG, SWEEP_FILE, load_run, read_config, read_status
 
 __all__ = ["SWEEP_FILE", "Runs", "read_runs", "read_sweep_spec", "short_key"]
 
-SWEEP_FILE = "sweep.json"
 #: TrainConfig fields copied into every row of :attr:`Runs.table`.
 TRAIN_COLUMNS = ("model", "dataset", "lr", "batch_size", "momentum", "n_train", "init_seed")
 

@@ -1,25 +1,50 @@
-"""Run configs (TOML presets, ``--set`` overrides) and the tracked, resumable runner."""
+"""Run configs (TOML presets, scales, ``--set`` overrides), the tracked, resumable runner,
+and sweeps over a grid and seeds (process pool or Ray)."""
 
 from .runner import (
+    FULL,
     PRESETS_DIR,
     RunConfig,
     RunOutcome,
     apply_overrides,
+    apply_scale,
     default_out_dir,
     list_presets,
+    list_scales,
     load_config,
     resolve_config,
     run,
 )
+from .sweep import (
+    BACKENDS,
+    SweepOutcome,
+    SweepPlan,
+    SweepRun,
+    default_sweep_dir,
+    parse_grid,
+    plan_sweep,
+    sweep,
+)
 
 __all__ = [
+    "BACKENDS",
+    "FULL",
     "PRESETS_DIR",
     "RunConfig",
     "RunOutcome",
+    "SweepOutcome",
+    "SweepPlan",
+    "SweepRun",
     "apply_overrides",
+    "apply_scale",
     "default_out_dir",
+    "default_sweep_dir",
     "list_presets",
+    "list_scales",
     "load_config",
+    "parse_grid",
+    "plan_sweep",
     "resolve_config",
     "run",
+    "sweep",
 ]

@@ -52,8 +52,10 @@ __all__ = [
     "RunConfig",
     "RunOutcome",
     "apply_overrides",
+    "apply_scale",
     "default_out_dir",
     "list_presets",
+    "list_scales",
     "load_config",
     "resolve_config",
     "run",
@@ -61,7 +63,9 @@ __all__ = [
 
 PRESETS_DIR = Path(__file__).parent / "presets"
 TABLES = ("train", "track", "run")
-TOP_KEYS = ("name", "description", *TABLES)
+SWEEP_TABLES = ("sweep", "scale")  # read by sweeps and scales; not part of a run's config
+TOP_KEYS = ("name", "description", *TABLES, *SWEEP_TABLES)
+FULL = "full"  # the scale of a preset's own values (the paper's)
 RUN_KEYS = {"checkpoint_every": 500}  # key: default
 EVAL_MEASURE = "evaluation"  # the measure name of the training loop's evaluation records
 
@@ -144,6 +148,40 @@ def apply_overrides(
                 raise ConfigError(f"--set {key}: {p} is not a table")
         node[parts[-1]] = value
     return cfg
+
+
+def _leaves(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in table.items():
+        if isinstance(v, Mapping) and v:
+            out.update(_leaves(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def list_scales(config: Mapping[str, Any]) -> list[str]:
+    """The scales a config offers: ``"full"`` (its own values) and its ``[scale.*]`` tables."""
+    scales = config.get("scale", {})
+    if not isinstance(scales, Mapping) or not all(isinstance(v, Mapping) for v in scales.values()):
+        raise ConfigError("scale is invalid: must hold tables such as [scale.quick]")
+    return [FULL, *scales]
+
+
+def apply_scale(config: Mapping[str, Any], scale: str | None = None) -> dict[str, Any]:
+    """A copy of ``config`` at ``scale`` with its sweep-level tables (``[sweep]``,
+    ``[scale.*]``) removed.
+
+    ``None`` or ``"full"``: the config's own values (a preset's are the paper's). Another
+    name applies the overrides of the table ``[scale.<name>]``, whose keys are written like
+    ``--set`` keys (``train.epochs = 2``, ``track.covariance.every = 20``)."""
+    allowed = list_scales(config)
+    if scale is not None and scale not in allowed:
+        raise ConfigError(f"scale={scale!r} is invalid: this config offers {allowed}")
+    cfg = {k: v for k, v in config.items() if k not in SWEEP_TABLES}
+    if scale is None or scale == FULL:
+        return json.loads(json.dumps(cfg))
+    return apply_overrides(cfg, _leaves(config["scale"][scale]))
 
 
 @dataclass(frozen=True)
@@ -288,12 +326,14 @@ def run(
     out_dir: str | os.PathLike | None = None,
     overrides: Sequence[str] | Mapping[str, Any] = (),
     *,
+    scale: str | None = None,
     dataset: Dataset | None = None,
     progress: bool | Callable[[], Any] = False,
     min_free_bytes: int | None = None,
 ) -> RunOutcome:
-    """Train and track one run of ``config`` (a TOML path, a preset name or a mapping),
-    writing its store to ``out_dir`` (default :func:`default_out_dir`).
+    """Train and track one run of ``config`` (a TOML path, a preset name or a mapping) at
+    ``scale`` (see :func:`apply_scale`), writing its store to ``out_dir`` (default
+    :func:`default_out_dir`).
 
     Everything is checked before training: config keys and values, the tracker spec (by
     building the tracker), the dataset, and that ``out_dir`` is writable with enough free
@@ -306,7 +346,7 @@ def run(
     ``dataset`` replaces loading ``train.dataset`` by name. ``progress=True`` shows a
     progress bar on stderr (tqdm if installed).
     """
-    raw = apply_overrides(load_config(config), overrides)
+    raw = apply_overrides(apply_scale(load_config(config), scale), overrides)
     rc = resolve_config(raw)
     if out_dir is None:
         ov = (
@@ -314,6 +354,8 @@ def run(
             if not isinstance(overrides, Mapping)
             else [f"{k}={v!r}" for k, v in overrides.items()]
         )
+        if scale not in (None, FULL):
+            ov.insert(0, f"scale={scale}")
         out_dir = default_out_dir(raw, ov)
     path = Path(out_dir)
     store = RunStore(path, min_free_bytes=min_free_bytes or DEFAULT_MIN_FREE_BYTES)

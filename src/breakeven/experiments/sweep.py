@@ -1,0 +1,368 @@
+"""Sweeps: one preset over a grid of values and seeds, run by a process pool or by Ray.
+
+A preset's ``[sweep]`` table gives its default grid and seeds::
+
+    [sweep]
+    grid = { "train.lr" = [0.1, 0.03, 0.01] }   # keys written like --set keys
+    seeds = 2                                   # seeds 0, 1 (or a list: [0, 3])
+
+Seed ``s`` sets ``train.init_seed = train.data_seed = s``. The runs are the product of the
+grid's values (in the grid's order) and the seeds; each writes its run directory under
+``<out>/runs/<name>`` (``lr=0.1_seed=0``), and ``<out>/sweep.json`` records the plan (see
+:mod:`breakeven.analysis.runs`).
+
+Comparable runs: when the grid varies ``train.batch_size``, K is measured on mini-batches
+of a fixed ``M = 128`` (paper Sec. 4) in every run whose ``covariance`` measures do not set
+``batch_size`` themselves.
+
+Resumable: running the same sweep into the same directory skips finished and diverged runs
+and resumes interrupted ones from their last checkpoint. A diverged or failed run is
+reported in the outcome, never fatal; a dataset that cannot be found stops the sweep (every
+run would fail the same way).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..data import CorruptDatasetError, DatasetNotFoundError
+from ..records import SWEEP_FILE
+from ..tracking import build_tracker
+from ..train import ConfigError, TrainConfig
+from .runner import (
+    FULL,
+    _parse_value,
+    apply_overrides,
+    apply_scale,
+    load_config,
+    resolve_config,
+    run,
+)
+
+__all__ = [
+    "BACKENDS",
+    "SweepOutcome",
+    "SweepPlan",
+    "SweepRun",
+    "default_sweep_dir",
+    "parse_grid",
+    "plan_sweep",
+    "sweep",
+]
+
+BACKENDS = ("local", "ray")
+FIXED_M = 128  # K's mini-batch size when the batch size is swept (paper Sec. 4)
+FAILED_DATASET = "dataset"
+
+
+@dataclass(frozen=True)
+class SweepRun:
+    """One run of a sweep: its ``name``, swept ``params`` (dotted key: value), ``seed`` and
+    the complete run config (a mapping :func:`~breakeven.experiments.run` accepts)."""
+
+    name: str
+    params: dict[str, Any]
+    seed: int
+    config: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    """What a sweep will run: the preset, scale, grid, seeds, overrides, notes on settings
+    it fixed, and the runs."""
+
+    preset: str
+    scale: str
+    grid: dict[str, list[Any]]
+    seeds: list[int]
+    overrides: list[str]
+    notes: list[str]
+    runs: list[SweepRun]
+
+    def spec(self) -> dict[str, Any]:
+        """The content of ``sweep.json``."""
+        return {
+            "kind": "sweep",
+            "preset": self.preset,
+            "scale": self.scale,
+            "grid": self.grid,
+            "seeds": self.seeds,
+            "overrides": self.overrides,
+            "notes": self.notes,
+            "runs": [{"name": r.name, "params": r.params, "seed": r.seed} for r in self.runs],
+        }
+
+
+def _normalise_key(key: str) -> str:
+    if "." not in key:
+        if key in TrainConfig.__dataclass_fields__:
+            return f"train.{key}"
+        raise ConfigError(
+            f"grid key {key!r} is unknown: use train.<key> or track.<measure>.<option>, or a "
+            f"bare key of {sorted(TrainConfig.__dataclass_fields__)}"
+        )
+    return key
+
+
+def parse_grid(items: Sequence[str]) -> dict[str, list[Any]]:
+    """``["lr=0.1,0.01", "train.batch_size=32,128"]`` as ``{"train.lr": [0.1, 0.01], ...}``
+    (values read as TOML, like ``--set`` values)."""
+    grid: dict[str, list[Any]] = {}
+    for item in items:
+        key, sep, values = item.partition("=")
+        if not sep or not key.strip() or not values.strip():
+            raise ConfigError(f"--grid {item!r} is invalid: must be key=v1,v2,...")
+        grid[_normalise_key(key.strip())] = [_parse_value(v.strip()) for v in values.split(",")]
+    return grid
+
+
+def _value_name(v: Any) -> str:
+    text = "-".join(map(str, v)) if isinstance(v, list) else str(v)
+    return "".join(c if c.isalnum() or c in ".-+" else "-" for c in text)
+
+
+def _short(key: str) -> str:
+    return key.rsplit(".", 1)[-1]
+
+
+def plan_sweep(
+    preset: str | os.PathLike | Mapping[str, Any],
+    *,
+    grid: Mapping[str, Sequence[Any]] | None = None,
+    seeds: int | Sequence[int] | None = None,
+    scale: str | None = None,
+    overrides: Sequence[str] = (),
+    workers: int = 1,
+) -> SweepPlan:
+    """The runs of a sweep, every config validated (keys, values, tracker spec) before any
+    training. ``grid``/``seeds`` default to the preset's ``[sweep]`` table (``grid`` given
+    replaces the preset's whole grid); ``scale`` defaults to ``"full"``. With ``workers``
+    > 1, runs whose config leaves ``train.num_threads`` unset get ``cpus // workers``
+    threads each."""
+    raw = load_config(preset)
+    name = str(raw.get("name", "sweep"))
+    table = raw.get("sweep", {})
+    if not isinstance(table, Mapping) or set(table) - {"grid", "seeds"}:
+        raise ConfigError("[sweep] is invalid: it may hold only grid = {...} and seeds")
+    if grid is None:
+        grid = table.get("grid", {})
+        if not isinstance(grid, Mapping):
+            raise ConfigError("[sweep] grid is invalid: must be a table {key = [values]}")
+    grid = {
+        _normalise_key(k): list(v) if isinstance(v, (list, tuple)) else [v] for k, v in grid.items()
+    }
+    for key, values in grid.items():
+        if not values or len({json.dumps(v) for v in values}) != len(values):
+            raise ConfigError(f"grid {key}={values!r} is invalid: must list distinct values")
+    seeds = table.get("seeds", 1) if seeds is None else seeds
+    seed_list = (
+        list(range(seeds))
+        if isinstance(seeds, int) and not isinstance(seeds, bool)
+        else list(seeds)
+    )
+    if not seed_list or not all(isinstance(s, int) and s >= 0 for s in seed_list):
+        raise ConfigError(f"seeds={seeds!r} is invalid: a count >= 1 or a list of integers >= 0")
+    if not isinstance(workers, int) or workers < 1:
+        raise ConfigError(f"workers={workers!r} is invalid: must be an integer >= 1")
+    base = apply_overrides(apply_scale(raw, scale), overrides)
+    notes = []
+    fixed: dict[str, Any] = {}
+    if "train.batch_size" in grid:
+        for mname, opts in base.get("track", {}).items():
+            if opts.get("measure", mname) == "covariance" and "batch_size" not in opts:
+                fixed[f"track.{mname}.batch_size"] = FIXED_M
+                notes.append(
+                    f"the batch size is swept: {mname} measures K on mini-batches of M = {FIXED_M}"
+                )
+    if workers > 1 and base.get("train", {}).get("num_threads") is None:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        fixed["train.num_threads"] = threads
+        notes.append(f"{workers} workers: {threads} torch thread(s) per run")
+    runs = []
+    for combo in itertools.product(*grid.values()):
+        params = dict(zip(grid, combo, strict=True))
+        for seed in seed_list:
+            ov = {**params, **fixed, "train.init_seed": seed, "train.data_seed": seed}
+            cfg = apply_overrides(base, ov)
+            rc = resolve_config(cfg)
+            if rc.track:
+                try:
+                    build_tracker(rc.track)
+                except (TypeError, ValueError) as e:
+                    raise ConfigError(str(e)) from e
+            label = "_".join(f"{_short(k)}={_value_name(v)}" for k, v in params.items())
+            run_name = f"{label}_seed={seed}" if label else f"seed={seed}"
+            runs.append(SweepRun(run_name, params, seed, cfg))
+    names = [r.name for r in runs]
+    if len(set(names)) != len(names):
+        raise ConfigError("two runs of this grid get the same name; use distinct grid values")
+    return SweepPlan(name, scale or FULL, grid, seed_list, list(overrides), notes, runs)
+
+
+@dataclass
+class SweepOutcome:
+    """How a sweep ended: its directory and, per run, ``(name, status, seconds)``; status
+    is ``finished``, ``diverged``, ``failed: <error>``, or ``skipped`` when the sweep
+    stopped before it."""
+
+    path: Path
+    runs: list[tuple[str, str, float]] = field(default_factory=list)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for _, status, _ in self.runs:
+            key = status.split(":")[0]
+            out[key] = out.get(key, 0) + 1
+        return out
+
+
+def run_one(config: dict[str, Any], out_dir: str) -> tuple[str, float, str | None]:
+    """Run one sweep member (in a worker): ``(status, seconds, error kind)``, never raising."""
+    t0 = time.perf_counter()
+    try:
+        outcome = run(config, out_dir)
+        status = outcome.status
+        kind = None
+    except (DatasetNotFoundError, CorruptDatasetError) as e:
+        status, kind = f"failed: {e}", FAILED_DATASET
+    except Exception as e:  # reported, never fatal to the sweep
+        status, kind = f"failed: {type(e).__name__}: {e}", "error"
+    return status, time.perf_counter() - t0, kind
+
+
+def _write_spec(path: Path, spec: dict[str, Any]) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    target = path / SWEEP_FILE
+    if target.exists():
+        old = json.loads(target.read_text())
+        keys = ("preset", "scale", "grid", "seeds", "overrides")
+        diff = [k for k in keys if old.get(k) != spec[k]]
+        if diff:
+            raise ConfigError(
+                f"{path} holds another sweep (differing: {', '.join(diff)}); use another --out"
+            )
+    tmp = target.with_name(SWEEP_FILE + ".tmp")
+    tmp.write_text(json.dumps(spec, indent=1) + "\n")
+    os.replace(tmp, target)
+
+
+def default_sweep_dir(plan: SweepPlan) -> Path:
+    """``runs/sweeps/<preset>-<scale>``."""
+    return Path("runs") / "sweeps" / f"{plan.preset}-{plan.scale}"
+
+
+def sweep(
+    preset: str | os.PathLike | Mapping[str, Any],
+    *,
+    grid: Mapping[str, Sequence[Any]] | None = None,
+    seeds: int | Sequence[int] | None = None,
+    scale: str | None = None,
+    overrides: Sequence[str] = (),
+    workers: int = 1,
+    backend: str = "local",
+    address: str | None = None,
+    out: str | os.PathLike | None = None,
+    on_done: Callable[[str, str, float], None] | None = None,
+) -> SweepOutcome:
+    """Run a sweep (see the module docstring and :func:`plan_sweep`) and return its outcome.
+
+    ``backend="local"`` runs ``workers`` runs at a time in a process pool (in this process
+    when ``workers == 1``); ``"ray"`` submits each run as a Ray task of one CPU to the
+    cluster at ``address`` (None: a local Ray instance with ``workers`` CPUs); the output
+    directory must then be on a filesystem that every node sees. ``on_done(name, status,
+    seconds)`` is called as each run ends.
+    """
+    if backend not in BACKENDS:
+        raise ConfigError(f"backend={backend!r} is invalid: must be one of {list(BACKENDS)}")
+    if address is not None and backend != "ray":
+        raise ConfigError("--address is for --backend ray")
+    plan = plan_sweep(
+        preset, grid=grid, seeds=seeds, scale=scale, overrides=overrides, workers=workers
+    )
+    path = Path(out) if out is not None else default_sweep_dir(plan)
+    _write_spec(path, plan.spec())
+    jobs = [(r.name, r.config, str((path / "runs" / r.name).resolve())) for r in plan.runs]
+    results: dict[str, tuple[str, float]] = {}
+
+    def done(name: str, status: str, seconds: float) -> None:
+        results[name] = (status, seconds)
+        if on_done is not None:
+            on_done(name, status, seconds)
+
+    if backend == "ray":
+        _run_ray(jobs, workers, address, done)
+    elif workers == 1:
+        for name, cfg, run_dir in jobs:
+            status, seconds, kind = run_one(cfg, run_dir)
+            done(name, status, seconds)
+            if kind == FAILED_DATASET:
+                break
+    else:
+        _run_pool(jobs, workers, done)
+    outcome = SweepOutcome(path)
+    for name, _, _ in jobs:
+        status, seconds = results.get(name, ("skipped", 0.0))
+        outcome.runs.append((name, status, seconds))
+    return outcome
+
+
+def _run_pool(jobs: list, workers: int, done: Callable[[str, str, float], None]) -> None:
+    import multiprocessing as mp
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    ctx = mp.get_context("spawn")  # no fork of a process that holds torch threads
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        futures = {pool.submit(run_one, cfg, run_dir): name for name, cfg, run_dir in jobs}
+        pending = set(futures)
+        while pending:
+            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+            stop = False
+            for f in finished:
+                status, seconds, kind = f.result()
+                done(futures[f], status, seconds)
+                stop = stop or kind == FAILED_DATASET
+            if stop:
+                for f in pending:
+                    f.cancel()
+                pending = {f for f in pending if not f.cancelled()}
+
+
+def _run_ray(
+    jobs: list, workers: int, address: str | None, done: Callable[[str, str, float], None]
+) -> None:
+    try:
+        import ray
+    except ImportError as e:
+        raise ImportError(
+            "the ray backend needs Ray: pip install 'breakeven[ray]' (or use --backend local)"
+        ) from e
+    started = not ray.is_initialized()
+    if started:
+        kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
+        if address is None:
+            kwargs["num_cpus"] = workers
+        ray.init(address=address, **kwargs)
+    try:
+        task = ray.remote(num_cpus=1)(run_one)
+        refs = {task.remote(cfg, run_dir): name for name, cfg, run_dir in jobs}
+        pending = list(refs)
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            for ref in ready:
+                status, seconds, kind = ray.get(ref)
+                done(refs[ref], status, seconds)
+                if kind == FAILED_DATASET:
+                    for p in pending:
+                        ray.cancel(p)
+                    pending = []
+    finally:
+        if started:
+            ray.shutdown()
