@@ -1,0 +1,851 @@
+"""The paper's figures from records (Jastrzebski et al. 2020, Figs. 2-5, 7, 9-26) and the
+stability of Eq. 1. Each function takes runs (a :class:`~breakeven.analysis.Runs`, or run and
+sweep directories) and returns a :class:`matplotlib.figure.Figure` (no pyplot: nothing is
+shown, nothing global is kept). Records only; no torch.
+
+Every drawn artist that holds data carries a ``gid`` naming it, so that its data can be read
+back (``fig.axes[i].lines``, ``.collections``): ``raw:<run>`` / ``smooth:<run>`` (a
+trajectory's values and their moving average), ``threshold:<run>:<t>`` (the first epoch of
+training accuracy >= t), ``points:<run>`` (a scatter), ``K:<run>`` / ``H:<run>`` (spectra),
+``stability:<run>``, ``break_even:<run>``, ``unit`` (the line at 1), ``lambda_H_1:<run>``,
+``eos_threshold:<run>``. When the records lack what a figure needs, it raises ``ValueError``
+naming the missing measure or key and the setting that tracks it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
+
+from ..analysis import Runs
+from ._data import (
+    KEY_MEASURE,
+    PREFERRED,
+    Groups,
+    RunsLike,
+    as_runs,
+    crossings,
+    first_at_least,
+    groups,
+    has_key,
+    keys_of,
+    missing,
+    moving_average,
+    paired,
+    resolve,
+    series,
+    wants_log,
+)
+
+__all__ = [
+    "DEFAULT_KEYS",
+    "label_of",
+    "plot_batchnorm",
+    "plot_edge_of_stability",
+    "plot_hessian_vs_covariance",
+    "plot_loss_change_vs_covariance",
+    "plot_m1_vs_m128",
+    "plot_spectra",
+    "plot_stability",
+    "plot_trajectories",
+    "plot_trajectory",
+    "spectral_density",
+]
+
+#: The keys of the default trajectory panel (paper Figs. 4, 5, 18).
+DEFAULT_KEYS = ("lambda_K_1", "condition_K", "trace_K", "lambda_H_1")
+#: The figure's thresholds of training accuracy (dashed vertical lines), as in Fig. 4.
+DEFAULT_THRESHOLDS = (0.65,)
+
+LABELS = {
+    "lambda_K_1": r"$\lambda_K^1$",
+    "lambda_K_star": r"$\lambda_K^*$",
+    "condition_K": r"$\lambda_K^*/\lambda_K^1$",
+    "trace_K": r"$\mathrm{Tr}(\mathbf{K})$",
+    "per_example_lambda_K_1": r"$M\,\lambda_K^1$",
+    "per_example_trace_K": r"$M\,\mathrm{Tr}(\mathbf{K})$",
+    "lambda_H_1": r"$\lambda_H^1$",
+    "trace_H": r"$\mathrm{Tr}(\mathbf{H})$",
+    "alignment": r"$\|g\|/\|g_5\|$",
+    "gamma_norm_last": r"$\|\gamma\|$ (last BN layer)",
+    "stability": r"$(1-\eta\lambda_H^1)^2 + s^2\eta^2 (N-S)/(S(N-1))$",
+    "break_even": "break-even reached",
+    "s2": r"$s^2$",
+    "eos_ratio": r"$\lambda_H^1 / (2/\eta)$",
+    "eos_threshold": r"$2/\eta$",
+    "delta_loss": r"$\Delta\mathcal{L}$",
+    "loss_before": r"$\mathcal{L}$ before the step",
+    "loss_after": r"$\mathcal{L}$ after the step",
+    "noise_scale": r"$B_\mathrm{simple}$",
+    "train_acc": "training accuracy",
+    "val_acc": "validation accuracy",
+    "train_loss": "training loss",
+    "val_loss": "validation loss",
+    "probe_loss": "probe loss",
+    "probe_accuracy": "probe accuracy",
+    "val_accuracy": "validation accuracy",
+    "param_norm": r"$\|\theta\|$",
+    "lr": r"$\eta$",
+}
+
+
+def _usual_measures(key: str) -> set[str]:
+    """The measures that record ``key`` under their default names."""
+    if key.startswith(("lambda_H_", "residual_H_")):
+        return {"hessian", "stability", "edge_of_stability"}
+    if key.startswith("gamma_norm"):
+        return {"batchnorm"}
+    if key.startswith("eig_K_"):
+        return {"covariance"}
+    usual = {m for m in PREFERRED.get(key, ()) if m}
+    if key in KEY_MEASURE:
+        usual.add(KEY_MEASURE[key])
+    return usual
+
+
+def label_of(key: str, measure: str | None = None) -> str:
+    """The axis label of a key (math names, e.g. ``r"$\\lambda_K^1$"``); a key read from a
+    measure that does not usually record it (e.g. ``covariance_m1``) gets the measure's name
+    in brackets."""
+    if key in LABELS:
+        text = LABELS[key]
+    elif key.startswith("lambda_H_"):
+        text = rf"$\lambda_H^{{{key.rsplit('_', 1)[1]}}}$"
+    elif key.startswith("gamma_norm/"):
+        text = rf"$\|\gamma\|$ ({key.split('/', 1)[1]})"
+    else:
+        text = key
+    if measure is not None and measure != key and measure not in _usual_measures(key):
+        text += f" [{measure}]"
+    return text
+
+
+def _context(runs: Runs) -> str:
+    """``"mlp on fashion_mnist"`` when all runs share them, else ``""``."""
+    t = runs.table
+    parts = []
+    for c in ("model", "dataset"):
+        if c in t and t[c].astype(str).nunique() == 1 and t[c].iloc[0] is not None:
+            parts.append(str(t[c].iloc[0]))
+    return " on ".join(parts)
+
+
+def _title(text: str, runs: Runs) -> str:
+    ctx = _context(runs)
+    return f"{text} ({ctx})" if ctx else text
+
+
+def _legend(ax: Axes, g: Groups, extra: Sequence[Any] = (), **kw: Any) -> None:
+    handles = [Line2D([], [], color=c, lw=2, label=lab) for lab, c in g.legend]
+    handles += list(extra)
+    if handles:
+        ax.legend(handles=handles, fontsize="small", **kw)
+
+
+def _grid(n: int, ncols: int | None, width: float = 4.2, height: float = 3.3):
+    ncols = ncols or min(n, 4)
+    nrows = math.ceil(n / ncols)
+    fig = Figure(figsize=(width * ncols, height * nrows), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    for ax in axes[n:]:
+        fig.delaxes(ax)
+    return fig, list(axes[:n])
+
+
+def _xlabel(x: str) -> str:
+    if x not in ("epoch", "step"):
+        raise ValueError(f"x={x!r} is invalid: must be 'epoch' or 'step'")
+    return "epoch" if x == "epoch" else "step"
+
+
+def _set_log(ax: Axes, which: str, log: bool | str, values: Sequence[float]) -> None:
+    if log == "auto":
+        on = wants_log(values)
+    elif isinstance(log, bool):
+        on = log
+    else:
+        raise ValueError(f"log={log!r} is invalid: must be True, False or 'auto'")
+    if on:
+        (ax.set_yscale if which == "y" else ax.set_xscale)("log")
+
+
+# ----------------------------------------------------------------------------- trajectories
+
+
+def _accuracy(runs: Runs, accuracy_key: str | None) -> tuple[str, str] | None:
+    if accuracy_key is None:
+        return None
+    try:
+        return resolve(runs, accuracy_key)
+    except ValueError:
+        return None
+
+
+def _draw_trajectory(
+    ax: Axes,
+    runs: Runs,
+    g: Groups,
+    measure: str,
+    key: str,
+    *,
+    x: str,
+    smooth: int,
+    thresholds: Sequence[float],
+    accuracy: tuple[str, str] | None,
+    log: bool | str,
+) -> None:
+    all_values: list[float] = []
+    for run in runs.table["run"]:
+        df = series(runs, measure, key, run=run)
+        if len(df) == 0:
+            continue
+        xs, ys = df[x].to_numpy(dtype=float), df["value"].to_numpy()
+        all_values += list(ys)
+        colour, lw = g.color[run], g.linewidth(run)
+        if smooth and smooth > 1:
+            ax.plot(xs, ys, color=colour, lw=0.8, alpha=0.25, gid=f"raw:{run}")
+            ax.plot(xs, moving_average(ys, smooth), color=colour, lw=lw, gid=f"smooth:{run}")
+        else:
+            ax.plot(xs, ys, color=colour, lw=lw, gid=f"raw:{run}")
+        for t, (step, epoch) in crossings(runs, run, thresholds, accuracy).items():
+            ax.axvline(
+                epoch if x == "epoch" else step,
+                color=colour,
+                ls="--",
+                lw=0.9,
+                alpha=0.8,
+                gid=f"threshold:{run}:{t:g}",
+            )
+    _set_log(ax, "y", log, all_values)
+    ax.set_xlabel(_xlabel(x))
+    ax.set_ylabel(label_of(key, measure))
+
+
+def _threshold_handle(thresholds: Sequence[float], accuracy: tuple[str, str] | None) -> list:
+    if not thresholds or accuracy is None:
+        return []
+    what = "training accuracy" if accuracy[1] == "train_acc" else accuracy[1]
+    ts = ", ".join(f"{t:g}" for t in thresholds)
+    return [Line2D([], [], color="grey", ls="--", lw=0.9, label=f"{what} first ≥ {ts}")]
+
+
+def plot_trajectory(
+    runs: RunsLike,
+    key: str,
+    *,
+    measure: str | None = None,
+    x: str = "epoch",
+    smooth: int = 5,
+    thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+    accuracy_key: str | None = "train_acc",
+    log: bool | str = "auto",
+    by: Sequence[str] | str | None = None,
+    ax: Axes | None = None,
+) -> Figure:
+    """One tracked key over training (paper Figs. 4, 5, 10-26): a curve per run, coloured by
+    the swept value (seeds of one value share a colour, thinner), the centred moving average
+    over ``smooth`` records drawn over the raw values (faint; ``smooth <= 1``: raw only), and
+    dashed vertical lines at the first evaluation where training accuracy (``accuracy_key``,
+    default the evaluation's ``train_acc``; None: no lines) is >= each of ``thresholds``.
+
+    ``key``: ``"lambda_K_1"`` or ``"measure:key"`` (e.g. ``"covariance_m1:lambda_K_1"``); a
+    bare key is read from its usual measure. ``x``: ``"epoch"`` or ``"step"``. ``log``:
+    ``"auto"`` (log y when all values are positive and span more than 2 decades), True or
+    False. ``ax``: draw into an existing axes (returns its figure)."""
+    runs = as_runs(runs)
+    _xlabel(x)  # checks x
+    measure, key = resolve(runs, key, measure)
+    g = groups(runs, by)
+    if ax is None:
+        fig = Figure(figsize=(5.5, 4), layout="constrained")
+        ax = fig.add_subplot()
+    accuracy = _accuracy(runs, accuracy_key)
+    _draw_trajectory(
+        ax,
+        runs,
+        g,
+        measure,
+        key,
+        x=x,
+        smooth=smooth,
+        thresholds=thresholds,
+        accuracy=accuracy,
+        log=log,
+    )
+    ax.set_title(_title(label_of(key, measure), runs))
+    _legend(ax, g, _threshold_handle(thresholds, accuracy))
+    return ax.figure
+
+
+def _panel(
+    runs: Runs,
+    specs: Sequence[tuple[str, str]],
+    title: str,
+    *,
+    x: str,
+    smooth: int,
+    thresholds: Sequence[float],
+    accuracy_key: str | None,
+    log: bool | str,
+    by: Sequence[str] | str | None,
+    ncols: int | None,
+) -> Figure:
+    g = groups(runs, by)
+    accuracy = _accuracy(runs, accuracy_key)
+    fig, axes = _grid(len(specs), ncols)
+    for ax, (measure, key) in zip(axes, specs):
+        _draw_trajectory(
+            ax,
+            runs,
+            g,
+            measure,
+            key,
+            x=x,
+            smooth=smooth,
+            thresholds=thresholds,
+            accuracy=accuracy,
+            log=log,
+        )
+        ax.set_title(label_of(key, measure))
+    _legend(axes[0], g, _threshold_handle(thresholds, accuracy))
+    fig.suptitle(_title(title, runs))
+    return fig
+
+
+def plot_trajectories(
+    runs: RunsLike,
+    keys: Sequence[str] | None = None,
+    *,
+    x: str = "epoch",
+    smooth: int = 5,
+    thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+    accuracy_key: str | None = "train_acc",
+    log: bool | str = "auto",
+    by: Sequence[str] | str | None = None,
+    ncols: int | None = None,
+) -> Figure:
+    """A panel of :func:`plot_trajectory`, one axes per key, in the order given (up to 4 per
+    row). ``keys=None``: those of :data:`DEFAULT_KEYS` (lambda_K^1, lambda_K^*/lambda_K^1,
+    Tr K, lambda_H^1) that the records hold (``ValueError`` when none); given keys must all
+    be there."""
+    runs = as_runs(runs)
+    _xlabel(x)  # checks x
+    if keys is None:
+        specs = []
+        for k in DEFAULT_KEYS:
+            try:
+                specs.append(resolve(runs, k))
+            except ValueError:
+                pass
+        if not specs:
+            raise ValueError(
+                "the records hold none of " + ", ".join(DEFAULT_KEYS) + ": "
+                "track them with --set track.covariance.every=N and --set track.hessian.every=N"
+            )
+    else:
+        if isinstance(keys, str):
+            keys = [keys]
+        if not keys:
+            raise ValueError("keys is empty: give at least one key")
+        specs = [resolve(runs, k) for k in keys]
+    return _panel(
+        runs,
+        specs,
+        "Trajectories",
+        x=x,
+        smooth=smooth,
+        thresholds=thresholds,
+        accuracy_key=accuracy_key,
+        log=log,
+        by=by,
+        ncols=ncols,
+    )
+
+
+BATCHNORM_KEYS = (
+    ("alignment", "alignment"),
+    ("batchnorm", "gamma_norm_last"),
+    ("covariance", "lambda_K_1"),
+    ("covariance", "condition_K"),
+)
+
+
+def require_batchnorm(runs: Runs) -> None:
+    """Raise ``ValueError`` naming each of :data:`BATCHNORM_KEYS` that no run recorded."""
+    present = keys_of(runs)
+    lost = [missing(m, k) for m, k in BATCHNORM_KEYS if (m, k) not in present]
+    if lost:
+        raise ValueError("the BatchNorm figure needs 4 keys; " + "; ".join(lost))
+
+
+def plot_batchnorm(
+    runs: RunsLike,
+    *,
+    x: str = "epoch",
+    smooth: int = 5,
+    thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+    accuracy_key: str | None = "train_acc",
+    log: bool | str = "auto",
+    by: Sequence[str] | str | None = None,
+) -> Figure:
+    """The BatchNorm panel (paper Fig. 7): ||g||/||g_5|| (``alignment``), ||gamma|| of the
+    last BatchNorm layer (``batchnorm:gamma_norm_last``), lambda_K^1 and lambda_K^*/lambda_K^1
+    over training, as four :func:`plot_trajectory` axes. All four must be recorded (by some
+    run)."""
+    runs = as_runs(runs)
+    _xlabel(x)  # checks x
+    require_batchnorm(runs)
+    return _panel(
+        runs,
+        BATCHNORM_KEYS,
+        "Learning rate, BatchNorm and conditioning",
+        x=x,
+        smooth=smooth,
+        thresholds=thresholds,
+        accuracy_key=accuracy_key,
+        log=log,
+        by=by,
+        ncols=4,
+    )
+
+
+# ----------------------------------------------------------------------------- scatters
+
+
+def _scatter_pairs(
+    ax: Axes,
+    runs: Runs,
+    g: Groups,
+    xs: tuple[str, str],
+    ys: tuple[str, str],
+    log: bool | str,
+    logy: bool | str | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    allx, ally = [], []
+    for run in runs.table["run"]:
+        df = paired(runs, run, xs, ys)
+        if len(df) == 0:
+            continue
+        ax.scatter(df["x"], df["y"], s=14, color=g.color[run], alpha=0.8, lw=0, gid=f"points:{run}")
+        allx.append(df["x"].to_numpy(dtype=float))
+        ally.append(df["y"].to_numpy(dtype=float))
+    if not allx:
+        raise ValueError(
+            f"no run recorded both {xs[1]!r} ({xs[0]}) and {ys[1]!r} ({ys[0]}): track both "
+            "measures in the same run"
+        )
+    x, y = np.concatenate(allx), np.concatenate(ally)
+    _set_log(ax, "x", log, x)
+    _set_log(ax, "y", log if logy is None else logy, y)
+    ax.set_xlabel(label_of(xs[1], xs[0]))
+    ax.set_ylabel(label_of(ys[1], ys[0]))
+    return x, y
+
+
+def _lambda_h(runs: Runs, hessian: str | None) -> tuple[str, str]:
+    try:
+        return resolve(runs, "lambda_H_1", hessian)
+    except ValueError:
+        raise ValueError(missing(hessian or "hessian", "lambda_H_1")) from None
+
+
+def plot_hessian_vs_covariance(
+    runs: RunsLike,
+    *,
+    covariance: str = "covariance",
+    hessian: str | None = None,
+    log: bool | str = "auto",
+    by: Sequence[str] | str | None = None,
+) -> Figure:
+    """lambda_H^1 against lambda_K^1 at the same training steps (paper Fig. 2, left), a point
+    per step, coloured by the swept value. Steps are matched within each run: each record of
+    the sparser of the two series is paired with the other's record at the same step, or at
+    the nearest step. ``hessian``: the measure of lambda_H^1 (default: hessian, then
+    stability, then edge_of_stability)."""
+    runs = as_runs(runs)
+    xs = resolve(runs, "lambda_K_1", covariance)
+    ys = _lambda_h(runs, hessian)
+    g = groups(runs, by)
+    fig = Figure(figsize=(5.5, 4.2), layout="constrained")
+    ax = fig.add_subplot()
+    _scatter_pairs(ax, runs, g, xs, ys, log)
+    ax.set_title(_title(r"$\lambda_H^1$ against $\lambda_K^1$", runs))
+    _legend(ax, g)
+    return fig
+
+
+def plot_loss_change_vs_covariance(
+    runs: RunsLike,
+    *,
+    covariance: str = "covariance",
+    loss_change: str = "loss_change",
+    log: bool | str = "auto",
+    by: Sequence[str] | str | None = None,
+) -> Figure:
+    """Delta L (loss before minus after the step: positive = the step reduced the loss)
+    against lambda_K^1 (paper Fig. 2, right), steps matched as in
+    :func:`plot_hessian_vs_covariance`; a grey line at Delta L = 0."""
+    runs = as_runs(runs)
+    xs = resolve(runs, "lambda_K_1", covariance)
+    ys = resolve(runs, "delta_loss", loss_change)
+    g = groups(runs, by)
+    fig = Figure(figsize=(5.5, 4.2), layout="constrained")
+    ax = fig.add_subplot()
+    _scatter_pairs(ax, runs, g, xs, ys, log, logy=False)
+    ax.axhline(0.0, color="grey", lw=0.8, gid="zero")
+    ax.set_title(_title(r"$\Delta\mathcal{L}$ against $\lambda_K^1$", runs))
+    _legend(ax, g)
+    return fig
+
+
+def _pearson(x: np.ndarray, y: np.ndarray) -> float:
+    if len(x) < 2 or np.std(x) == 0 or np.std(y) == 0:
+        return math.nan
+    return float(np.corrcoef(x, y)[0, 1])
+
+
+def _batch_size_of(runs: Runs, measure: str) -> str:
+    df = series(runs, measure, "M")
+    vals = sorted(set(df["value"]))
+    return ", ".join(f"{v:g}" for v in vals) if vals else "?"
+
+
+def plot_m1_vs_m128(
+    runs: RunsLike,
+    *,
+    m1: str = "covariance_m1",
+    m128: str = "covariance",
+    key: str = "lambda_K_1",
+    log: bool | str = "auto",
+    by: Sequence[str] | str | None = None,
+) -> Figure:
+    """lambda_K^1 of K estimated with mini-batches of M = 1 (measure ``m1``) against M = 128
+    (measure ``m128``), a point per step, steps matched as in
+    :func:`plot_hessian_vs_covariance` (paper Fig. 9, App. C). The title gives the Pearson
+    correlation over all points (``r``), the legend the correlation per group. The M of each
+    measure is read from its records (key ``M``)."""
+    runs = as_runs(runs)
+    for m in (m1, m128):
+        if not has_key(runs, m, key):
+            raise ValueError(missing(m, key))
+    g = groups(runs, by)
+    fig = Figure(figsize=(5.5, 4.4), layout="constrained")
+    ax = fig.add_subplot()
+    x, y = _scatter_pairs(ax, runs, g, (m128, key), (m1, key), log)
+    if len(x) < 2:
+        raise ValueError(f"the Pearson correlation needs at least 2 matched steps, got {len(x)}")
+    name = label_of(key)
+    ax.set_xlabel(f"{name}, M = {_batch_size_of(runs, m128)} [{m128}]")
+    ax.set_ylabel(f"{name}, M = {_batch_size_of(runs, m1)} [{m1}]")
+    per_group = []
+    for lab, colour in g.legend:
+        members = [r for r in runs.table["run"] if g.label[r] == lab]
+        px, py = [], []
+        for r in members:
+            df = paired(runs, r, (m128, key), (m1, key))
+            px += list(df["x"])
+            py += list(df["y"])
+        r = _pearson(np.asarray(px, dtype=float), np.asarray(py, dtype=float))
+        per_group.append(
+            Line2D([], [], color=colour, marker="o", ls="", label=f"{lab} (r = {r:.3f})")
+        )
+    ax.legend(handles=per_group, fontsize="small")
+    ax.set_title(_title(f"{name} at two M: Pearson r = {_pearson(x, y):.3f}", runs))
+    return fig
+
+
+# ----------------------------------------------------------------------------- spectra
+
+
+def spectral_density(
+    nodes: Sequence[float],
+    weights: Sequence[float],
+    grid: Sequence[float] | None = None,
+    sigma2: float = 1e-5,
+    num: int = 10000,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The Gaussian-broadened density of an SLQ quadrature (PyHessian's ``density_generate``):
+    sum_i w_i N(t; node_i, s^2) with variance s^2 = ``sigma2`` * max(1, span of the nodes),
+    normalised to integrate to 1 over ``grid`` (default ``num`` points from min - 1% span to
+    max + 1% span). Returns (grid, density)."""
+    t = np.asarray(nodes, dtype=float)
+    w = np.asarray(weights, dtype=float)
+    lo, hi = t.min(), t.max()
+    span = hi - lo
+    if grid is None:
+        pad = 0.01 * max(span, 1.0)
+        grid = np.linspace(lo - pad, hi + pad, num)
+    grid = np.asarray(grid, dtype=float)
+    var = sigma2 * max(1.0, span)
+    d = np.zeros_like(grid)
+    for start in range(0, len(t), 64):
+        dt = grid[:, None] - t[None, start : start + 64]
+        d += (np.exp(-(dt**2) / (2 * var)) / np.sqrt(2 * np.pi * var)) @ w[start : start + 64]
+    area = float(np.sum((d[1:] + d[:-1]) / 2 * np.diff(grid))) if len(grid) > 1 else d.sum()
+    return grid, d / area if area > 0 else d
+
+
+def _indexed(values: dict[str, float], prefix: str) -> np.ndarray:
+    ks = sorted((int(k[len(prefix) :]), v) for k, v in values.items() if k.startswith(prefix))
+    return np.array([v for _, v in ks], dtype=float)
+
+
+def _row(runs: Runs, run: str, measure: str, step: int) -> dict[str, float]:
+    rec = runs.records
+    df = rec[(rec["run"] == run) & (rec["measure"] == measure) & (rec["step"] == step)]
+    return dict(zip(df["key"], df["value"]))
+
+
+def _peak_step(runs: Runs, run: str, measure: str, key: str) -> int | None:
+    df = series(runs, measure, key, run=run)
+    if len(df) == 0:
+        return None
+    return int(df["step"].iloc[int(np.argmax(df["value"].to_numpy()))])
+
+
+def _nearest_step(runs: Runs, run: str, measure: str, key: str, step: int) -> int | None:
+    df = series(runs, measure, key, run=run)
+    if len(df) == 0:
+        return None
+    s = df["step"].to_numpy()
+    return int(s[np.argmin(np.abs(s - step))])
+
+
+def plot_spectra(
+    runs: RunsLike,
+    *,
+    covariance: str = "covariance",
+    hessian: str | None = None,
+    density: str = "hessian_density",
+    parts: Sequence[str] = ("K", "H"),
+    sigma2: float = 1e-5,
+    by: Sequence[str] | str | None = None,
+) -> Figure:
+    """The spectra of K (left) and H (right) at the step of each run's largest lambda_K^1 and
+    lambda_H^1 (paper Fig. 3), a curve per run coloured by the swept value.
+
+    K: the eigenvalues ``eig_K_i`` of that step's record (needs
+    ``track.covariance.spectrum=true``) against their rank, largest first; the L-th, zero by
+    centring, is left out. H: the Gaussian-broadened SLQ density (:func:`spectral_density`;
+    log y, as PyHessian / Ghorbani et al.) of the ``hessian_density`` record nearest to that
+    step; without density records, the top-k ``lambda_H_i`` of the ``hessian`` record (needs
+    k >= 2). ``parts``: which of ``"K"``, ``"H"`` to draw."""
+    runs = as_runs(runs)
+    parts = list(parts)
+    if not parts or any(p not in ("K", "H") for p in parts):
+        raise ValueError(f"parts={parts!r} is invalid: choose from 'K', 'H'")
+    present = keys_of(runs)
+    g = groups(runs, by)
+    fig, axes = _grid(len(parts), None, width=5.0, height=3.8)
+    for ax, part in zip(axes, parts):
+        if part == "K":
+            if (covariance, "eig_K_0") not in present:
+                raise ValueError(
+                    f"the K spectrum needs the eigenvalues eig_K_i of measure {covariance!r}: "
+                    f"track them with --set track.{covariance}.spectrum=true"
+                )
+            for run in runs.table["run"]:
+                peak = _peak_step(runs, run, covariance, "lambda_K_1")
+                if peak is None:
+                    peak = _peak_step(runs, run, covariance, "eig_K_0")
+                step = _nearest_step(runs, run, covariance, "eig_K_0", peak or 0)
+                if step is None:
+                    continue
+                eig = _indexed(_row(runs, run, covariance, step), "eig_K_")[:-1]
+                ax.plot(
+                    np.arange(1, len(eig) + 1),
+                    eig,
+                    marker=".",
+                    color=g.color[run],
+                    lw=g.linewidth(run),
+                    gid=f"K:{run}",
+                )
+            ax.set_yscale("log")
+            ax.set_xlabel("rank $i$")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.set_ylabel(r"$\lambda_K^i$")
+            ax.set_title(r"Spectrum of $\mathbf{K}$ at max $\lambda_K^1$")
+        else:
+            _draw_hessian_spectrum(ax, runs, g, present, hessian, density, sigma2)
+        _legend(ax, g)
+    fig.suptitle(_title("Spectra", runs))
+    return fig
+
+
+def _draw_hessian_spectrum(ax, runs, g, present, hessian, density, sigma2) -> None:
+    has_density = (density, "node_0") in present and (density, "weight_0") in present
+    top_k = None
+    try:
+        top_k = resolve(runs, "lambda_H_2", hessian or "hessian")
+    except ValueError:
+        pass
+    if not has_density and top_k is None:
+        raise ValueError(
+            f"the H spectrum needs SLQ records of measure {density!r} (track them with --set "
+            f"track.{density}.every=N) or the top-k Hessian eigenvalues with k >= 2 (--set "
+            "track.hessian.k=10)"
+        )
+    lam = None
+    try:
+        lam = resolve(runs, "lambda_H_1", hessian)
+    except ValueError:
+        pass
+    any_density = False
+    for run in runs.table["run"]:
+        peak = _peak_step(runs, run, *lam) if lam else None
+        if has_density:
+            if peak is None:  # no lambda_H_1: the density record with the largest node
+                df = runs.records
+                df = df[(df["run"] == run) & (df["measure"] == density)]
+                df = df[df["key"].str.startswith("node_")]
+                if len(df) == 0:
+                    continue
+                peak = int(df.loc[df["value"].idxmax(), "step"])
+            step = _nearest_step(runs, run, density, "node_0", peak)
+            if step is None:
+                continue
+            row = _row(runs, run, density, step)
+            t, d = spectral_density(_indexed(row, "node_"), _indexed(row, "weight_"), sigma2=sigma2)
+            ax.plot(t, d, color=g.color[run], lw=g.linewidth(run, 1.2, 0.8), gid=f"H:{run}")
+            any_density = True
+        else:
+            step = peak if peak is not None else _peak_step(runs, run, *top_k)
+            if step is None:
+                continue
+            step = _nearest_step(runs, run, top_k[0], "lambda_H_1", step)
+            if step is None:
+                continue
+            eig = _indexed(_row(runs, run, top_k[0], step), "lambda_H_")
+            ax.plot(
+                np.arange(1, len(eig) + 1),
+                eig,
+                marker=".",
+                color=g.color[run],
+                lw=g.linewidth(run),
+                gid=f"H:{run}",
+            )
+    if any_density:
+        ax.set_yscale("log")
+        lines = [ln for ln in ax.lines if str(ln.get_gid()).startswith("H:")]
+        top = max(float(np.max(ln.get_ydata())) for ln in lines)
+        ax.set_ylim(top * 1e-7, top * 3)
+        ax.set_xlabel(r"eigenvalue of $\mathbf{H}$")
+        ax.set_ylabel("density (log scale)")
+        ax.set_title(r"Spectral density of $\mathbf{H}$ at max $\lambda_H^1$")
+    else:
+        vals = np.concatenate([ln.get_ydata() for ln in ax.lines]) if ax.lines else []
+        _set_log(ax, "y", "auto", vals)
+        ax.set_xlabel("rank $i$")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel(r"$\lambda_H^i$")
+        ax.set_title(r"Top eigenvalues of $\mathbf{H}$ at max $\lambda_H^1$")
+
+
+# ----------------------------------------------------------------------------- stability
+
+
+def plot_stability(
+    runs: RunsLike,
+    *,
+    measure: str = "stability",
+    x: str = "step",
+    log: bool | str = "auto",
+    by: Sequence[str] | str | None = None,
+) -> Figure:
+    """The left side of Eq. 1 along e_H^1, (1 - eta lambda_H^1)^2 + s^2 eta^2 (N-S)/(S(N-1)),
+    over training (a curve per run), a horizontal line at 1, and the break-even point (the
+    first record where it is >= 1) marked by a star and a dotted vertical line."""
+    runs = as_runs(runs)
+    _xlabel(x)  # checks x
+    if not has_key(runs, measure, "stability"):
+        raise ValueError(missing(measure, "stability"))
+    g = groups(runs, by)
+    fig = Figure(figsize=(6, 4.2), layout="constrained")
+    ax = fig.add_subplot()
+    values: list[float] = []
+    for run in runs.table["run"]:
+        df = series(runs, measure, "stability", run=run)
+        if len(df) == 0:
+            continue
+        xs, ys = df[x].to_numpy(dtype=float), df["value"].to_numpy()
+        values += list(ys)
+        colour = g.color[run]
+        ax.plot(xs, ys, color=colour, lw=g.linewidth(run), gid=f"stability:{run}")
+        i = first_at_least(df["step"], ys, 1.0)
+        if i is not None:
+            ax.plot(
+                [xs[i]],
+                [ys[i]],
+                marker="*",
+                ms=12,
+                ls="",
+                color=colour,
+                mec="black",
+                mew=0.5,
+                gid=f"break_even:{run}",
+            )
+            ax.axvline(xs[i], color=colour, ls=":", lw=0.9, gid=f"break_even_line:{run}")
+    ax.axhline(1.0, color="black", lw=0.8, ls="--", gid="unit")
+    _set_log(ax, "y", log, [*values, 1.0])
+    ax.set_xlabel(_xlabel(x))
+    ax.set_ylabel(label_of("stability"))
+    ax.set_title(_title(r"Stability along $e_H^1$ (Eq. 1)", runs))
+    star = Line2D(
+        [], [], marker="*", ms=10, ls="", color="grey", mec="black", label="break-even point"
+    )
+    _legend(ax, g, [star])
+    return fig
+
+
+def plot_edge_of_stability(
+    runs: RunsLike,
+    *,
+    measure: str = "edge_of_stability",
+    x: str = "step",
+    log: bool | str = "auto",
+    by: Sequence[str] | str | None = None,
+) -> Figure:
+    """lambda_H^1 (solid) against the edge-of-stability threshold 2/eta ((2 + 2 beta)/eta
+    with momentum beta; dashed, same colour) over training, from the ``edge_of_stability``
+    records: gradient descent is unstable along e_H^1 where the solid line is above."""
+    runs = as_runs(runs)
+    _xlabel(x)  # checks x
+    for key in ("lambda_H_1", "eos_threshold"):
+        if not has_key(runs, measure, key):
+            raise ValueError(missing(measure, key))
+    g = groups(runs, by)
+    fig = Figure(figsize=(6, 4.2), layout="constrained")
+    ax = fig.add_subplot()
+    values: list[float] = []
+    for run in runs.table["run"]:
+        colour, lw = g.color[run], g.linewidth(run)
+        for key, ls in (("lambda_H_1", "-"), ("eos_threshold", "--")):
+            df = series(runs, measure, key, run=run)
+            if len(df) == 0:
+                continue
+            values += list(df["value"])
+            ax.plot(
+                df[x].to_numpy(dtype=float),
+                df["value"],
+                color=colour,
+                lw=lw,
+                ls=ls,
+                gid=f"{key}:{run}",
+            )
+    _set_log(ax, "y", log, values)
+    ax.set_xlabel(_xlabel(x))
+    ax.set_ylabel(r"$\lambda_H^1$ and $(2 + 2\beta)/\eta$")
+    ax.set_title(_title(r"Edge of stability: $\lambda_H^1$ against $2/\eta$", runs))
+    extra = [
+        Line2D([], [], color="grey", ls="-", label=r"$\lambda_H^1$"),
+        Line2D([], [], color="grey", ls="--", label=r"$(2 + 2\beta)/\eta$"),
+    ]
+    _legend(ax, g, extra)
+    return fig

@@ -1,0 +1,176 @@
+"""One self-contained HTML report of runs and sweeps (``breakeven report``): the configs, the
+conjecture verdicts, the break-even points, every figure the records allow (PNG embedded as
+base64, so the file opens offline and can be mailed), and what was not measured and why."""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import html
+import io
+import os
+from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from ..analysis import DEFAULT_THRESHOLDS, break_even_points, verdicts
+from ._data import RunsLike, as_runs
+from .api import FIGURES, available_figures
+
+__all__ = ["report"]
+
+#: What each figure shows (the report's captions).
+CAPTIONS = {
+    "trajectories": "Trajectories over training (raw values faint, moving average bold); "
+    "dashed lines: first epoch at each training-accuracy threshold (paper Fig. 4, 5).",
+    "hessian-vs-covariance": "lambda_H^1 against lambda_K^1 at the same steps (paper Fig. 2).",
+    "loss-change": "The loss change Delta L of a step against lambda_K^1 (paper Fig. 2).",
+    "spectra": "Spectra of K and H at each run's largest top eigenvalue (paper Fig. 3).",
+    "embedding": "Test-set predictions of every measured step in one UMAP embedding, "
+    "background coloured by lambda_K^1 at the nearest point (paper Fig. 1).",
+    "m1-vs-m128": "lambda_K^1 from per-example gradients (M = 1) against M = 128 (paper Fig. 9).",
+    "batchnorm": "||g||/||g_5||, ||gamma|| of the last BatchNorm layer, lambda_K^1 and its "
+    "conditioning (paper Fig. 7).",
+    "stability": "Stability of Eq. 1 along e_H^1; the break-even point is the first step "
+    "where it reaches 1.",
+    "edge-of-stability": "lambda_H^1 against the edge-of-stability threshold (2 + 2 beta)/eta.",
+}
+
+CSS = """
+body { font-family: sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
+h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ccc; margin-top: 2em; }
+table { border-collapse: collapse; font-size: 0.85em; margin: 0.5em 0; }
+th, td { border: 1px solid #ccc; padding: 3px 6px; text-align: right; }
+th { background: #f3f3f3; } td.text { text-align: left; }
+.supported { background: #d9f2d9; } .contradicted { background: #f7d4d4; }
+.inconclusive { background: #f5f0d0; }
+figure { margin: 1.5em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
+figcaption { font-size: 0.9em; color: #555; } .note { color: #555; font-size: 0.9em; }
+"""
+
+
+def _cell(v: Any) -> str:
+    if isinstance(v, float):
+        text = "-" if v != v else f"{v:.4g}"
+        return f"<td>{text}</td>"
+    if isinstance(v, int) and not isinstance(v, bool):
+        return f"<td>{v}</td>"
+    cls = (
+        f' class="text {v}"'
+        if v in ("supported", "contradicted", "inconclusive")
+        else ' class="text"'
+    )
+    return f"<td{cls}>{html.escape('-' if v is None else str(v))}</td>"
+
+
+def _table(df: Any) -> str:
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
+    rows = "".join(
+        "<tr>" + "".join(_cell(v) for v in row) + "</tr>" for row in df.itertuples(index=False)
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
+
+
+def _png(fig: Any) -> str:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _version() -> str:
+    try:
+        return version("breakeven")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree
+        return "unknown"
+
+
+def report(
+    paths: RunsLike,
+    out: str | os.PathLike,
+    *,
+    thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+    title: str | None = None,
+) -> Path:
+    """Write the HTML report of run and sweep directories (or a :class:`~breakeven.analysis.Runs`)
+    to ``out`` and return its path. Figures that the records do not allow are listed with the
+    reason and the setting that would measure them; a figure that fails to draw is listed
+    with its error instead of stopping the report."""
+    runs = as_runs(paths)
+    names = ", ".join(sorted({str(s.get("preset")) for s in runs.sweeps})) or ", ".join(
+        runs.table["run"]
+    )
+    title = title or f"breakeven report: {names}"
+    parts = [
+        f"<h1>{html.escape(title)}</h1>",
+        f'<p class="note">{len(runs.table)} run(s); breakeven {_version()}; written '
+        f"{_dt.datetime.now().isoformat(timespec='seconds')}.</p>",
+    ]
+    parts.append("<h2>Configuration</h2>")
+    for spec in runs.sweeps:
+        grid = "; ".join(f"{k} = {v}" for k, v in spec.get("grid", {}).items())
+        parts.append(
+            f"<p>Sweep of preset <b>{html.escape(str(spec.get('preset')))}</b> at scale "
+            f"<b>{html.escape(str(spec.get('scale')))}</b>: {html.escape(grid)}; seeds "
+            f"{html.escape(str(spec.get('seeds')))}.</p>"
+        )
+        for note in spec.get("notes", []):
+            parts.append(f'<p class="note">{html.escape(note)}</p>')
+    parts.append(_table(runs.table.drop(columns=["path"])))
+
+    table = verdicts(runs)
+    parts.append("<h2>Conjecture verdicts</h2>")
+    if table.empty:
+        parts.append(
+            "<p>No verdict: these runs vary no key with a predicted direction "
+            "(learning rate, batch size, momentum).</p>"
+        )
+    else:
+        parts.append(_table(table.drop(columns=["rule", "left_out"])))
+        parts.append(f'<p class="note">Rule: {html.escape(table["rule"].iloc[0])}.</p>')
+        if table["left_out"].iloc[0]:
+            parts.append(f'<p class="note">Left out: {html.escape(table["left_out"].iloc[0])}.</p>')
+
+    parts.append("<h2>Break-even points</h2>")
+    parts.append(
+        '<p class="note">Steps; the training accuracy there is interpolated between '
+        "evaluations; the peaks include the initial point.</p>"
+    )
+    parts.append(_table(break_even_points(runs, thresholds)))
+
+    parts.append("<h2>Figures</h2>")
+    missing = []
+    for kind, reason in available_figures(runs).items():
+        if reason:
+            missing.append((kind, reason))
+            continue
+        try:
+            options = {"thresholds": list(thresholds)} if kind == "trajectories" else {}
+            data = _png(FIGURES[kind](runs, **options))
+        except Exception as e:  # one broken figure must not lose the report
+            missing.append((kind, f"could not be drawn: {type(e).__name__}: {e}"))
+            continue
+        caption = html.escape(CAPTIONS.get(kind, ""))
+        parts.append(
+            f'<figure id="fig-{kind}"><img alt="{kind}" src="data:image/png;base64,{data}">'
+            f"<figcaption><b>{kind}</b>: {caption}</figcaption></figure>"
+        )
+    if missing:
+        parts.append("<h2>Not measured</h2><ul>")
+        parts.extend(f"<li><b>{kind}</b>: {html.escape(reason)}</li>" for kind, reason in missing)
+        parts.append("</ul>")
+    page = (
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>"
+        + "\n".join(parts)
+        + "</body></html>\n"
+    )
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(page, encoding="utf-8")
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,518 @@
+"""Figures from records: the plotted data checked against synthetic run and sweep directories
+with known values (no training)."""
+
+import ast
+import base64
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from breakeven.analysis import read_runs
+from breakeven.cli import PLOT_KINDS, main
+from breakeven.plotting import (
+    FIGURES,
+    available_figures,
+    embed_predictions,
+    exact_knn,
+    plot,
+    plot_batchnorm,
+    plot_edge_of_stability,
+    plot_embedding,
+    plot_hessian_vs_covariance,
+    plot_loss_change_vs_covariance,
+    plot_m1_vs_m128,
+    plot_spectra,
+    plot_stability,
+    plot_trajectories,
+    plot_trajectory,
+)
+
+PLOTTING = Path(__file__).parents[1] / "src" / "breakeven" / "plotting"
+STEPS = list(range(0, 100, 10))  # 0, 10, ..., 90
+ACC = [0.1, 0.2, 0.35, 0.5, 0.6, 0.66, 0.7, 0.8, 0.85, 0.9]  # >= 0.5 at 30, >= 0.65 at 50
+ALL = (
+    "evaluation",
+    "covariance",
+    "covariance_m1",
+    "hessian",
+    "hessian_density",
+    "loss_change",
+    "stability",
+    "edge_of_stability",
+    "alignment",
+    "batchnorm",
+    "predictions",
+)
+
+
+def epoch(step):
+    return step / 40
+
+
+def encode(arr):
+    arr = np.ascontiguousarray(arr)
+    return {
+        "dtype": str(arr.dtype),
+        "shape": list(arr.shape),
+        "data": base64.b64encode(arr.tobytes()).decode(),
+    }
+
+
+def write_run(path, lr=0.1, seed=0, measures=ALL, stability=None, predictions_every=20):
+    """A run directory with known records; returns {(measure, key): {step: value}}."""
+    rng = np.random.default_rng(int(1000 * lr) + seed)
+    path.mkdir(parents=True)
+    cfg = {
+        "name": "synthetic",
+        "train": {"model": "mlp", "dataset": "fashion_mnist", "lr": lr, "batch_size": 64},
+        "train_seed": seed,
+    }
+    cfg["train"]["init_seed"] = seed
+    (path / "config.json").write_text(json.dumps(cfg))
+    (path / "status").write_text("finished\n")
+    recs, known = [], {}
+
+    def add(step, measure, values, arrays=None):
+        r = {"step": step, "epoch": epoch(step), "measure": measure, "values": values}
+        r.update(seconds=0.01, matvecs=0)
+        if arrays:
+            r["arrays"] = arrays
+        recs.append(r)
+        for k, v in values.items():
+            known.setdefault((measure, k), {})[step] = v
+
+    lam_k = {s: float(1 + 4 * rng.random()) for s in STEPS}
+    lam_h = {s: float(10 + 5 * rng.random()) for s in range(0, 100, 20)}
+    lam_h[60] = 40.0  # the peak of lambda_H^1
+    for i, s in enumerate(STEPS):
+        if "evaluation" in measures:
+            add(s, "evaluation", {"train_acc": ACC[i], "train_loss": 2 - ACC[i], "lr": lr})
+        if "covariance" in measures:
+            eig = np.sort(rng.random(5))[::-1] * lam_k[s] * 0.9
+            values = {
+                "lambda_K_1": lam_k[s],
+                "condition_K": float(eig[-1] / lam_k[s]),
+                "trace_K": 10 ** (i / 3),  # 1 .. 1000: spans 3 decades
+                "M": 64.0,
+                "L": 6.0,
+                "eig_K_0": lam_k[s],
+                **{f"eig_K_{j + 1}": float(e) for j, e in enumerate(eig[1:])},
+                "eig_K_5": 1e-17,  # the L-th: zero by centring
+            }
+            add(s, "covariance", values)
+        if "covariance_m1" in measures:
+            add(s + 3, "covariance_m1", {"lambda_K_1": float(64 * rng.random()), "M": 1.0})
+        if "loss_change" in measures:
+            add(s + 2, "loss_change", {"delta_loss": float(rng.normal()), "loss_before": 1.0})
+        if "stability" in measures:
+            st = stability[i] if stability is not None else 0.5
+            add(s, "stability", {"stability": st, "break_even": float(st >= 1), "s2": 1.0})
+        if "edge_of_stability" in measures:
+            lh = float(10 + 30 * rng.random())
+            add(s, "edge_of_stability", {"lambda_H_1": lh, "eos_threshold": 2 / lr})
+        if "alignment" in measures:
+            add(s, "alignment", {"alignment": float(1 + rng.random()), "k": 5.0})
+        if "batchnorm" in measures:
+            g = float(3 + rng.random())
+            add(s, "batchnorm", {"gamma_norm/bn1": g + 1, "gamma_norm_last": g})
+        if "hessian" in measures and s in lam_h:
+            add(s, "hessian", {"lambda_H_1": lam_h[s], "lambda_H_2": 5.0, "lambda_H_3": 1.0})
+        if "hessian_density" in measures and s in (0, 30, 70):
+            nodes = np.sort(rng.normal(size=8)) * 3
+            w = rng.random(8)
+            w[:4] /= w[:4].sum()  # two probes of 4 nodes, each probe's weights sum to 1
+            w[4:] /= w[4:].sum()
+            values = {f"node_{j}": float(v) for j, v in enumerate(nodes)}
+            values.update({f"weight_{j}": float(v) for j, v in enumerate(w)})
+            add(s, "hessian_density", values)
+        if "predictions" in measures and s % predictions_every == 0:
+            logits = rng.normal(size=(6, 3)) + s / 30
+            p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+            add(s, "predictions", {}, {"predictions": encode(p.astype(np.float16))})
+    recs.sort(key=lambda r: r["step"])
+    (path / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    return known
+
+
+def write_sweep(root, lrs=(0.1, 0.01), seeds=(0, 1), **kw):
+    runs, known = [], {}
+    for lr in lrs:
+        for s in seeds:
+            name = f"lr{lr}_s{s}"
+            known[name] = write_run(root / "runs" / name, lr, s, **kw)
+            runs.append({"name": name, "params": {"train.lr": lr}, "seed": s})
+    spec = {"kind": "sweep", "preset": "p", "grid": {"train.lr": list(lrs)}, "runs": runs}
+    (root / "sweep.json").write_text(json.dumps(spec))
+    return known
+
+
+def lines(ax, prefix):
+    return {ln.get_gid(): ln for ln in ax.lines if str(ln.get_gid()).startswith(prefix)}
+
+
+def points(ax, gid):
+    (c,) = [c for c in ax.collections if c.get_gid() == gid]
+    return np.asarray(c.get_offsets())
+
+
+def centred_mean(y, w):
+    h = w // 2
+    return np.array([np.mean(y[max(0, i - h) : i + h + 1]) for i in range(len(y))])
+
+
+@pytest.fixture(scope="module")
+def one(tmp_path_factory):
+    root = tmp_path_factory.mktemp("one")
+    known = write_run(root / "run", stability=[0.5, 0.8, 0.9, 1.2, 0.7, 1.5, 2, 1, 1, 1])
+    return root / "run", known
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sweep")
+    return root, write_sweep(root)
+
+
+# ----------------------------------------------------------------------------- rooms
+
+
+def test_plotting_never_imports_torch_or_the_model_rooms():
+    forbidden = ("torch", "breakeven.operators", "breakeven.measures", "breakeven.tracking")
+    files = sorted(PLOTTING.glob("*.py"))
+    assert len(files) >= 4
+    for f in files:
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:  # relative to breakeven.plotting
+                    base = ["breakeven", "plotting"][: 3 - node.level]
+                    mod = ".".join([*base, node.module] if node.module else base)
+                else:
+                    mod = node.module
+                names = [mod] + [f"{mod}.{a.name}" for a in node.names]
+            else:
+                continue
+            for name in names:
+                assert not name.startswith(forbidden), f"{f.name} imports {name}"
+
+
+def test_cli_kinds_match_the_figures():
+    assert tuple(FIGURES) == PLOT_KINDS
+
+
+# ----------------------------------------------------------------------------- trajectories
+
+
+def test_trajectory_raw_smoothed_thresholds_and_log_scale(one):
+    path, known = one
+    fig = plot_trajectory(path, "lambda_K_1", smooth=3, thresholds=(0.5, 0.65, 0.99))
+    ax = fig.axes[0]
+    vals = known[("covariance", "lambda_K_1")]
+    x = np.array([epoch(s) for s in STEPS])
+    y = np.array([vals[s] for s in STEPS])
+    raw, smooth = lines(ax, "raw:")["raw:run"], lines(ax, "smooth:")["smooth:run"]
+    np.testing.assert_array_equal(raw.get_xdata(), x)
+    np.testing.assert_array_equal(raw.get_ydata(), y)
+    assert raw.get_alpha() < 0.5  # faint
+    np.testing.assert_allclose(smooth.get_ydata(), centred_mean(y, 3), rtol=1e-12)
+    vlines = lines(ax, "threshold:")
+    assert set(vlines) == {"threshold:run:0.5", "threshold:run:0.65"}  # 0.99 never reached
+    assert vlines["threshold:run:0.5"].get_xdata()[0] == epoch(30)
+    assert vlines["threshold:run:0.65"].get_xdata()[0] == epoch(50)
+    assert r"\lambda_K^1" in ax.get_ylabel() and ax.get_xlabel() == "epoch"
+    assert ax.get_yscale() == "linear"  # 1..5: less than 2 decades
+    assert ax.get_legend().get_texts()[0].get_text() == "lr=0.1"
+
+    ax = plot_trajectory(path, "trace_K", smooth=1, x="step").axes[0]
+    assert ax.get_yscale() == "log"  # 1..1000
+    np.testing.assert_array_equal(lines(ax, "raw:")["raw:run"].get_xdata(), STEPS)
+    assert not lines(ax, "smooth:")
+    assert lines(ax, "threshold:")["threshold:run:0.65"].get_xdata()[0] == 50
+    assert plot_trajectory(path, "trace_K", log=False).axes[0].get_yscale() == "linear"
+    # a key that is negative somewhere never gets a log scale
+    assert plot_trajectory(path, "delta_loss").axes[0].get_yscale() == "linear"
+    # "measure:key" picks the measure
+    ax = plot_trajectory(path, "covariance_m1:lambda_K_1", smooth=1).axes[0]
+    m1 = known[("covariance_m1", "lambda_K_1")]
+    np.testing.assert_array_equal(lines(ax, "raw:")["raw:run"].get_ydata(), list(m1.values()))
+    assert "covariance_m1" in ax.get_ylabel()
+
+
+def test_trajectories_of_a_sweep_colour_by_value_and_thin_seeds(sweep):
+    root, known = sweep
+    fig = plot_trajectories(root, smooth=3)
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles == [
+        r"$\lambda_K^1$",
+        r"$\lambda_K^*/\lambda_K^1$",
+        r"$\mathrm{Tr}(\mathbf{K})$",
+        r"$\lambda_H^1$",
+    ]
+    ax = fig.axes[0]
+    sm = lines(ax, "smooth:")
+    assert len(sm) == 4
+    colour = {g: sm[g].get_color() for g in sm}
+    assert colour["smooth:lr0.1_s0"] == colour["smooth:lr0.1_s1"]
+    assert colour["smooth:lr0.01_s0"] == colour["smooth:lr0.01_s1"]
+    assert colour["smooth:lr0.1_s0"] != colour["smooth:lr0.01_s0"]
+    single = plot_trajectory(root / "runs" / "lr0.1_s0", "lambda_K_1").axes[0]
+    assert (
+        sm["smooth:lr0.1_s0"].get_linewidth()
+        < lines(single, "smooth:")["smooth:lr0.1_s0"].get_linewidth()
+    )
+    texts = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert texts[:2] == ["lr=0.01", "lr=0.1"]
+    assert "0.65" in texts[2]  # the thresholds' entry
+    y = [known["lr0.01_s1"][("covariance", "lambda_K_1")][s] for s in STEPS]
+    np.testing.assert_array_equal(lines(ax, "raw:")["raw:lr0.01_s1"].get_ydata(), y)
+    # lambda_H_1 is read from the hessian measure (preferred over stability / EoS)
+    h = lines(fig.axes[3], "raw:")["raw:lr0.1_s0"]
+    np.testing.assert_array_equal(
+        h.get_ydata(), list(known["lr0.1_s0"][("hessian", "lambda_H_1")].values())
+    )
+
+
+def test_trajectories_default_keys_that_exist_and_missing_keys(tmp_path):
+    write_run(tmp_path / "r", measures=("evaluation", "covariance"))
+    fig = plot_trajectories(tmp_path / "r")
+    assert len(fig.axes) == 3  # no lambda_H_1 recorded
+    with pytest.raises(ValueError, match=r"lambda_H_1.*track.hessian.every"):
+        plot_trajectories(tmp_path / "r", ["lambda_K_1", "lambda_H_1"])
+    write_run(tmp_path / "e", measures=("evaluation",))
+    with pytest.raises(ValueError, match=r"track\.covariance\.every"):
+        plot_trajectories(tmp_path / "e")
+
+
+def test_batchnorm_panel(one, tmp_path):
+    path, known = one
+    fig = plot_batchnorm(path, smooth=1)
+    assert len(fig.axes) == 4
+    assert r"\|g\|/\|g_5\|" in fig.axes[0].get_ylabel()
+    assert r"\|\gamma\|" in fig.axes[1].get_ylabel()
+    for ax, key in zip(fig.axes, [("alignment", "alignment"), ("batchnorm", "gamma_norm_last")]):
+        np.testing.assert_array_equal(
+            lines(ax, "raw:")["raw:run"].get_ydata(), list(known[key].values())
+        )
+    write_run(tmp_path / "nobn", measures=("covariance", "alignment"))
+    with pytest.raises(ValueError, match=r"gamma_norm_last.*track.batchnorm"):
+        plot_batchnorm(tmp_path / "nobn")
+
+
+# ----------------------------------------------------------------------------- scatters
+
+
+def test_hessian_and_loss_change_against_lambda_k(sweep):
+    root, known = sweep
+    fig = plot_hessian_vs_covariance(root)
+    ax = fig.axes[0]
+    k = known["lr0.1_s1"]
+    # hessian every 20 steps (sparser): each paired with K at the same step
+    xy = points(ax, "points:lr0.1_s1")
+    hs = sorted(k[("hessian", "lambda_H_1")])
+    np.testing.assert_array_equal(xy[:, 0], [k[("covariance", "lambda_K_1")][s] for s in hs])
+    np.testing.assert_array_equal(xy[:, 1], [k[("hessian", "lambda_H_1")][s] for s in hs])
+    assert r"\lambda_H^1" in ax.get_ylabel() and r"\lambda_K^1" in ax.get_xlabel()
+    assert len(ax.collections) == 4
+
+    ax = plot_loss_change_vs_covariance(root).axes[0]
+    # loss_change at steps 2, 12, ...: K step s paired with the nearest, s + 2
+    xy = points(ax, "points:lr0.1_s1")
+    np.testing.assert_array_equal(xy[:, 0], [k[("covariance", "lambda_K_1")][s] for s in STEPS])
+    np.testing.assert_array_equal(
+        xy[:, 1], [k[("loss_change", "delta_loss")][s + 2] for s in STEPS]
+    )
+    assert r"\Delta\mathcal{L}" in ax.get_ylabel() and ax.get_yscale() == "linear"
+    assert lines(ax, "zero")["zero"].get_ydata()[0] == 0
+
+
+def test_m1_against_m128_with_pearson_r(sweep, tmp_path):
+    root, known = sweep
+    ax = plot_m1_vs_m128(root).axes[0]
+    xs, ys = [], []
+    for run, k in known.items():
+        xy = points(ax, f"points:{run}")
+        x = [k[("covariance", "lambda_K_1")][s] for s in STEPS]
+        y = [k[("covariance_m1", "lambda_K_1")][s + 3] for s in STEPS]  # nearest step
+        np.testing.assert_array_equal(xy[:, 0], x)
+        np.testing.assert_array_equal(xy[:, 1], y)
+        xs += x
+        ys += y
+    r = float(re.search(r"Pearson r = (-?[0-9.]+)", ax.get_title()).group(1))
+    assert r == pytest.approx(np.corrcoef(xs, ys)[0, 1], abs=6e-4)
+    assert "M = 64" in ax.get_xlabel() and "M = 1 " in ax.get_ylabel()
+    write_run(tmp_path / "r", measures=("covariance",))
+    with pytest.raises(ValueError, match=r"covariance_m1.*batch_size = 1"):
+        plot_m1_vs_m128(tmp_path / "r")
+
+
+# ----------------------------------------------------------------------------- spectra
+
+
+def test_spectra_at_the_peaks(one, tmp_path):
+    path, known = one
+    fig = plot_spectra(path)
+    ax_k, ax_h = fig.axes
+    lam = known[("covariance", "lambda_K_1")]
+    peak = max(lam, key=lam.get)
+    line = lines(ax_k, "K:")["K:run"]
+    want = [known[("covariance", f"eig_K_{i}")][peak] for i in range(5)]  # the 6th left out
+    np.testing.assert_array_equal(line.get_ydata(), want)
+    np.testing.assert_array_equal(line.get_xdata(), [1, 2, 3, 4, 5])
+    assert ax_k.get_yscale() == "log"
+    # lambda_H_1 peaks at step 60: the nearest density record is at step 70
+    h = lines(ax_h, "H:")["H:run"]
+    nodes = np.array([known[("hessian_density", f"node_{i}")][70] for i in range(8)])
+    w = np.array([known[("hessian_density", f"weight_{i}")][70] for i in range(8)])
+    t = np.asarray(h.get_xdata())
+    var = 1e-5 * max(1.0, nodes.max() - nodes.min())
+    d = (w * np.exp(-((t[:, None] - nodes) ** 2) / (2 * var))).sum(1) / np.sqrt(2 * np.pi * var)
+    d /= np.sum((d[1:] + d[:-1]) / 2 * np.diff(t))
+    np.testing.assert_allclose(h.get_ydata(), d, rtol=1e-9, atol=1e-12 * d.max())
+    assert t.min() < nodes.min() and t.max() > nodes.max()
+    assert ax_h.get_yscale() == "log"
+
+    # without density records: the top-k eigenvalues of the hessian record at the peak
+    write_run(tmp_path / "k", measures=("covariance", "hessian"))
+    ax_h = plot_spectra(tmp_path / "k").axes[1]
+    np.testing.assert_array_equal(lines(ax_h, "H:")["H:k"].get_ydata(), [40.0, 5.0, 1.0])
+    # no eigenvalues of K
+    write_run(tmp_path / "n", measures=("hessian",))
+    with pytest.raises(ValueError, match=r"track.covariance.spectrum=true"):
+        plot_spectra(tmp_path / "n")
+    write_run(tmp_path / "c", measures=("covariance",))
+    with pytest.raises(ValueError, match=r"track.hessian_density.every"):
+        plot_spectra(tmp_path / "c")
+    assert len(plot_spectra(tmp_path / "c", parts=["K"]).axes) == 1
+
+
+# ----------------------------------------------------------------------------- stability
+
+
+def test_stability_marks_the_break_even_point(one, sweep):
+    path, known = one
+    ax = plot_stability(path).axes[0]
+    st = known[("stability", "stability")]
+    line = lines(ax, "stability:")["stability:run"]
+    np.testing.assert_array_equal(line.get_xdata(), STEPS)
+    np.testing.assert_array_equal(line.get_ydata(), [st[s] for s in STEPS])
+    star = lines(ax, "break_even:")["break_even:run"]
+    assert star.get_xdata()[0] == 30 and star.get_ydata()[0] == 1.2  # first >= 1
+    assert lines(ax, "break_even_line:")["break_even_line:run"].get_xdata()[0] == 30
+    assert list(lines(ax, "unit")["unit"].get_ydata()) == [1, 1]
+    assert "Eq. 1" in ax.get_title()
+    # stability stays at 0.5 in the sweep's runs: no break-even point
+    ax = plot_stability(sweep[0]).axes[0]
+    assert len(lines(ax, "stability:")) == 4 and not lines(ax, "break_even:")
+
+
+def test_edge_of_stability(sweep):
+    root, known = sweep
+    ax = plot_edge_of_stability(root).axes[0]
+    for run, lr in (("lr0.1_s0", 0.1), ("lr0.01_s1", 0.01)):
+        lam = lines(ax, f"lambda_H_1:{run}")[f"lambda_H_1:{run}"]
+        thr = lines(ax, f"eos_threshold:{run}")[f"eos_threshold:{run}"]
+        want = known[run][("edge_of_stability", "lambda_H_1")]
+        np.testing.assert_array_equal(lam.get_ydata(), [want[s] for s in STEPS])
+        np.testing.assert_allclose(thr.get_ydata(), 2 / lr)
+        assert thr.get_color() == lam.get_color() and thr.get_linestyle() == "--"
+    assert ax.get_yscale() == "linear"  # 10 .. 200: not 2 decades
+
+
+# ----------------------------------------------------------------------------- what exists
+
+
+def test_available_figures_says_what_is_missing(tmp_path, one):
+    write_run(tmp_path / "r", measures=("evaluation", "covariance"))
+    avail = available_figures(read_runs(tmp_path / "r"))
+    assert set(avail) == set(FIGURES)
+    assert avail["trajectories"] == "" and avail["spectra"] != ""
+    assert "track.stability" in avail["stability"]
+    assert "track.hessian" in avail["hessian-vs-covariance"]
+    assert "track.loss_change" in avail["loss-change"]
+    assert "covariance_m1" in avail["m1-vs-m128"]
+    assert "track.batchnorm" in avail["batchnorm"]
+    assert "track.edge_of_stability" in avail["edge-of-stability"]
+    assert "predictions" in avail["embedding"]
+    assert all("\n" not in v for v in avail.values())
+    assert all(v == "" for v in available_figures(one[0]).values())
+
+
+# ----------------------------------------------------------------------------- files, CLI
+
+
+def test_cli_writes_png_svg_pdf_and_rejects_bad_input(one, tmp_path, capsys):
+    path, _ = one
+    magic = {"png": b"\x89PNG\r\n\x1a\n", "pdf": b"%PDF", "svg": b"<?xml"}
+    for ext, head in magic.items():
+        out = tmp_path / f"f.{ext}"
+        kind = {"png": "trajectories", "pdf": "stability", "svg": "spectra"}[ext]
+        assert main(["plot", kind, str(path), "--out", str(out)]) == 0
+        assert capsys.readouterr().out.strip() == str(out)
+        assert out.read_bytes().startswith(head)
+    assert b"<svg" in (tmp_path / "f.svg").read_bytes()
+    out = tmp_path / "k.png"
+    args = ["plot", "trajectories", str(path), "--out", str(out), "--key", "trace_K"]
+    assert main([*args, "--key", "alignment", "--threshold", "0.5", "--smooth", "2"]) == 0
+    assert out.exists()
+
+    assert main(["plot", "stability", str(path), "--out", str(tmp_path / "f.jpg")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and ".png" in err and "'.jpg'" in err
+    assert not (tmp_path / "f.jpg").exists()
+    write_run(tmp_path / "bare", measures=("covariance",))
+    assert main(["plot", "stability", str(tmp_path / "bare"), "--out", str(out)]) == 2
+    assert "track.stability.every" in capsys.readouterr().err
+    assert main(["plot", "nope", str(path), "--out", str(out)]) == 2
+    assert "choose from trajectories" in capsys.readouterr().err
+    assert main(["plot", "stability", str(tmp_path / "none"), "--out", str(out)]) == 2
+    assert "error:" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="takes no key"):
+        plot("stability", path, out, keys=["stability"])
+
+
+# ----------------------------------------------------------------------------- embedding
+
+
+def test_embedding_shared_umap_with_nearest_point_background(tmp_path):
+    pytest.importorskip("umap")
+    known = write_sweep(tmp_path, lrs=(0.1, 0.01), seeds=(0,), predictions_every=40)
+    with pytest.warns(UserWarning, match="n_neighbors lowered from 15 to 5"):
+        fig = plot_embedding(tmp_path, resolution=40)
+    ax = fig.axes[0]
+    xy, vals = [], []
+    for run in ("lr0.1_s0", "lr0.01_s0"):
+        line = lines(ax, f"trajectory:{run}")[f"trajectory:{run}"]
+        assert len(line.get_xdata()) == 3  # predictions at steps 0, 40, 80
+        xy += list(zip(line.get_xdata(), line.get_ydata()))
+        vals += [known[run][("covariance", "lambda_K_1")][s] for s in (0, 40, 80)]
+    xy, vals = np.array(xy), np.array(vals)
+    (im,) = [i for i in ax.images if i.get_gid() == "background"]
+    x0, x1, y0, y1 = im.get_extent()
+    assert x0 < xy[:, 0].min() and x1 > xy[:, 0].max()
+    gx = x0 + (x1 - x0) * (np.arange(40) + 0.5) / 40
+    gy = y0 + (y1 - y0) * (np.arange(40) + 0.5) / 40
+    X, Y = np.meshgrid(gx, gy)
+    d = (X.ravel()[:, None] - xy[:, 0]) ** 2 + (Y.ravel()[:, None] - xy[:, 1]) ** 2
+    np.testing.assert_array_equal(np.asarray(im.get_array()), vals[d.argmin(1)].reshape(40, 40))
+    assert "n_neighbors=5" in ax.get_title()
+    # one shared embedding, reproducible with the fixed random_state
+    with pytest.warns(UserWarning):
+        df, info = embed_predictions(tmp_path)
+    assert info["n_neighbors"] == 5 and info["n_points"] == 6
+    np.testing.assert_allclose(df[["x", "y"]].to_numpy(), xy, rtol=1e-6)
+    with pytest.raises(ValueError, match=r"track\.predictions\.every"):
+        embed_predictions(tmp_path, measure="nothing")
+    # the exact neighbours handed to UMAP
+    X = np.random.default_rng(0).normal(size=(300, 7))
+    X[5] = X[4]  # a duplicate: each is still its own first neighbour
+    idx, dist = exact_knn(X, 4, chunk=64)
+    full = np.linalg.norm(X[:, None] - X[None], axis=-1)
+    np.fill_diagonal(full, -1)
+    np.testing.assert_array_equal(idx[:, 0], np.arange(300))
+    np.fill_diagonal(full, 0)
+    np.testing.assert_allclose(dist, np.sort(full, axis=1)[:, :4], atol=1e-5)
+    np.testing.assert_allclose(dist, np.take_along_axis(full, idx, 1), atol=1e-5)
