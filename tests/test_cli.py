@@ -13,6 +13,7 @@ import pytest
 from breakeven.cli import main, summarize
 from breakeven.experiments import (
     apply_overrides,
+    apply_scale,
     default_out_dir,
     list_presets,
     load_config,
@@ -67,8 +68,11 @@ def test_presets_are_listed_and_valid(capsys) -> None:
     rc = resolve_config(load_config("mlp_fashion"))
     assert (rc.train.model, rc.train.dataset, rc.train.batch_size, rc.train.lr) == (
         "mlp", "fashion_mnist", 64, 0.1)  # fmt: skip
-    assert rc.track["covariance"] == {"every": 50, "num_batches": 25}
-    assert rc.track["hessian"]["every"] == "epoch" and rc.train.probe_fraction == 0.05
+    assert rc.track["covariance"] == {"every": 50, "num_batches": 25, "spectrum": True}
+    assert rc.track["hessian"]["every"] == 500 and rc.train.probe_fraction == 0.05
+    assert rc.train.epochs == 200  # the paper's length; the quick scale is 2 epochs
+    quick = resolve_config(apply_scale(load_config("mlp_fashion"), "quick"))
+    assert quick.train.epochs == 2 and quick.track["covariance"]["every"] == 25
 
 
 def test_set_values_are_read_as_toml() -> None:
@@ -97,7 +101,10 @@ def test_set_values_are_read_as_toml() -> None:
         (["--set", "foo.bar=1"], r"--set foo.bar: unknown key"),
         (["--set", "run.every=3"], r"unknown run key\(s\) \['every'\]; allowed: \['checkpoint_"),
         (["--set", "run.checkpoint_every=-2"], r"run.checkpoint_every=-2 is invalid"),
-        (["--set", "track.hessain.every=5"], r"track.hessain: unknown measure 'hessain'; allowed: \["),
+        (
+            ["--set", "track.hessain.every=5"],
+            r"track.hessain: unknown measure 'hessain'; allowed: \[",
+        ),
         (["--set", "track.hessian.kk=2"], r"track.hessian: unknown option\(s\) \['kk'\]"),
         (["--set", "track.hessian.every=often"], r"schedule 'often'"),
         (["--set", "track.covariance=3"], r"track.covariance=3 is invalid: must be a table"),

@@ -60,7 +60,7 @@ ALL = {
     "hessian": {"every": 2, "k": 2},
     "hessian_trace": {"every": 4, "num_samples": 3},
     "hessian_density": {"at": [4], "num_steps": 5},
-    "stability": {"every": 4},
+    "stability": {"every": 4, "chunk_size": 16},
     "edge_of_stability": {"every": 4},
     "loss_change": {"every": 1},
     "probe": {"every": 2},
@@ -255,3 +255,15 @@ def test_one_measure_twice_under_two_names():
     assert got[("covariance_m1", 0)]["M"] == 1 and got[("covariance_m1", 0)]["L"] == 8
     with pytest.raises(ValueError, match="unknown measure 'nope'"):
         build_tracker({"x": {"measure": "nope"}})
+
+
+def test_k_batches_overlap_only_when_they_cannot_be_disjoint():
+    x, y = torch.arange(10.0)[:, None], torch.arange(10)
+    tracker = be.Tracker([be.GradientCovariance()], every(1), train_data=(x, y), lr=0.1)
+    disjoint = tracker._sample_batches(2, 5)
+    seen = torch.cat([b[1] for b in disjoint])
+    assert len(set(seen.tolist())) == 10
+    many = tracker._sample_batches(4, 5)  # 20 > 10: each batch on its own
+    assert len(many) == 4 and all(len(set(b[1].tolist())) == 5 for b in many)
+    with pytest.raises(ValueError, match="cannot draw a batch of 11 from 10"):
+        tracker._sample_batches(1, 11)

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from breakeven.data import Dataset
 from breakeven.models import build_model
-from breakeven.train import ConfigError, TrainConfig, conv_weight_decay_groups, train
+from breakeven.train import ConfigError, TrainConfig, conv_weight_decay_groups, evaluate, train
 
 
 def toy(
@@ -264,3 +264,14 @@ def test_loads_the_dataset_by_name(monkeypatch) -> None:
     result = train(cfg)
     assert result.status == "finished" and result.steps == 10
     assert result.final["val_acc"] > 0.3  # ten steps of the paper's MLP on real FashionMNIST
+
+
+def test_validation_on_a_fixed_subset() -> None:
+    ds = toy()
+    full = train(TrainConfig(**MLP, steps=3, eval_every=3), dataset=ds)
+    part = train(TrainConfig(**MLP, steps=3, eval_every=3, eval_val_size=10), dataset=ds)
+    assert all(torch.equal(a, b) for a, b in zip(params(full), params(part), strict=True))
+    idx = torch.randperm(32, generator=torch.Generator().manual_seed(1))[:10].sort().values
+    loss, acc = evaluate(part.model, ds.x_test[idx], ds.y_test[idx])
+    assert part.final["val_loss"] == pytest.approx(loss) and part.final["val_acc"] == acc
+    assert full.final["val_loss"] == pytest.approx(evaluate(full.model, ds.x_test, ds.y_test)[0])

@@ -9,6 +9,7 @@
     breakeven presets
     breakeven show RUN_DIR
     breakeven export RUN_OR_SWEEP [--to tensorboard|parquet|csv] [--out PATH]
+    breakeven plot KIND RUN_OR_SWEEP... --out FILE.png|pdf|svg [--key KEY ...] [--threshold T ...]
 
 Exit codes: 0 finished, 1 the run failed or diverged, 2 invalid config, arguments or output
 directory (nothing was trained).
@@ -99,6 +100,26 @@ def _parser() -> argparse.ArgumentParser:
         help="file (or, for tensorboard, directory) to write "
         "(default RUN_OR_SWEEP/records.<ext> or RUN_OR_SWEEP/tensorboard/)",
     )
+    f = sub.add_parser("plot", help="draw a figure of runs and sweeps (PNG, PDF or SVG)")
+    f.add_argument("kind", metavar="KIND", help="one of: " + ", ".join(PLOT_KINDS))
+    f.add_argument("paths", nargs="+", metavar="RUN_OR_SWEEP")
+    f.add_argument("--out", required=True, help="the file to write: .png, .pdf or .svg")
+    f.add_argument(
+        "--key",
+        action="append",
+        metavar="KEY",
+        help="trajectories: a key to plot (repeat; 'measure:key' picks the measure); "
+        "embedding: the background key; m1-vs-m128: the K key",
+    )
+    f.add_argument(
+        "--threshold",
+        action="append",
+        type=float,
+        metavar="ACC",
+        help="trajectories, batchnorm: training accuracy marked by dashed lines (repeat)",
+    )
+    f.add_argument("--smooth", type=int, help="trajectories, batchnorm: moving-average window")
+    f.add_argument("--x", choices=["epoch", "step"], help="the x axis of curves over training")
     return p
 
 
@@ -255,11 +276,10 @@ def _sweep(args: argparse.Namespace) -> int:
             bar.close()
     counts = ", ".join(f"{n} {k}" for k, n in sorted(outcome.counts.items()))
     print(f"sweep {outcome.path}: {counts}")
-    dataset_failed = [s for _, s, _ in outcome.runs if "DatasetNotFound" in s or "not found" in s]
+    if outcome.dataset_error is not None:
+        print(f"error: {outcome.dataset_error}", file=sys.stderr)
+        return 2
     if all(s.startswith("failed") or s == "skipped" for _, s, _ in outcome.runs):
-        if dataset_failed:
-            print(f"error: {dataset_failed[0]}", file=sys.stderr)
-            return 2
         return 1
     print()
     args.paths, args.support, args.min_pairs = [str(outcome.path)], 0.8, 3
@@ -302,6 +322,34 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+#: The figure kinds of ``breakeven plot`` (breakeven.plotting.FIGURES; not imported here, so
+#: that the other commands do not need matplotlib).
+PLOT_KINDS = (
+    "trajectories",
+    "hessian-vs-covariance",
+    "loss-change",
+    "spectra",
+    "embedding",
+    "m1-vs-m128",
+    "batchnorm",
+    "stability",
+    "edge-of-stability",
+)
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from .plotting import plot
+
+    given = {"thresholds": args.threshold, "smooth": args.smooth, "x": args.x}
+    options = {k: v for k, v in given.items() if v is not None}
+    try:
+        print(plot(args.kind, args.paths, args.out, keys=args.key, **options))
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``breakeven`` console script; returns the exit code."""
     args = _parser().parse_args(argv)
@@ -316,6 +364,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _presets()
         if args.command == "show":
             return _show(args.run_dir)
+        if args.command == "plot":
+            return _plot(args)
         return _export(args)
     except (ConfigError, RunStoreError, DatasetNotFoundError, CorruptDatasetError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -107,6 +107,7 @@ class TrainConfig:
     eval_every: int | None = None
     eval_batch_size: int = 1000
     eval_train_size: int | None = None  # evaluate the training loss on a fixed subset
+    eval_val_size: int | None = None  # evaluate the validation loss on a fixed subset
     device: str = "cpu"
     channels_last: bool = False  # NHWC memory format for image models (faster on CPU)
     num_threads: int | None = None  # torch CPU threads during the run (None: leave as is)
@@ -150,7 +151,14 @@ class TrainConfig:
         for key in ("batch_size", "eval_batch_size"):
             if not _is_int(getattr(c, key)) or getattr(c, key) < 1:
                 fail(key, "an integer >= 1")
-        for key in ("epochs", "steps", "n_train", "eval_train_size", "num_threads"):
+        for key in (
+            "epochs",
+            "steps",
+            "n_train",
+            "eval_train_size",
+            "eval_val_size",
+            "num_threads",
+        ):
             v = getattr(c, key)
             if v is not None and (not _is_int(v) or v < 1):
                 fail(key, "None or an integer >= 1")
@@ -428,6 +436,12 @@ class _Loop:
             g = torch.Generator().manual_seed(0)
             idx = torch.randperm(self.n, generator=g)[: c.eval_train_size].sort().values
             self.x_eval, self.y_eval = self.x_train[idx], self.y_train[idx]
+        self.x_val, self.y_val = self.x_test, self.y_test
+        n_val = len(self.y_test)
+        if c.eval_val_size is not None and c.eval_val_size < n_val:
+            g = torch.Generator().manual_seed(1)
+            idx = torch.randperm(n_val, generator=g)[: c.eval_val_size].sort().values
+            self.x_val, self.y_val = self.x_test[idx], self.y_test[idx]
         self.history: list[dict[str, float]] = []
         self.losses: list[float] = []
         self.step = 0
@@ -437,7 +451,7 @@ class _Loop:
     def evaluate(self) -> None:
         c, t = self.c, time.perf_counter()
         tr_loss, tr_acc = evaluate(self.model, self.x_eval, self.y_eval, c.eval_batch_size)
-        va_loss, va_acc = evaluate(self.model, self.x_test, self.y_test, c.eval_batch_size)
+        va_loss, va_acc = evaluate(self.model, self.x_val, self.y_val, c.eval_batch_size)
         entry = {
             "step": self.step,
             "epoch": self.step / self.per_epoch,

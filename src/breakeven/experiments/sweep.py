@@ -210,10 +210,11 @@ def plan_sweep(
 class SweepOutcome:
     """How a sweep ended: its directory and, per run, ``(name, status, seconds)``; status
     is ``finished``, ``diverged``, ``failed: <error>``, or ``skipped`` when the sweep
-    stopped before it."""
+    stopped before it (``dataset_error`` says why when a dataset could not be read)."""
 
     path: Path
     runs: list[tuple[str, str, float]] = field(default_factory=list)
+    dataset_error: str | None = None  # the loader's message when a missing dataset stopped it
 
     @property
     def counts(self) -> dict[str, int]:
@@ -291,30 +292,35 @@ def sweep(
     _write_spec(path, plan.spec())
     jobs = [(r.name, r.config, str((path / "runs" / r.name).resolve())) for r in plan.runs]
     results: dict[str, tuple[str, float]] = {}
+    outcome = SweepOutcome(path)
 
-    def done(name: str, status: str, seconds: float) -> None:
+    def done(name: str, status: str, seconds: float, kind: str | None) -> bool:
+        """Record a finished run; True when the sweep must stop (a dataset is missing)."""
         results[name] = (status, seconds)
         if on_done is not None:
             on_done(name, status, seconds)
+        if kind == FAILED_DATASET and outcome.dataset_error is None:
+            outcome.dataset_error = status.removeprefix("failed: ")
+        return kind == FAILED_DATASET
 
     if backend == "ray":
         _run_ray(jobs, workers, address, done)
     elif workers == 1:
         for name, cfg, run_dir in jobs:
-            status, seconds, kind = run_one(cfg, run_dir)
-            done(name, status, seconds)
-            if kind == FAILED_DATASET:
+            if done(name, *run_one(cfg, run_dir)):
                 break
     else:
         _run_pool(jobs, workers, done)
-    outcome = SweepOutcome(path)
     for name, _, _ in jobs:
         status, seconds = results.get(name, ("skipped", 0.0))
         outcome.runs.append((name, status, seconds))
     return outcome
 
 
-def _run_pool(jobs: list, workers: int, done: Callable[[str, str, float], None]) -> None:
+Done = Callable[[str, str, float, "str | None"], bool]
+
+
+def _run_pool(jobs: list, workers: int, done: Done) -> None:
     import multiprocessing as mp
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
@@ -326,18 +332,14 @@ def _run_pool(jobs: list, workers: int, done: Callable[[str, str, float], None])
             finished, pending = wait(pending, return_when=FIRST_COMPLETED)
             stop = False
             for f in finished:
-                status, seconds, kind = f.result()
-                done(futures[f], status, seconds)
-                stop = stop or kind == FAILED_DATASET
+                stop = done(futures[f], *f.result()) or stop
             if stop:
                 for f in pending:
                     f.cancel()
                 pending = {f for f in pending if not f.cancelled()}
 
 
-def _run_ray(
-    jobs: list, workers: int, address: str | None, done: Callable[[str, str, float], None]
-) -> None:
+def _run_ray(jobs: list, workers: int, address: str | None, done: Done) -> None:
     try:
         import ray
     except ImportError as e:
@@ -357,9 +359,7 @@ def _run_ray(
         while pending:
             ready, pending = ray.wait(pending, num_returns=1)
             for ref in ready:
-                status, seconds, kind = ray.get(ref)
-                done(refs[ref], status, seconds)
-                if kind == FAILED_DATASET:
+                if done(refs[ref], *ray.get(ref)):
                     for p in pending:
                         ray.cancel(p)
                     pending = []

@@ -91,7 +91,9 @@ class Measure:
 
 class GradientCovariance(Measure):
     """The spectrum of K from ``num_batches`` (L) training mini-batches of ``batch_size`` (M)
-    examples (default: the training batch size S; the paper uses M = 128 when S is swept).
+    examples (default: the training batch size S; the paper uses M = 128 when S is swept),
+    drawn afresh at each measurement: disjoint when L * M fits in the training set, else
+    each batch drawn on its own (batches may overlap).
     ``batch_size=1`` uses per-example gradients (``vmap``). Keys: ``lambda_K_1``,
     ``lambda_K_star`` ((L-1)-th), ``condition_K``, ``trace_K``, their per-example scale
     ``M * value`` (``per_example_lambda_K_1``, ``per_example_trace_K``), ``M``, ``L``;
@@ -306,14 +308,23 @@ class HessianDensity(Measure):
 class Stability(Measure):
     """The left side of Eq. 1 along e_H^1 and the break-even flag (``break_even`` = 1.0 once
     it reaches 1): ``stability``, ``lambda_H_1``, ``s2`` (per-example curvature variance on the
-    probe), using this step's learning rate and batch size."""
+    probe), using this step's learning rate and batch size. ``chunk_size``: examples per pass
+    of the per-example curvatures (None: the whole probe at once; set it for large models).
+    The Hessian top is the ``hessian`` measure's of the same step when it ran, else computed
+    with default options."""
 
     name = "stability"
+
+    def __init__(self, chunk_size: int | None = None) -> None:
+        _int_at_least(chunk_size, 1, "chunk_size", optional=True)
+        self.chunk_size = chunk_size
 
     def measure(self, ctx: Context) -> dict[str, Any]:
         top = _hessian(ctx)
         lam = float(top.eigenvalues[0])
-        s2 = curvature_variance(ctx.model, ctx.loss_fn, ctx.probe, top.eigenvectors[:, 0])
+        s2 = curvature_variance(
+            ctx.model, ctx.loss_fn, ctx.probe, top.eigenvectors[:, 0], chunk_size=self.chunk_size
+        )
         value = stability(ctx.lr, ctx.batch_size, ctx.n_train, lam, s2)
         return {"stability": value, "break_even": float(value >= 1.0), "lambda_H_1": lam, "s2": s2}
 

@@ -200,13 +200,21 @@ class Tracker:
         )
 
     def _sample_batches(self, num: int, size: int) -> list[Batch]:
+        """``num`` batches of ``size`` training examples drawn without replacement: disjoint
+        when ``num * size`` fits in the training set, else each drawn independently (batches
+        may then share examples; e.g. the paper's L = 200, M = 128 on IMDB's 25,000)."""
         x, y = self.train_data
-        if num * size > len(y):
-            raise ValueError(
-                f"cannot draw {num} disjoint batches of {size} from {len(y)} training examples"
-            )
-        idx = torch.randperm(len(y), generator=self._generator)[: num * size].to(y.device)
-        return [(x[i], y[i]) for i in idx.split(size)]
+        n = len(y)
+        if size > n:
+            raise ValueError(f"cannot draw a batch of {size} from {n} training examples")
+        if num * size <= n:
+            idx = torch.randperm(n, generator=self._generator)[: num * size].to(y.device)
+            return [(x[i], y[i]) for i in idx.split(size)]
+        out = []
+        for _ in range(num):
+            i = torch.randperm(n, generator=self._generator)[:size].to(y.device)
+            out.append((x[i], y[i]))
+        return out
 
     def _emit(self, step: int, m: Measure, values: dict[str, Any], seconds: float) -> None:
         matvecs = int(values.pop("matvecs", 0))
