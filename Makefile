@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.breakeven-installed
 FASHION := /usr/share/datasets/fashion-mnist
 
-.PHONY: demo test test-all lint format bench clean fashion-mnist
+.PHONY: demo test test-all lint format bench clean fashion-mnist chromium
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,8 +28,20 @@ fashion-mnist:
 # after a kill and it goes on where it stopped; a finished sweep is only analysed again.
 demo: $(STAMP) fashion-mnist
 	$(VENV)/bin/breakeven sweep mlp_fashion --scale quick --seeds 2 --workers 2 --out runs/demo
+	$(VENV)/bin/breakeven report runs/demo --out runs/demo/report.html
 
-test: $(STAMP)
+# Headless Chromium renders the HTML report in a test; install Debian's package when we can
+# (root with apt-get). Without it that one test is skipped, saying why.
+chromium:
+	@if command -v chromium >/dev/null || command -v chromium-browser >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing Debian package chromium (headless report test)"; \
+		(apt-get install -y -qq chromium >/dev/null 2>&1 || \
+		 (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq chromium >/dev/null 2>&1)) || \
+		echo "could not install chromium: the report rendering test will be skipped"; \
+	else echo "chromium not found: the report rendering test will be skipped"; fi
+
+test: $(STAMP) chromium
 	$(PY) -m pytest -q -m "not slow"
 
 test-all: $(STAMP)

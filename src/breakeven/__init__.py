@@ -4,6 +4,7 @@ Spectra of the gradient covariance K and of the Hessian H along any training tra
 (Jastrzebski et al., ICLR 2020). The public API is flat: everything is imported from here.
 """
 
+from .analysis import Runs, break_even_points, maxima, read_runs, verdicts
 from .data import (
     CorruptDatasetError,
     Dataset,
@@ -12,7 +13,16 @@ from .data import (
     list_datasets,
     load_dataset,
 )
-from .experiments import RunConfig, RunOutcome, list_presets, load_config, run
+from .experiments import (
+    RunConfig,
+    RunOutcome,
+    SweepOutcome,
+    list_presets,
+    load_config,
+    plan_sweep,
+    run,
+    sweep,
+)
 from .measures import (
     CovarianceSpectrum,
     EigenResult,
@@ -47,6 +57,7 @@ from .measures.tracked import (
 )
 from .models import build_model, list_models, register_model
 from .operators import GradientCovarianceOperator, HessianOperator, LinearOperator
+from .records import write_records
 from .spectra import LanczosResult, SpectralDensity, TraceResult, hutchinson, lanczos, slq
 from .tracking import (
     MEASURES,
@@ -102,9 +113,11 @@ __all__ = [
     "RunOutcome",
     "RunStore",
     "RunStoreError",
+    "Runs",
     "Schedule",
     "SpectralDensity",
     "Stability",
+    "SweepOutcome",
     "TraceResult",
     "Tracker",
     "TrainConfig",
@@ -114,6 +127,7 @@ __all__ = [
     "__version__",
     "at",
     "augment_crop_flip",
+    "break_even_points",
     "build_model",
     "build_tracker",
     "curvature_variance",
@@ -133,13 +147,19 @@ __all__ = [
     "load_dataset",
     "load_run",
     "log_spaced",
+    "maxima",
     "per_epoch",
     "per_example_curvatures",
     "per_example_gradient_covariance",
+    "plan_sweep",
     "read_records",
+    "read_runs",
     "register_model",
     "run",
     "slq",
     "stability",
+    "sweep",
     "train",
+    "verdicts",
+    "write_records",
 ]

@@ -9,6 +9,7 @@
     breakeven presets
     breakeven show RUN_DIR
     breakeven export RUN_OR_SWEEP [--to tensorboard|parquet|csv] [--out PATH]
+    breakeven report RUN_OR_SWEEP... [--out report.html] [--thresholds a,b,...]
     breakeven plot KIND RUN_OR_SWEEP... --out FILE.png|pdf|svg [--key KEY ...] [--threshold T ...]
 
 Exit codes: 0 finished, 1 the run failed or diverged, 2 invalid config, arguments or output
@@ -99,6 +100,12 @@ def _parser() -> argparse.ArgumentParser:
         "--out",
         help="file (or, for tensorboard, directory) to write "
         "(default RUN_OR_SWEEP/records.<ext> or RUN_OR_SWEEP/tensorboard/)",
+    )
+    rp = sub.add_parser("report", help="one self-contained HTML report of runs and sweeps")
+    rp.add_argument("paths", nargs="+", metavar="RUN_OR_SWEEP")
+    rp.add_argument("--out", help="the HTML file (default: report.html in the first directory)")
+    rp.add_argument(
+        "--thresholds", default="0.5,0.65,0.8", help="training accuracies to report crossings of"
     )
     f = sub.add_parser("plot", help="draw a figure of runs and sweeps (PNG, PDF or SVG)")
     f.add_argument("kind", metavar="KIND", help="one of: " + ", ".join(PLOT_KINDS))
@@ -198,15 +205,7 @@ def _verdict(args: argparse.Namespace) -> int:
     from .analysis import break_even_points, read_runs, verdicts
 
     runs = read_runs(args.paths)
-    try:
-        thresholds = [float(t) for t in args.thresholds.split(",") if t.strip()]
-    except ValueError:
-        print(
-            f"error: --thresholds {args.thresholds!r}: must be numbers like 0.5,0.65",
-            file=sys.stderr,
-        )
-        return 2
-    points = break_even_points(runs, thresholds)
+    points = break_even_points(runs, _thresholds(args.thresholds))
     cols = [c for c in points.columns if not c.endswith("_epoch") or c.startswith("acc_")]
     print("Break-even points (steps; train acc interpolated between evaluations)")
     print(_table(points[cols]))
@@ -337,6 +336,21 @@ PLOT_KINDS = (
 )
 
 
+def _thresholds(text: str) -> list[float]:
+    try:
+        return [float(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise ConfigError(f"--thresholds {text!r}: must be numbers like 0.5,0.65") from None
+
+
+def _report(args: argparse.Namespace) -> int:
+    from .plotting import report
+
+    out = args.out or str(Path(args.paths[0]) / "report.html")
+    print(report(args.paths, out, thresholds=_thresholds(args.thresholds)))
+    return 0
+
+
 def _plot(args: argparse.Namespace) -> int:
     from .plotting import plot
 
@@ -366,6 +380,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _show(args.run_dir)
         if args.command == "plot":
             return _plot(args)
+        if args.command == "report":
+            return _report(args)
         return _export(args)
     except (ConfigError, RunStoreError, DatasetNotFoundError, CorruptDatasetError) as e:
         print(f"error: {e}", file=sys.stderr)

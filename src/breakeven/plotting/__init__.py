@@ -3,8 +3,9 @@ stability): matplotlib figures of run and sweep directories, never a model or to
 
 Each ``plot_*`` function takes a :class:`breakeven.analysis.Runs` or run/sweep directories
 and returns a :class:`matplotlib.figure.Figure`; :func:`plot` writes a figure kind to a
-PNG/PDF/SVG file (``breakeven plot``), and :func:`available_figures` says which kinds the
-records allow and why not the others. The embedding needs umap-learn
+PNG/PDF/SVG file (``breakeven plot``), :func:`available_figures` says which kinds the
+records allow and why not the others, and :func:`report` writes one self-contained HTML
+page of them all (``breakeven report``). The embedding needs umap-learn
 (``pip install 'breakeven[plot]'``).
 """
 
@@ -29,6 +30,7 @@ from .figures import (
     plot_trajectory,
     spectral_density,
 )
+from .report import report
 
 __all__ = [
     "DEFAULT_KEYS",
@@ -49,5 +51,6 @@ __all__ = [
     "plot_stability",
     "plot_trajectories",
     "plot_trajectory",
+    "report",
     "spectral_density",
 ]

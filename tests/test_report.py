@@ -1,0 +1,129 @@
+"""The HTML report: its tables equal the analysis, its images are the figures of the records,
+it says what was not measured, and it renders in headless Chromium with every image loaded."""
+
+import base64
+import html
+import io
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from breakeven.analysis import break_even_points, read_runs, verdicts
+from breakeven.cli import main
+from breakeven.plotting import FIGURES, available_figures
+from breakeven.plotting.report import report
+from test_plotting import ALL, write_sweep
+
+MEASURES = tuple(m for m in ALL if m != "predictions")  # no UMAP here: it is slow to start
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sweep")
+    write_sweep(root, measures=MEASURES)
+    out = report(root, root / "report.html", thresholds=(0.5, 0.65))
+    return root, out.read_text()
+
+
+def images(page):
+    return dict(
+        re.findall(
+            r'<figure id="fig-([\w-]+)"><img alt="[^"]*" src="data:image/png;base64,([^"]+)"', page
+        )
+    )
+
+
+def test_tables_are_the_analysis(made):
+    root, page = made
+    runs = read_runs(root)
+    table = verdicts(runs)
+    assert len(table) == 4
+    for row in table.itertuples():
+        assert html.escape(row.maxima) in page and html.escape(row.prediction) in page
+        assert f'class="text {row.verdict}">{row.verdict}<' in page
+    assert html.escape(table["rule"].iloc[0]) in page
+    points = break_even_points(runs, (0.5, 0.65))
+    for run, step in zip(points["run"], points["peak_lambda_K_1_step"], strict=True):
+        assert f'<td class="text">{run}</td>' in page
+        assert f"<td>{step:.4g}</td>" in page
+    assert "Sweep of preset <b>p</b>" in page
+
+
+def test_every_possible_figure_is_embedded_and_equals_the_figure_of_the_records(made):
+    import matplotlib.pyplot as plt
+
+    root, page = made
+    runs = read_runs(root)
+    reasons = available_figures(runs)
+    found = images(page)
+    assert set(found) == {k for k, r in reasons.items() if not r}
+    assert {"trajectories", "stability", "spectra", "m1-vs-m128"} <= set(found)
+    for kind, data in found.items():
+        png = base64.b64decode(data)
+        assert png[:8] == b"\x89PNG\r\n\x1a\n"
+        options = {"thresholds": [0.5, 0.65]} if kind == "trajectories" else {}
+        fig = FIGURES[kind](runs, **options)
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=110)
+        plt.close(fig)
+        assert buf.getvalue() == png, kind  # the figures' data are checked in test_plotting
+
+
+def test_what_was_not_measured_is_said_with_the_reason(made):
+    root, page = made
+    reason = available_figures(read_runs(root))["embedding"]
+    assert reason and "<h2>Not measured</h2>" in page
+    assert f"<li><b>embedding</b>: {html.escape(reason)}</li>" in page
+
+
+def test_cli_report_default_path(made, tmp_path, capsys):
+    root, _ = made
+    out = tmp_path / "r.html"
+    assert main(["report", str(root), "--out", str(out)]) == 0
+    assert capsys.readouterr().out.strip() == str(out)
+    assert out.read_text().startswith("<!DOCTYPE html>")
+    assert main(["report", str(tmp_path / "nothing")]) == 2
+
+
+def _chromium():
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(_chromium() is None, reason="chromium is not installed (make test installs it)")
+def test_renders_in_headless_chromium_with_every_image_loaded(made, tmp_path):
+    from PIL import Image
+
+    root, page = made
+    n = len(images(page))
+    check = (
+        "<script>window.addEventListener('load', () => { const i = [...document.images];"
+        " const ok = i.filter(x => x.complete && x.naturalWidth > 0).length;"
+        " document.body.insertAdjacentHTML('beforeend',"
+        ' `<div id="loaded">${ok}/${i.length}</div>`); });</script>'
+    )
+    probe = tmp_path / "probe.html"
+    probe.write_text(page.replace("</body>", check + "</body>"))
+    flags = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars"]
+    flags += ["--virtual-time-budget=10000"]
+    dom = subprocess.run(
+        [*flags, "--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=120
+    ).stdout
+    assert f'<div id="loaded">{n}/{n}</div>' in dom
+    shot = tmp_path / "page.png"
+    subprocess.run(
+        [
+            *flags,
+            "--window-size=1280,3000",
+            f"--screenshot={shot}",
+            (root / "report.html").as_uri(),
+        ],
+        capture_output=True,
+        timeout=120,
+    )
+    img = np.asarray(Image.open(shot).convert("L"), dtype=float)
+    assert img.shape == (3000, 1280)
+    assert img.std() > 10  # text, tables and plots, not a blank page
+    assert (img < 100).mean() > 0.005  # dark pixels: text and plotted lines
