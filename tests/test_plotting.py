@@ -379,14 +379,21 @@ def test_spectra_at_the_peaks(one, tmp_path):
     write_run(tmp_path / "k", measures=("covariance", "hessian"))
     ax_h = plot_spectra(tmp_path / "k").axes[1]
     np.testing.assert_array_equal(lines(ax_h, "H:")["H:k"].get_ydata(), [40.0, 5.0, 1.0])
-    # no eigenvalues of K
+    # no eigenvalues of K: H alone by default, an error when K is asked for
     write_run(tmp_path / "n", measures=("hessian",))
+    (ax,) = plot_spectra(tmp_path / "n").axes
+    assert lines(ax, "H:") and not lines(ax, "K:")
     with pytest.raises(ValueError, match=r"track.covariance.spectrum=true"):
-        plot_spectra(tmp_path / "n")
+        plot_spectra(tmp_path / "n", parts=["K", "H"])
     write_run(tmp_path / "c", measures=("covariance",))
     with pytest.raises(ValueError, match=r"track.hessian_density.every"):
-        plot_spectra(tmp_path / "c")
-    assert len(plot_spectra(tmp_path / "c", parts=["K"]).axes) == 1
+        plot_spectra(tmp_path / "c", parts=["K", "H"])
+    assert len(plot_spectra(tmp_path / "c").axes) == 1
+    assert lines(plot_spectra(tmp_path / "c").axes[0], "K:")
+    write_run(tmp_path / "e", measures=("evaluation",))
+    with pytest.raises(ValueError, match="no spectrum recorded"):
+        plot_spectra(tmp_path / "e")
+    assert "no spectrum recorded" in available_figures(tmp_path / "e")["spectra"]
 
 
 # ----------------------------------------------------------------------------- stability
@@ -429,7 +436,7 @@ def test_available_figures_says_what_is_missing(tmp_path, one):
     write_run(tmp_path / "r", measures=("evaluation", "covariance"))
     avail = available_figures(read_runs(tmp_path / "r"))
     assert set(avail) == set(FIGURES)
-    assert avail["trajectories"] == "" and avail["spectra"] != ""
+    assert avail["trajectories"] == "" and avail["spectra"] == ""  # K's spectrum alone
     assert "track.stability" in avail["stability"]
     assert "track.hessian" in avail["hessian-vs-covariance"]
     assert "track.loss_change" in avail["loss-change"]

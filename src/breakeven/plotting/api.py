@@ -12,10 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from ..analysis import Runs
-from ._data import RunsLike, as_runs, has_key, keys_of, missing, predictions, resolve
+from ._data import RunsLike, as_runs, keys_of, missing, predictions, resolve
 from .embedding import MIN_POINTS, plot_embedding
 from .figures import (
     DEFAULT_KEYS,
+    _has_h_spectrum,
+    _has_k_spectrum,
     plot_batchnorm,
     plot_edge_of_stability,
     plot_hessian_vs_covariance,
@@ -78,17 +80,14 @@ def _check_loss_change(runs: Runs) -> None:
 
 
 def _check_spectra(runs: Runs) -> None:
-    if not has_key(runs, "covariance", "eig_K_0"):
-        raise ValueError(
-            "no K eigenvalues (eig_K_i) recorded: track them with "
-            "--set track.covariance.spectrum=true"
-        )
-    if not has_key(runs, "hessian_density", "node_0") and not any(
-        k == "lambda_H_2" for _, k in keys_of(runs)
+    present = keys_of(runs)
+    if not (
+        _has_k_spectrum(present, "covariance")
+        or _has_h_spectrum(runs, present, None, "hessian_density")
     ):
         raise ValueError(
-            "no H spectrum recorded: track it with --set track.hessian_density.every=N "
-            "(or --set track.hessian.k=10)"
+            "no spectrum recorded: track K's with --set track.covariance.spectrum=true, "
+            "H's with --set track.hessian_density.every=N (or --set track.hessian.k=10)"
         )
 
 

@@ -624,7 +624,7 @@ def plot_spectra(
     covariance: str = "covariance",
     hessian: str | None = None,
     density: str = "hessian_density",
-    parts: Sequence[str] = ("K", "H"),
+    parts: Sequence[str] | None = None,
     sigma2: float = 1e-5,
     by: Sequence[str] | str | None = None,
 ) -> Figure:
@@ -636,8 +636,23 @@ def plot_spectra(
     centring, is left out. H: the Gaussian-broadened SLQ density (:func:`spectral_density`;
     log y, as PyHessian / Ghorbani et al.) of the ``hessian_density`` record nearest to that
     step; without density records, the top-k ``lambda_H_i`` of the ``hessian`` record (needs
-    k >= 2). ``parts``: which of ``"K"``, ``"H"`` to draw."""
+    k >= 2). ``parts``: which of ``"K"``, ``"H"`` to draw (default: those the records hold)."""
     runs = as_runs(runs)
+    if parts is None:
+        present = keys_of(runs)
+        parts = [
+            p
+            for p, ok in (
+                ("K", _has_k_spectrum(present, covariance)),
+                ("H", _has_h_spectrum(runs, present, hessian, density)),
+            )
+            if ok
+        ]
+        if not parts:
+            raise ValueError(
+                "no spectrum recorded: track K's with --set track.covariance.spectrum=true, "
+                "H's with --set track.hessian_density.every=N (or --set track.hessian.k=10)"
+            )
     parts = list(parts)
     if not parts or any(p not in ("K", "H") for p in parts):
         raise ValueError(f"parts={parts!r} is invalid: choose from 'K', 'H'")
@@ -677,6 +692,20 @@ def plot_spectra(
         _legend(ax, g)
     fig.suptitle(_title("Spectra", runs))
     return fig
+
+
+def _has_k_spectrum(present: Any, covariance: str) -> bool:
+    return (covariance, "eig_K_0") in present
+
+
+def _has_h_spectrum(runs: Runs, present: Any, hessian: str | None, density: str) -> bool:
+    if (density, "node_0") in present and (density, "weight_0") in present:
+        return True
+    try:
+        resolve(runs, "lambda_H_2", hessian or "hessian")
+    except ValueError:
+        return False
+    return True
 
 
 def _draw_hessian_spectrum(ax, runs, g, present, hessian, density, sigma2) -> None:
