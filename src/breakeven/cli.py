@@ -259,11 +259,7 @@ def _sweep(args: argparse.Namespace) -> int:
         bar = tqdm(total=len(plan.runs), unit="run", file=sys.stderr, dynamic_ncols=True)
     try:
         outcome = sweep(
-            args.config,
-            grid=grid,
-            seeds=args.seeds,
-            scale=args.scale,
-            overrides=args.overrides,
+            plan,
             workers=args.workers,
             backend=args.backend,
             address=args.address,

@@ -261,7 +261,7 @@ def default_sweep_dir(plan: SweepPlan) -> Path:
 
 
 def sweep(
-    preset: str | os.PathLike | Mapping[str, Any],
+    preset: str | os.PathLike | Mapping[str, Any] | SweepPlan,
     *,
     grid: Mapping[str, Sequence[Any]] | None = None,
     seeds: int | Sequence[int] | None = None,
@@ -274,6 +274,8 @@ def sweep(
     on_done: Callable[[str, str, float], None] | None = None,
 ) -> SweepOutcome:
     """Run a sweep (see the module docstring and :func:`plan_sweep`) and return its outcome.
+    ``preset`` may be a :class:`SweepPlan` made by :func:`plan_sweep` (its grid, seeds, scale
+    and overrides are then used, and those arguments must be left out).
 
     ``backend="local"`` runs ``workers`` runs at a time in a process pool (in this process
     when ``workers == 1``); ``"ray"`` submits each run as a Ray task of one CPU to the
@@ -285,9 +287,14 @@ def sweep(
         raise ConfigError(f"backend={backend!r} is invalid: must be one of {list(BACKENDS)}")
     if address is not None and backend != "ray":
         raise ConfigError("--address is for --backend ray")
-    plan = plan_sweep(
-        preset, grid=grid, seeds=seeds, scale=scale, overrides=overrides, workers=workers
-    )
+    if isinstance(preset, SweepPlan):
+        if grid is not None or seeds is not None or scale is not None or overrides:
+            raise ConfigError("give grid, seeds, scale and overrides to plan_sweep, not sweep")
+        plan = preset
+    else:
+        plan = plan_sweep(
+            preset, grid=grid, seeds=seeds, scale=scale, overrides=overrides, workers=workers
+        )
     path = Path(out) if out is not None else default_sweep_dir(plan)
     _write_spec(path, plan.spec())
     jobs = [(r.name, r.config, str((path / "runs" / r.name).resolve())) for r in plan.runs]
