@@ -110,3 +110,58 @@ def test_gram_is_accumulated_in_float64():
     c32 = grads - grads.mean(0)
     e32 = torch.linalg.eigvalsh((c32 @ c32.T / 25).double())
     assert (e32[1] - exact[1]).abs() / exact[1] > 1e-2
+
+
+@pytest.mark.filterwarnings("ignore:torch.func.vmap cannot batch:RuntimeWarning")
+@pytest.mark.parametrize("name", CASES)
+def test_rank_one_factors_of_linear_layers_equal_the_materialised_gradients(name):
+    """Per-example K keeps each linear weight's gradients as factors (a_i, delta_i): the
+    Gram, C v, C^T a, |g|^2 and the rows equal those of the materialised gradients."""
+    from breakeven.operators.covariance import (
+        GradientCovarianceOperator,
+        RankOneRows,
+        _per_example_blocks,
+    )
+
+    c = make_case(name)
+    kw = {"chunk_size": 5, "bn_mode": "eval"}
+    factored = _per_example_blocks(c.model, c.loss_fn, c.x, c.y, factor_linear=True, **kw)
+    plain = _per_example_blocks(c.model, c.loss_fn, c.x, c.y, factor_linear=False, **kw)
+    linears = [m for m in c.model.modules() if isinstance(m, torch.nn.Linear)]
+    # the LSTM falls back to a loop (vmap cannot batch it): nothing is factored there
+    expected = 0 if name == "lstm" else len(linears)
+    assert sum(isinstance(b, RankOneRows) for b in factored) == expected
+    F = GradientCovarianceOperator.from_gradients(factored, 1)
+    P = GradientCovarianceOperator.from_gradients(plain, 1)
+    torch.testing.assert_close(F.gradients, P.gradients, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(F.gram(), P.gram(), rtol=1e-9, atol=1e-12)
+    g = torch.Generator().manual_seed(0)
+    v = torch.randn(F.shape[0], generator=g, dtype=torch.float64)
+    a = torch.randn(F.num_batches, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(F.centred_products(v), P.centred_products(v), rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(
+        F.transpose_products(a), P.transpose_products(a), rtol=1e-9, atol=1e-12
+    )
+    assert F.mean_norm_sq() == pytest.approx(P.mean_norm_sq(), rel=1e-10)
+    torch.testing.assert_close(F @ v, P @ v, rtol=1e-9, atol=1e-12)
+
+
+def test_a_linear_layer_used_twice_or_on_sequences_is_not_factored():
+    from breakeven.operators.covariance import RankOneRows, _per_example_blocks
+
+    class Twice(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.f = torch.nn.Linear(4, 4)
+            self.seq = torch.nn.Linear(4, 3)
+
+        def forward(self, x):  # x: (N, T, 4); f on a 2-D input twice, seq on a 3-D one
+            h = self.f(self.f(x.mean(1)))
+            return (self.seq(x).mean(1) + h[:, :3]).double()
+
+    m = Twice().double()
+    x, y = torch.randn(6, 5, 4, dtype=torch.float64), torch.randint(0, 3, (6,))
+    blocks = _per_example_blocks(
+        m, torch.nn.CrossEntropyLoss(), x, y, chunk_size=None, bn_mode="eval"
+    )
+    assert not any(isinstance(b, RankOneRows) for b in blocks)

@@ -138,7 +138,10 @@ def per_example_gradient_covariance(
 ) -> CovarianceSpectrum:
     """K from per-example gradients (M = 1, L = the number of examples), by ``vmap(grad)``.
 
-    Falls back to a loop, with a warning saying why, for modules vmap cannot handle.
+    The weight of each ``nn.Linear`` applied once to a 2-D input has rank-one per-example
+    gradients delta_i a_i^T; they are kept as the factors (a_i, delta_i) and enter the Gram
+    as (a_i . a_j)(delta_i . delta_j), never materialised (exact, in float64). Falls back to a
+    loop, with a warning saying why, for modules vmap cannot handle.
     ``bn_mode="eval"`` (default): BatchNorm uses its running statistics (one example has
     no batch statistics worth the name).
     """

@@ -24,6 +24,52 @@ from .base import (
 _GRAM_COLUMNS = 1 << 15  # 25 x 32768 float64 = 6.6 MB: cache-sized (3x faster than 1 << 20)
 
 
+class RankOneRows:
+    """The per-example gradients of a linear layer's weight, kept as factors: row i is
+    vec(delta_i a_i^T) (row-major, the layout of ``weight``), a_i the layer's input and
+    delta_i the gradient of example i's loss with respect to the layer's output.
+
+    Never materialised for K: the Gram of the rows is (A A^T) * (Delta Delta^T) (elementwise),
+    N^2 (d_in + d_out) products instead of N^2 d_in d_out, and products with a weight-shaped
+    V are row sums of (Delta V) * A. All in float64 (the factors are float32, so each product
+    of two of them is exact in float64).
+    """
+
+    def __init__(self, a: Tensor, delta: Tensor) -> None:
+        self.a, self.delta = a, delta
+        self.shape = (a.shape[0], delta.shape[1] * a.shape[1])
+        self.ndim = 2
+
+    def _f64(self) -> tuple[Tensor, Tensor]:
+        return self.a.to(torch.float64), self.delta.to(torch.float64)
+
+    def dense(self) -> Tensor:
+        """The (N, d_out * d_in) rows (float32)."""
+        return (self.delta[:, :, None] * self.a[:, None, :]).reshape(self.shape)
+
+    def centred_gram(self) -> Tensor:
+        """C C^T (not divided by N) of the centred rows, in float64."""
+        a, d = self._f64()
+        g = (a @ a.T) * (d @ d.T)
+        r = g.mean(dim=1)
+        return g - r[:, None] - r[None, :] + g.mean()
+
+    def centred_products(self, v: Tensor) -> Tensor:
+        """C v, ``v`` a float64 vector over this weight's entries."""
+        a, d = self._f64()
+        x = ((d @ v.view(d.shape[1], a.shape[1])) * a).sum(dim=1)
+        return x - x.mean()
+
+    def transpose_products(self, w: Tensor) -> Tensor:
+        """C^T w (flat, float64) for N weights ``w``."""
+        a, d = self._f64()
+        return ((d * (w - w.mean())[:, None]).T @ a).reshape(-1)
+
+    def mean_norm_sq(self) -> float:
+        a, d = self._f64()
+        return float((d.T @ a).div(a.shape[0]).pow(2).sum())
+
+
 def batch_gradients(
     model: nn.Module,
     loss_fn: LossFn,
@@ -80,16 +126,28 @@ def per_example_gradients(
 ) -> Tensor:
     """The gradients of each example's loss, as rows of an (N, D) matrix."""
     return torch.cat(
-        _per_example_blocks(model, loss_fn, x, y, chunk_size=chunk_size, bn_mode=bn_mode), dim=1
+        _per_example_blocks(
+            model, loss_fn, x, y, chunk_size=chunk_size, bn_mode=bn_mode, factor_linear=False
+        ),
+        dim=1,
     )
 
 
-def _per_example_blocks(model, loss_fn, x, y, *, chunk_size, bn_mode) -> list[Tensor]:
+def _per_example_blocks(
+    model, loss_fn, x, y, *, chunk_size, bn_mode, factor_linear=True
+) -> list[Tensor | RankOneRows]:
     """Each example is a batch of one (``vmap(grad(...))`` over ``chunk_size`` examples at a
-    time). With ``bn_mode="eval"`` BatchNorm uses its running statistics."""
+    time), linear layers' weights as :class:`RankOneRows` factors (``factor_linear``). With
+    ``bn_mode="eval"`` BatchNorm uses its running statistics."""
     as_chunks((x, y))  # validates the pair
     return gradient_blocks(
-        model, loss_fn, x.unsqueeze(1), y.unsqueeze(1), bn_mode=bn_mode, per_pass=chunk_size
+        model,
+        loss_fn,
+        x.unsqueeze(1),
+        y.unsqueeze(1),
+        bn_mode=bn_mode,
+        per_pass=chunk_size,
+        factor_linear=factor_linear,
     )
 
 
@@ -101,26 +159,32 @@ def gradient_blocks(
     *,
     bn_mode: BNMode,
     per_pass: int | None,
-) -> list[Tensor]:
+    factor_linear: bool = False,
+) -> list[Tensor | RankOneRows]:
     """The (L, D) matrix whose row l is the gradient of ``loss_fn(model(xs[l]), ys[l])`` (the
     batches stacked along the first dimension), as a list of (L, d_i) column blocks: one per
     parameter, split to at most ``_GRAM_COLUMNS`` columns (never concatenated: the copy cost
     more than the gradients on the MLP). ``torch.func.vmap(torch.func.grad(...))`` over
     ``per_pass`` batches at a time; for modules vmap cannot handle, a loop, with a warning
-    saying why."""
+    saying why.
+
+    ``factor_linear`` (batches of one example): the weight of each ``nn.Linear`` called once
+    on a 2-D input gets a :class:`RankOneRows` block, from the layer's inputs and output
+    gradients, instead of its materialised gradients."""
     params = trainable(model)
     step = per_pass or len(xs)
     with measuring(model, bn_mode):
         f = functional_loss(model, loss_fn)
         with torch.no_grad():
             check_finite(f(params, xs[0], ys[0]), "the loss")
+        factored = _rank_one_linears(model, params, xs[0]) if factor_linear else {}
         try:
-            per = torch.func.vmap(torch.func.grad(f), in_dims=(None, 0, 0))
+            per = _per_row_gradients(model, loss_fn, params, factored)
             passes = [
-                list(per(params, xs[start : start + step], ys[start : start + step]).values())
+                per(xs[start : start + step], ys[start : start + step])
                 for start in range(0, len(xs), step)
             ]
-            columns = [p[0] if len(passes) == 1 else torch.cat(p) for p in zip(*passes)]
+            columns = [p[0] if len(passes) == 1 else _cat(p) for p in zip(*passes, strict=True)]
         except (RuntimeError, NotImplementedError) as err:
             warnings.warn(
                 f"torch.func.vmap cannot batch this model ({type(err).__name__}: "
@@ -138,8 +202,94 @@ def gradient_blocks(
                 )
             columns = [torch.stack(p) for p in zip(*rows)]
     return [
-        block for g in columns for block in g.reshape(g.shape[0], -1).split(_GRAM_COLUMNS, dim=1)
+        block
+        for g in columns
+        for block in (
+            [g] if isinstance(g, RankOneRows) else g.reshape(g.shape[0], -1).split(_GRAM_COLUMNS, 1)
+        )
     ]
+
+
+def _cat(parts: tuple) -> Tensor | RankOneRows:
+    if isinstance(parts[0], RankOneRows):
+        return RankOneRows(torch.cat([p.a for p in parts]), torch.cat([p.delta for p in parts]))
+    return torch.cat(parts)
+
+
+def _rank_one_linears(model: nn.Module, params: dict[str, Tensor], x: Tensor) -> dict[str, str]:
+    """{module name: weight name} of the ``nn.Linear`` layers whose per-example weight
+    gradient is rank one: trainable weight, called once, on a 2-D input (a dry run on
+    ``x``)."""
+    calls: dict[str, list[int]] = {}
+    weight = {n: f"{n}.weight" if n else "weight" for n, _ in model.named_modules()}
+    handles = [
+        m.register_forward_hook(
+            lambda m, args, out, n=n: calls.setdefault(n, []).append(args[0].ndim)
+        )
+        for n, m in model.named_modules()
+        if isinstance(m, nn.Linear) and weight[n] in params
+    ]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return {n: weight[n] for n, dims in calls.items() if dims == [2]}
+
+
+def _per_row_gradients(model, loss_fn, params, factored):
+    """``g(xs, ys)``: the gradients of each row's loss, as a list in ``params`` order (a
+    :class:`RankOneRows` for each weight of ``factored``), by ``vmap(grad)``."""
+    if not factored:
+        per = torch.func.vmap(
+            torch.func.grad(functional_loss(model, loss_fn)), in_dims=(None, 0, 0)
+        )
+        return lambda xs, ys: list(per(params, xs, ys).values())
+    modules = dict(model.named_modules())
+    weights = set(factored.values())
+    diff = {n: p for n, p in params.items() if n not in weights}
+    const = {n: p for n, p in params.items() if n in weights}
+
+    def f(diff, eps, x, y):
+        inputs: dict[str, Tensor] = {}
+
+        def hook(name):
+            def add(m, args, out):
+                inputs[name] = args[0]
+                return out + eps[name]
+
+            return add
+
+        handles = [modules[n].register_forward_hook(hook(n)) for n in factored]
+        try:
+            out = torch.func.functional_call(model, {**diff, **const}, (x,))
+        finally:
+            for h in handles:
+                h.remove()
+        return loss_fn(out, y), inputs
+
+    eps = {
+        n: torch.zeros(1, modules[n].out_features, dtype=const[w].dtype, device=const[w].device)
+        for n, w in factored.items()
+    }
+    per = torch.func.vmap(
+        torch.func.grad(f, argnums=(0, 1), has_aux=True), in_dims=(None, None, 0, 0)
+    )
+    by_weight = {w: n for n, w in factored.items()}
+
+    def g(xs, ys):
+        (g_diff, g_eps), inputs = per(diff, eps, xs, ys)
+        out = []
+        for name in params:
+            if name in by_weight:
+                n = by_weight[name]
+                out.append(RankOneRows(inputs[n][:, 0], g_eps[n][:, 0]))
+            else:
+                out.append(g_diff[name])
+        return out
+
+    return g
 
 
 def centred_gram(gradients: Tensor | list[Tensor]) -> Tensor:
@@ -152,12 +302,16 @@ def centred_gram(gradients: Tensor | list[Tensor]) -> Tensor:
     """
     blocks = _as_blocks(gradients)
     L = blocks[0].shape[0]
-    gram = torch.zeros(L, L, dtype=torch.float64, device=blocks[0].device)
+    gram = torch.zeros(L, L, dtype=torch.float64, device=_device(blocks))
     for _, block in _centred_blocks(blocks):
-        gram += block @ block.T
+        gram += block.centred_gram() if isinstance(block, RankOneRows) else block @ block.T
     if not torch.isfinite(gram).all():
         raise ValueError("the loss or its gradient is not finite on some batch (inf/nan)")
     return gram / L
+
+
+def _dense(block: Tensor | RankOneRows) -> Tensor:
+    return block.dense() if isinstance(block, RankOneRows) else block
 
 
 def _as_blocks(gradients: Tensor | list[Tensor]) -> list[Tensor]:
@@ -166,14 +320,23 @@ def _as_blocks(gradients: Tensor | list[Tensor]) -> list[Tensor]:
     return list(gradients)
 
 
-def _centred_blocks(blocks: list[Tensor]):
-    """(columns, block) pairs: the float64 row-centred column blocks and their columns."""
+def _device(blocks: list) -> torch.device:
+    b = blocks[0]
+    return b.a.device if isinstance(b, RankOneRows) else b.device
+
+
+def _centred_blocks(blocks: list):
+    """(columns, block) pairs: the float64 row-centred column blocks and their columns
+    (:class:`RankOneRows` blocks are passed on as they are: they centre themselves)."""
     L = blocks[0].shape[0]
-    weights = torch.full((L,), 1 / L, dtype=torch.float64, device=blocks[0].device)
+    weights = torch.full((L,), 1 / L, dtype=torch.float64, device=_device(blocks))
     start = 0
     for b in blocks:
         cols = slice(start, start + b.shape[1])
         start += b.shape[1]
+        if isinstance(b, RankOneRows):
+            yield cols, b
+            continue
         block = b.to(torch.float64, copy=True)
         block -= weights @ block  # in place, the mean as a GEMV: 2x faster than mean(dim=0)
         yield cols, block
@@ -227,13 +390,13 @@ class GradientCovarianceOperator(LinearOperator):
         dim = sum(b.shape[1] for b in blocks)
         self.shape = (dim, dim)
         self.dtype = torch.float64
-        self.device = blocks[0].device
+        self.device = _device(blocks)
         self._gram: Tensor | None = None
 
     @property
     def gradients(self) -> Tensor:
         """The (L, D) gradient matrix (a concatenated copy of the blocks)."""
-        return torch.cat(self.blocks, dim=1)
+        return torch.cat([_dense(b) for b in self.blocks], dim=1)
 
     def gram(self) -> Tensor:
         """The L x L centred Gram matrix divided by L, in float64 (computed once)."""
@@ -243,14 +406,23 @@ class GradientCovarianceOperator(LinearOperator):
 
     def mean_norm_sq(self) -> float:
         """|g|^2 of the mean g of the L gradients, in float64."""
-        return sum(float(b.to(torch.float64).mean(dim=0).pow(2).sum()) for b in self.blocks)
+        return sum(
+            b.mean_norm_sq()
+            if isinstance(b, RankOneRows)
+            else float(b.to(torch.float64).mean(dim=0).pow(2).sum())
+            for b in self.blocks
+        )
 
     def centred_products(self, v: Tensor) -> Tensor:
         """C v in float64: the L dot products of the centred gradients with a flat vector."""
         v = v.to(dtype=torch.float64, device=self.device)
         out = torch.zeros(self.num_batches, dtype=torch.float64, device=self.device)
         for cols, block in _centred_blocks(self.blocks):
-            out += block @ v[cols]
+            out += (
+                block.centred_products(v[cols])
+                if isinstance(block, RankOneRows)
+                else block @ v[cols]
+            )
         return out
 
     def transpose_products(self, a: Tensor) -> Tensor:
@@ -258,7 +430,9 @@ class GradientCovarianceOperator(LinearOperator):
         a = a.to(dtype=torch.float64, device=self.device)
         out = torch.empty(self.shape[0], dtype=torch.float64, device=self.device)
         for cols, block in _centred_blocks(self.blocks):
-            out[cols] = block.T @ a
+            out[cols] = (
+                block.transpose_products(a) if isinstance(block, RankOneRows) else block.T @ a
+            )
         return out
 
     def matvec(self, v: Tensor) -> Tensor:
