@@ -147,12 +147,92 @@ def timings() -> list[str]:
     return rows
 
 
+def _peak_mib(fn):
+    """(result, seconds, peak CUDA memory above what was allocated before, MiB)."""
+    sync()
+    if DEV.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+    t = time.perf_counter()
+    out = fn()
+    sync()
+    seconds = time.perf_counter() - t
+    peak = (torch.cuda.max_memory_allocated() - before) / 2**20 if DEV.type == "cuda" else 0.0
+    return out, seconds, peak
+
+
+def scale() -> list[str]:
+    """Issue 7 on the GPU: where K's gradients are kept, batched HVPs, tracking overhead."""
+    from breakeven.data import Dataset
+
+    rows = [
+        "| model | parameters | measurement | seconds | peak GPU memory above, MiB | value |",
+        "|---|---|---|---|---|---|",
+    ]
+    loss = nn.CrossEntropyLoss()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3200, 3, 32, 32, generator=g).to(DEV)
+    y = torch.randint(0, 10, (3200,), generator=g).to(DEV)
+    for name in ("simple_cnn", "resnet32"):
+        torch.manual_seed(0)
+        model = build_model(name).to(DEV)
+        D = sum(p.numel() for p in model.parameters())
+        kb = [(x[j : j + 128], y[j : j + 128]) for j in range(0, 3200, 128)]
+        be.gradient_covariance(model, loss, kb)  # warm-up
+        for storage in ("memory", "cpu"):
+            res, t, peak = _peak_mib(
+                lambda s=storage: be.gradient_covariance(model, loss, kb, storage=s)
+            )
+            rows.append(
+                f"| {name} | {D:,} | K, L = 25 x 128, storage={storage} | {t:.3f} | {peak:.0f} "
+                f"| {res.top:.6g} |"
+            )
+        op = be.HessianOperator(model, loss, (x[:1024], y[:1024]))
+        for block in (1, 8):
+            be.hutchinson(op, 8, seed=0, block_size=block)  # warm-up
+            res, t, peak = _peak_mib(lambda b=block: be.hutchinson(op, 32, seed=0, block_size=b))
+            rows.append(
+                f"| {name} | {D:,} | Tr(H), 32 probes, 1,024 examples, block {block} | {t:.3f} "
+                f"| {peak:.0f} | {res.estimate:.6g} |"
+            )
+        for r in rows[-4:]:
+            print(r, flush=True)
+    ds = Dataset("random", x[:2560].cpu(), y[:2560].cpu(), x[2560:].cpu(), y[2560:].cpu(), 10)
+    cfg = be.TrainConfig(
+        model="simple_cnn", lr=0.05, batch_size=128, steps=400, eval_every=0, device=str(DEV)
+    )
+    be.train(cfg, dataset=ds)  # warm-up
+    sync()
+    t = time.perf_counter()
+    be.train(cfg, dataset=ds)
+    sync()
+    plain = time.perf_counter() - t
+    tracker = be.build_tracker(
+        {"covariance": {"every": 50, "num_batches": 25}, "hessian": {"every": 200}}, seed=0
+    )
+    t = time.perf_counter()
+    be.train(cfg, tracker, dataset=ds)
+    sync()
+    tracked = time.perf_counter() - t
+    share = {k: v["seconds"] / tracked for k, v in tracker.summary().items() if "seconds" in v}
+    rows.append(
+        f"| simple_cnn | - | 400 SGD steps at 128, untracked / tracked (K every 50, "
+        f"lambda_H^1 every 200 on the 5% probe) | {plain:.2f} / {tracked:.2f} | | measuring "
+        f"{100 * (tracked - plain) / tracked:.1f}% of wall time; "
+        + ", ".join(f"{k} {100 * v:.1f}%" for k, v in share.items())
+        + " |"
+    )
+    print(rows[-1], flush=True)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--correctness-only", action="store_true")
+    ap.add_argument("--scale-only", action="store_true", help="only the issue 7 table")
     args = ap.parse_args()
     device = torch.cuda.get_device_name() if DEV.type == "cuda" else "cpu"
     head = (
@@ -160,9 +240,12 @@ def main() -> None:
         f"Python {sys.version.split()[0]}, date {time.strftime('%Y-%m-%d')}\n"
     )
     print(head, flush=True)
-    text = head + "\n" + "\n".join(correctness()) + "\n"
-    if not args.correctness_only:
-        text += "\n" + "\n".join(timings()) + "\n"
+    if args.scale_only:
+        text = head + "\n" + "\n".join(scale()) + "\n"
+    else:
+        text = head + "\n" + "\n".join(correctness()) + "\n"
+        if not args.correctness_only:
+            text += "\n" + "\n".join(timings()) + "\n\n" + "\n".join(scale()) + "\n"
     if args.out:
         args.out.write_text(text)
     print(text)

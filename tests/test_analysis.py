@@ -8,7 +8,9 @@ import pytest
 from breakeven.analysis import break_even_points, maxima, read_runs, verdicts
 
 
-def write_run(path, lr, seed, status="finished", *, peak_k=None, peak_h=None, stab=None, acc=None):
+def write_run(
+    path, lr, seed, status="finished", *, peak_k=None, peak_h=None, stab=None, acc=None, grow=False
+):
     """A run directory with covariance, hessian, stability and evaluation records."""
     path.mkdir(parents=True)
     cfg = {"name": "t", "train": {"model": "mlp", "lr": lr, "batch_size": 64, "init_seed": seed}}
@@ -19,7 +21,7 @@ def write_run(path, lr, seed, status="finished", *, peak_k=None, peak_h=None, st
     for i, s in enumerate(steps):
         ep = s / 20
         if peak_k is not None:
-            k = peak_k * (1 - abs(i - 2) / 4)  # peak at step 20
+            k = peak_k * ((i + 1) / 5 if grow else 1 - abs(i - 2) / 4)  # peak at 40 or 20
             recs.append(
                 {
                     "step": s,
@@ -27,7 +29,7 @@ def write_run(path, lr, seed, status="finished", *, peak_k=None, peak_h=None, st
                     "measure": "covariance",
                     "values": {
                         "lambda_K_1": k,
-                        "condition_K": 0.1 * (i + 1) / lr,
+                        "condition_K": 0.1 * (3 - abs(i - 2)) / lr,
                         "trace_K": 2 * k,
                     },
                 }
@@ -46,7 +48,7 @@ def write_run(path, lr, seed, status="finished", *, peak_k=None, peak_h=None, st
     (path / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
 
 
-def write_sweep(root, lrs, seeds, values, statuses=None):
+def write_sweep(root, lrs, seeds, values, statuses=None, grow=False):
     """``values[(lr, seed)] = (peak_k, peak_h)``."""
     runs = []
     for lr in lrs:
@@ -54,7 +56,7 @@ def write_sweep(root, lrs, seeds, values, statuses=None):
             name = f"lr={lr}_seed={s}"
             k, h = values[(lr, s)]
             status = (statuses or {}).get((lr, s), "finished")
-            write_run(root / "runs" / name, lr, s, status, peak_k=k, peak_h=h)
+            write_run(root / "runs" / name, lr, s, status, peak_k=k, peak_h=h, grow=grow)
             runs.append({"name": name, "params": {"train.lr": lr}, "seed": s})
     spec = {"kind": "sweep", "preset": "p", "grid": {"train.lr": lrs}, "seeds": seeds, "runs": runs}
     (root / "sweep.json").write_text(json.dumps(spec))
@@ -108,7 +110,7 @@ def test_verdicts_supported_when_every_pair_orders_as_predicted(tmp_path):
     assert v.loc["lambda_K^1", "verdict"] == "supported"
     assert v.loc["lambda_H^1", "verdict"] == "supported"
     assert v.loc["Tr(K)", "verdict"] == "supported"
-    # the conditioning (0.1 (i + 1) / lr, max 0.5 / lr) is higher for the smaller lr here
+    # the conditioning (0.1 (3 - |i - 2|) / lr, max 0.3 / lr) is higher for the smaller lr
     assert v.loc["lambda_K^*/lambda_K^1", "verdict"] == "contradicted"
     assert v.loc["lambda_K^*/lambda_K^1", "ordered"] == 0.0
     assert "lr=0.01: 11 ± 1 (n=3)" in v.loc["lambda_K^1", "maxima"]
@@ -124,6 +126,20 @@ def test_maxima_leave_out_the_initial_point(tmp_path):
     recs[0] = json.dumps(first)
     (tmp_path / "a" / "records.jsonl").write_text("\n".join(recs) + "\n")
     assert maxima(read_runs(tmp_path / "a"))["lambda_K_1"].iloc[0] == 4.0
+
+
+def test_a_maximum_at_the_last_measurement_makes_the_verdict_inconclusive(tmp_path):
+    values = {(0.01, s): (10.0 + s, 50.0 + s) for s in range(2)}
+    values.update({(0.1, s): (3.0 + s, 20.0 + s) for s in range(2)})
+    runs = read_runs(write_sweep(tmp_path, LRS, [0, 1], values, grow=True))
+    m = maxima(runs).set_index("run")
+    assert m["lambda_K_1_at_end"].all() and not m["lambda_H_1_at_end"].any()
+    v = verdicts(runs).set_index("quantity")
+    assert (
+        v.loc["lambda_K^1", "ordered"] == 1.0 and v.loc["lambda_K^1", "verdict"] == "inconclusive"
+    )
+    assert v.loc["lambda_K^1", "at_end"].count("seed=") == 4
+    assert v.loc["lambda_H^1", "verdict"] == "supported" and v.loc["lambda_H^1", "at_end"] == ""
 
 
 def test_verdicts_inconclusive_on_mixed_orders_or_too_few_pairs(tmp_path):

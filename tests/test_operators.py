@@ -165,3 +165,53 @@ def test_a_linear_layer_used_twice_or_on_sequences_is_not_factored():
         m, torch.nn.CrossEntropyLoss(), x, y, chunk_size=None, bn_mode="eval"
     )
     assert not any(isinstance(b, RankOneRows) for b in blocks)
+
+
+@pytest.mark.parametrize("storage", ["cpu", "disk"])
+@pytest.mark.parametrize("name", ["mlp_ce", "cnn_bn"])
+def test_stored_gradients_give_the_same_operator(name, storage):
+    """K from gradients kept in host memory or a temporary file, one batch at a time,
+    equals K from the vmap pass (Gram, products, the gradients themselves)."""
+    from breakeven.operators.covariance import GradientCovarianceOperator
+
+    c = make_case(name, n=12)
+    batches = [(c.x[i : i + 3], c.y[i : i + 3]) for i in range(0, 12, 3)]
+    ref = GradientCovarianceOperator(c.model, c.loss_fn, batches)
+    op = GradientCovarianceOperator(c.model, c.loss_fn, batches, storage=storage)
+    torch.testing.assert_close(op.gradients, ref.gradients, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(op.gram(), ref.gram(), rtol=1e-10, atol=1e-14)
+    v = torch.randn(op.shape[0], dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(op @ v, ref @ v, rtol=1e-10, atol=1e-14)
+    assert op.mean_norm_sq() == pytest.approx(ref.mean_norm_sq(), rel=1e-12)
+    torch.testing.assert_close(
+        op.to_dense(), dense_covariance(ref.gradients), rtol=1e-8, atol=1e-12
+    )
+    with pytest.raises(ValueError, match="storage='gpu' is invalid"):
+        GradientCovarianceOperator(c.model, c.loss_fn, batches, storage="gpu")
+
+
+@pytest.mark.parametrize("name", CASES)
+@pytest.mark.parametrize("chunk_size", [None, 5])
+def test_hessian_matmat_equals_one_product_per_column(name, chunk_size):
+    c = make_case(name)
+    V = torch.randn(
+        _dense(name).shape[0], 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1)
+    )
+    op = be.HessianOperator(c.model, c.loss_fn, c.data, chunk_size=chunk_size)
+    HV = op @ V
+    assert op.num_matvecs == 4
+    torch.testing.assert_close(HV, _dense(name) @ V, rtol=1e-8, atol=1e-10)
+    for j in range(4):
+        torch.testing.assert_close(HV[:, j], op @ V[:, j], rtol=1e-10, atol=1e-12)
+
+
+def test_hutchinson_blocks_do_not_change_the_estimate():
+    c = make_case("cnn_bn")
+    op = be.HessianOperator(c.model, c.loss_fn, c.data)
+    one = be.hutchinson(op, 10, seed=3, block_size=1)
+    four = be.hutchinson(op, 10, seed=3, block_size=4)
+    torch.testing.assert_close(one.samples, four.samples, rtol=1e-10, atol=1e-12)
+    dense = be.hutchinson(_dense("cnn_bn"), 10, seed=3, block_size=4)
+    torch.testing.assert_close(dense.samples, one.samples, rtol=1e-8, atol=1e-10)
+    with pytest.raises(ValueError, match="block_size"):
+        be.hutchinson(op, 10, block_size=0)

@@ -21,7 +21,9 @@ runs are left out, and said so in the table.
 
 The verdict rule (:data:`RULE`): with at least ``min_pairs`` comparisons that are not ties,
 *supported* when a fraction >= ``support`` of them order as predicted, *contradicted* when
-<= 1 - ``support`` do, *inconclusive* otherwise or with fewer comparisons.
+<= 1 - ``support`` do, *inconclusive* otherwise, with fewer comparisons, or when some run's
+maximum is its last measurement (the run may have stopped before its maximum, e.g. a small
+learning rate at a quick scale; such runs are named in ``at_end``).
 """
 
 from __future__ import annotations
@@ -65,7 +67,8 @@ CLAUSES = (
 NOISE_DIRECTION = {"lr": +1, "batch_size": -1, "momentum": +1}
 RULE = (
     "maxima over steps >= 1; supported if >= {support:.0%} of at least {min_pairs} untied "
-    "run pairs order as predicted, contradicted if <= {against:.0%} do, inconclusive otherwise"
+    "run pairs order as predicted, contradicted if <= {against:.0%} do, inconclusive otherwise "
+    "or when a run's maximum is its last measurement"
 )
 FIRST_STEP = 1  # maxima are taken over steps >= 1 (after the first update)
 ENDED_OK = "finished"
@@ -73,8 +76,9 @@ ENDED_OK = "finished"
 
 def maxima(runs: Runs) -> Any:
     """Each run's maximum of each clause's quantity over steps >= 1: columns ``run``, the
-    swept keys, ``seed``, ``status``, and one column per quantity (NaN where it was not
-    tracked)."""
+    swept keys, ``seed``, ``status``, one column per quantity (NaN where it was not
+    tracked), and ``<quantity>_at_end``: True when the maximum is the run's last measurement
+    of it (still growing: the trajectory may not have reached its maximum)."""
     import pandas as pd
 
     rows = []
@@ -86,6 +90,10 @@ def maxima(runs: Runs) -> Any:
         for c in CLAUSES:
             s = series(r, c.quantity, c.measure)
             row[c.quantity] = float(s["value"].max()) if len(s) else math.nan
+            row[f"{c.quantity}_at_end"] = bool(
+                len(s) > 1
+                and s["step"].iloc[int(s["value"].to_numpy().argmax())] == s["step"].max()
+            )
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -101,7 +109,7 @@ def verdicts(runs: Runs, *, support: float = 0.8, min_pairs: int = 3) -> Any:
     Columns: ``conjecture``, ``quantity``, ``prediction``, ``key`` (the swept key),
     ``maxima`` (per swept value: mean +- standard deviation over seeds, and the number of
     runs), ``pairs`` (untied comparisons), ``ties``, ``ordered`` (the fraction of ``pairs``
-    ordered as predicted),
+    ordered as predicted), ``at_end`` (runs whose maximum is their last measurement),
     ``verdict``, ``rule``, ``left_out`` (runs not used, with their status). Keys swept
     without a predicted direction get no row. See the module docstring for the rule.
     """
@@ -143,7 +151,8 @@ def verdicts(runs: Runs, *, support: float = 0.8, min_pairs: int = 3) -> Any:
                 pairs += 1
                 ordered += bool(c.sign * (qb - qa) > 0)
         fraction = ordered / pairs if pairs else math.nan
-        if pairs < min_pairs:
+        at_end = ", ".join(data.loc[data[f"{c.quantity}_at_end"], "run"])
+        if pairs < min_pairs or at_end:
             verdict = "inconclusive"
         elif fraction >= support:
             verdict = "supported"
@@ -162,6 +171,7 @@ def verdicts(runs: Runs, *, support: float = 0.8, min_pairs: int = 3) -> Any:
                 "ties": ties,
                 "ordered": fraction,
                 "verdict": verdict,
+                "at_end": at_end,
                 "rule": rule,
                 "left_out": left_out,
             }
@@ -176,6 +186,7 @@ def verdicts(runs: Runs, *, support: float = 0.8, min_pairs: int = 3) -> Any:
         "ties",
         "ordered",
         "verdict",
+        "at_end",
         "rule",
         "left_out",
     ]

@@ -112,7 +112,12 @@ def spectrum_of(op: GradientCovarianceOperator, seconds: float = math.nan) -> Co
 
 
 def gradient_covariance(
-    model: nn.Module, loss_fn: LossFn, batches: Iterable[Batch], *, bn_mode: BNMode = "train"
+    model: nn.Module,
+    loss_fn: LossFn,
+    batches: Iterable[Batch],
+    *,
+    bn_mode: BNMode = "train",
+    storage: str = "memory",
 ) -> CovarianceSpectrum:
     """The spectrum of the gradient covariance K from L mini-batches of M examples each.
 
@@ -120,10 +125,12 @@ def gradient_covariance(
     ``G_ij = <g_i - g, g_j - g> / L`` with g the mean of the g_l (accumulated in float64).
     The paper uses L = 25 batches of the training batch size (M = 128 when the batch size
     is swept). ``bn_mode="train"`` (default) normalises each batch with its own statistics,
-    as the SGD step does (running statistics untouched); dropout is off.
+    as the SGD step does (running statistics untouched); dropout is off. ``storage``: where
+    the L gradients are kept, ``"memory"`` (default), ``"cpu"`` or ``"disk"`` for models whose
+    L gradients do not fit (see :class:`~breakeven.GradientCovarianceOperator`).
     """
     start = time.perf_counter()
-    op = GradientCovarianceOperator(model, loss_fn, batches, bn_mode=bn_mode)
+    op = GradientCovarianceOperator(model, loss_fn, batches, bn_mode=bn_mode, storage=storage)
     return spectrum_of(op, time.perf_counter() - start)
 
 

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from ..operators.base import Batch, BNMode, LossFn, check_bn_mode, measuring
+from ..operators.covariance import STORAGES
 from .covariance import (
     CovarianceSpectrum,
     gradient_alignment,
@@ -97,7 +98,9 @@ class GradientCovariance(Measure):
     ``batch_size=1`` uses per-example gradients (``vmap``). Keys: ``lambda_K_1``,
     ``lambda_K_star`` ((L-1)-th), ``condition_K``, ``trace_K``, their per-example scale
     ``M * value`` (``per_example_lambda_K_1``, ``per_example_trace_K``), ``M``, ``L``;
-    with ``spectrum=True`` also every eigenvalue ``eig_K_i`` (i = 0 the largest)."""
+    with ``spectrum=True`` also every eigenvalue ``eig_K_i`` (i = 0 the largest).
+    ``storage``: where the L gradients are kept (``"memory"``, ``"cpu"``, ``"disk"``; see
+    :class:`~breakeven.GradientCovarianceOperator`)."""
 
     name = "covariance"
 
@@ -107,6 +110,7 @@ class GradientCovariance(Measure):
         batch_size: int | None = None,
         bn_mode: BNMode = "train",
         spectrum: bool = False,
+        storage: str = "memory",
     ) -> None:
         _int_at_least(num_batches, 2, "num_batches (L)")
         _int_at_least(batch_size, 1, "batch_size (M)", optional=True)
@@ -115,6 +119,9 @@ class GradientCovariance(Measure):
         self.batch_size = batch_size
         self.bn_mode = bn_mode
         self.spectrum = spectrum
+        if storage not in STORAGES:
+            raise ValueError(f"storage={storage!r} is invalid: choose from {list(STORAGES)}")
+        self.storage = storage
 
     def compute(self, ctx: Context) -> CovarianceSpectrum:
         M = self.batch_size or ctx.batch_size
@@ -122,7 +129,9 @@ class GradientCovariance(Measure):
             ((x, y),) = ctx.sample_batches(1, self.num_batches)
             return per_example_gradient_covariance(ctx.model, ctx.loss_fn, x, y)
         batches = ctx.sample_batches(self.num_batches, M)
-        return gradient_covariance(ctx.model, ctx.loss_fn, batches, bn_mode=self.bn_mode)
+        return gradient_covariance(
+            ctx.model, ctx.loss_fn, batches, bn_mode=self.bn_mode, storage=self.storage
+        )
 
     def measure(self, ctx: Context) -> dict[str, Any]:
         spec = self.compute(ctx)

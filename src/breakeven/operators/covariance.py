@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 import warnings
 from collections.abc import Iterable
 
@@ -70,6 +71,84 @@ class RankOneRows:
         return float((d.T @ a).div(a.shape[0]).pow(2).sum())
 
 
+#: Where the L gradients of K are kept: on the model's device ("memory"), in host memory
+#: ("cpu"), or in a temporary file ("disk"); see :class:`GradientCovarianceOperator`.
+STORAGES = ("memory", "cpu", "disk")
+
+
+class _RowStore:
+    """An (L, D) matrix (of the gradients' dtype) written row by row and read a block of
+    columns at a time, in host memory (``"cpu"``) or in an unlinked temporary file
+    (``"disk"``: what is read is never all resident at once)."""
+
+    def __init__(self, rows: int, cols: int, storage: str, dtype: torch.dtype) -> None:
+        self.shape = (rows, cols)
+        self.storage, self.dtype = storage, dtype
+        self.itemsize = torch.empty(0, dtype=dtype).element_size()
+        if storage == "cpu":
+            self.data = torch.empty(rows, cols, dtype=dtype)
+        else:
+            self.file = tempfile.TemporaryFile(prefix="breakeven-K-")
+            self.file.truncate(rows * cols * self.itemsize)
+
+    def write(self, row: int, start: int, values: Tensor) -> None:
+        flat = values.detach().reshape(-1).to(device="cpu", dtype=self.dtype)
+        if self.storage == "cpu":
+            self.data[row, start : start + flat.numel()].copy_(flat)
+        else:
+            self.file.seek((row * self.shape[1] + start) * self.itemsize)
+            self.file.write(flat.numpy().tobytes())
+
+    def read(self, start: int, stop: int) -> Tensor:
+        if self.storage == "cpu":
+            return self.data[:, start:stop]
+        out = torch.empty(self.shape[0], stop - start, dtype=self.dtype)
+        view = out.numpy()
+        for row in range(self.shape[0]):
+            self.file.seek((row * self.shape[1] + start) * self.itemsize)
+            self.file.readinto(memoryview(view[row]).cast("B"))
+        return out
+
+
+class StoredColumns:
+    """Columns ``start:stop`` of the gradients in a :class:`_RowStore`, loaded on use."""
+
+    def __init__(self, store: _RowStore, start: int, stop: int) -> None:
+        self.store, self.start, self.stop = store, start, stop
+        self.shape = (store.shape[0], stop - start)
+        self.ndim = 2
+
+    def load(self) -> Tensor:
+        return self.store.read(self.start, self.stop)
+
+
+def stored_gradient_blocks(
+    model: nn.Module, loss_fn: LossFn, xs: Tensor, ys: Tensor, *, bn_mode: BNMode, storage: str
+) -> list[StoredColumns]:
+    """The gradients of :func:`gradient_blocks`, one batch at a time (plain backward, no
+    ``vmap``), each written to ``storage`` (``"cpu"`` or ``"disk"``) as soon as it is
+    computed: besides the store, memory holds one batch's graph and one gradient."""
+    params = trainable(model)
+    sizes = [p.numel() for p in params.values()]
+    dtype = next(iter(params.values())).dtype
+    store = _RowStore(len(xs), sum(sizes), storage, dtype)
+    with measuring(model, bn_mode):
+        f = functional_loss(model, loss_fn)
+        for row, (xb, yb) in enumerate(zip(xs, ys)):
+            leaves = [p.detach().requires_grad_(True) for p in params.values()]
+            loss = f(dict(zip(params, leaves)), xb, yb)
+            if row == 0:
+                check_finite(loss.detach(), "the loss")
+            grads = torch.autograd.grad(loss, leaves, allow_unused=True, materialize_grads=True)
+            start = 0
+            for g, n in zip(grads, sizes):
+                store.write(row, start, g)
+                start += n
+            del grads, loss
+    D = store.shape[1]
+    return [StoredColumns(store, a, min(a + _GRAM_COLUMNS, D)) for a in range(0, D, _GRAM_COLUMNS)]
+
+
 def batch_gradients(
     model: nn.Module,
     loss_fn: LossFn,
@@ -91,8 +170,13 @@ def batch_gradients(
 
 
 def _batch_gradient_blocks(
-    model: nn.Module, loss_fn: LossFn, batches: Iterable[Batch], bn_mode: BNMode, chunk_size
-) -> tuple[list[Tensor], int]:
+    model: nn.Module,
+    loss_fn: LossFn,
+    batches: Iterable[Batch],
+    bn_mode: BNMode,
+    chunk_size,
+    storage: str = "memory",
+) -> tuple[list, int]:
     batches = list(batches)
     if len(batches) < 2:
         raise ValueError(
@@ -111,6 +195,8 @@ def _batch_gradient_blocks(
     M = sizes.pop()
     xs = torch.stack([x for x, _ in chunks])
     ys = torch.stack([y for _, y in chunks])
+    if storage != "memory":
+        return stored_gradient_blocks(model, loss_fn, xs, ys, bn_mode=bn_mode, storage=storage), M
     per_pass = max(1, (chunk_size or len(chunks) * M) // M)
     return gradient_blocks(model, loss_fn, xs, ys, bn_mode=bn_mode, per_pass=per_pass), M
 
@@ -310,8 +396,12 @@ def centred_gram(gradients: Tensor | list[Tensor]) -> Tensor:
     return gram / L
 
 
-def _dense(block: Tensor | RankOneRows) -> Tensor:
-    return block.dense() if isinstance(block, RankOneRows) else block
+def _dense(block: Tensor | RankOneRows | StoredColumns) -> Tensor:
+    if isinstance(block, RankOneRows):
+        return block.dense()
+    if isinstance(block, StoredColumns):
+        return block.load()
+    return block
 
 
 def _as_blocks(gradients: Tensor | list[Tensor]) -> list[Tensor]:
@@ -322,6 +412,8 @@ def _as_blocks(gradients: Tensor | list[Tensor]) -> list[Tensor]:
 
 def _device(blocks: list) -> torch.device:
     b = blocks[0]
+    if isinstance(b, StoredColumns):
+        return torch.device("cpu")
     return b.a.device if isinstance(b, RankOneRows) else b.device
 
 
@@ -337,7 +429,7 @@ def _centred_blocks(blocks: list):
         if isinstance(b, RankOneRows):
             yield cols, b
             continue
-        block = b.to(torch.float64, copy=True)
+        block = _dense(b).to(torch.float64, copy=True)
         block -= weights @ block  # in place, the mean as a GEMV: 2x faster than mean(dim=0)
         yield cols, block
 
@@ -349,6 +441,18 @@ class GradientCovarianceOperator(LinearOperator):
     its non-zero eigenvalues are those of the L x L Gram ``C C^T / L`` (:meth:`gram`). Build
     it from a model and L mini-batches (``g_l`` = gradient of the mean loss on batch l), or
     from any gradient matrix with :meth:`from_gradients` (rows = gradients, e.g. per-example).
+
+    Memory (``storage``), for D parameters and L batches of M examples:
+
+    - ``"memory"`` (default): the L gradients on the model's device, computed in one
+      ``vmap`` pass over the batches (about 2048 examples at a time): L x D x 4 bytes plus
+      the activations of a pass. Fastest.
+    - ``"cpu"``: computed one batch at a time and moved to host memory as they come: the
+      device holds one batch's graph and one gradient (D x 4 bytes); the host L x D x 4.
+    - ``"disk"``: as ``"cpu"``, into an unlinked temporary file: memory holds one batch's
+      graph, one gradient and one block of 32,768 columns (L x 32,768 x 8 bytes) while the
+      Gram is accumulated. The same float32 gradients and float64 Gram as ``"memory"``
+      (exact up to the order of summation); slower by the file reads.
     """
 
     def __init__(
@@ -358,10 +462,14 @@ class GradientCovarianceOperator(LinearOperator):
         batches: Iterable[Batch],
         *,
         bn_mode: BNMode = "train",
+        storage: str = "memory",
     ) -> None:
-        blocks, batch_size = _batch_gradient_blocks(model, loss_fn, batches, bn_mode, 2048)
+        if storage not in STORAGES:
+            raise ValueError(f"storage={storage!r} is invalid: choose from {list(STORAGES)}")
+        blocks, batch_size = _batch_gradient_blocks(model, loss_fn, batches, bn_mode, 2048, storage)
         self._init(blocks, batch_size)
         self.bn_mode = bn_mode
+        self.storage = storage
 
     @classmethod
     def from_gradients(
@@ -409,7 +517,7 @@ class GradientCovarianceOperator(LinearOperator):
         return sum(
             b.mean_norm_sq()
             if isinstance(b, RankOneRows)
-            else float(b.to(torch.float64).mean(dim=0).pow(2).sum())
+            else float(_dense(b).to(torch.float64).mean(dim=0).pow(2).sum())
             for b in self.blocks
         )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Literal
 
 import torch
@@ -104,9 +105,14 @@ class HessianOperator(LinearOperator):
         return leaves, grads
 
     @staticmethod
-    def _hvp_from_graph(leaves, grads, v_parts: list[Tensor], retain: bool) -> list[Tensor]:
+    def _hvp_from_graph(
+        leaves, grads, v_parts: list[Tensor], retain: bool, batched: bool = False
+    ) -> list[Tensor]:
+        """H v through the first-order graph; ``batched``: each ``v_parts[i]`` has a leading
+        dimension of n vectors, and so has each result (one vmapped backward)."""
         used = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
-        out = [torch.zeros_like(p) for p in leaves]
+        lead = v_parts[0].shape[:1] if batched else ()
+        out = [p.new_zeros(lead + p.shape) for p in leaves]
         if used:
             hv = torch.autograd.grad(
                 [grads[i] for i in used],
@@ -114,6 +120,7 @@ class HessianOperator(LinearOperator):
                 grad_outputs=[v_parts[i] for i in used],
                 retain_graph=retain,
                 allow_unused=True,
+                is_grads_batched=batched,
             )
             out = [o if h is None else h for o, h in zip(out, hv)]
         return out
@@ -141,6 +148,39 @@ class HessianOperator(LinearOperator):
         self._checked = True
         self.num_matvecs += 1
         return flatten(total).detach()
+
+    def matmat(self, V: Tensor) -> Tensor:
+        """H V for the n columns of a (D, n) matrix. In reverse mode one vmapped backward per
+        chunk applies H to all columns at once (``is_grads_batched``), falling back to one
+        product per column where a layer has no batching rule; ``num_matvecs`` counts n."""
+        if self.method == "forward" or V.shape[1] == 1:
+            return super().matmat(V)
+        V = V.to(dtype=self.dtype, device=self.device)
+        n = V.shape[1]
+        parts, start = [], 0
+        for p in self.params.values():
+            parts.append(V[start : start + p.numel()].T.reshape(n, *p.shape))
+            start += p.numel()
+        try:
+            with measuring(self.model, self.bn_mode), warnings.catch_warnings():
+                warnings.simplefilter("error", UserWarning)  # no per-column fallback inside
+                total = None
+                for x, y in self.chunks:
+                    if len(self.chunks) == 1:
+                        if self._cached is None:
+                            self._cached = self._first_order(x, y)
+                        leaves, grads = self._cached
+                    else:
+                        leaves, grads = self._first_order(x, y)
+                    hv = self._hvp_from_graph(
+                        leaves, grads, parts, retain=len(self.chunks) == 1, batched=True
+                    )
+                    total = hv if total is None else [a + b for a, b in zip(total, hv)]
+        except (RuntimeError, UserWarning):
+            return super().matmat(V)
+        self._checked = True
+        self.num_matvecs += n
+        return torch.cat([t.reshape(n, -1) for t in total], dim=1).T.detach()
 
     def _forward_hvp(self, v_parts: list[Tensor]) -> list[Tensor]:
         tangents = dict(zip(self.params, v_parts))

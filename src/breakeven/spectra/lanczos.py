@@ -103,11 +103,13 @@ class _Krylov:
         self.Q[j] = self.q
         w = self.matvec(self.q)
         self.num_matvecs += 1
-        if not torch.isfinite(w).all():
-            raise ValueError("the matrix-vector product returned inf/nan")
-        alpha = float(self.q @ w)
+        finite = torch.isfinite(w).all()
+        alpha = self.q @ w
         w = _orthogonalise(w, self.Q[: j + 1])
-        beta = float(w.norm())
+        # one device-to-host transfer per step (the tridiagonal is solved on the host)
+        alpha, beta, ok = torch.stack([alpha, w.norm(), finite.to(w.dtype)]).tolist()
+        if not ok:
+            raise ValueError("the matrix-vector product returned inf/nan")
         self.alphas.append(alpha)
         self.last_beta = beta
         scale = max(abs(a) for a in self.alphas) or 1.0

@@ -31,19 +31,35 @@ class TraceResult:
     seconds: float = math.nan
 
 
-def hutchinson(A: Tensor | LinearOperator, num_samples: int = 100, *, seed: int = 0) -> TraceResult:
+def hutchinson(
+    A: Tensor | LinearOperator, num_samples: int = 100, *, seed: int = 0, block_size: int = 1
+) -> TraceResult:
     """Tr(A) ~ (1/n) sum_s z_s^T A z_s with independent Rademacher z_s (entries +-1).
 
-    ``seed`` seeds a private generator: the global RNG is untouched.
+    ``seed`` seeds a private generator: the global RNG is untouched. The probes are applied
+    ``block_size`` at a time (``A @ Z`` with Z of shape (D, block_size): one vmapped backward
+    for a :class:`~breakeven.HessianOperator`); the probes and the estimate do not depend on
+    it. Default 1: on CPU one vmapped backward for several probes was slower than one
+    backward each (measured: 0.9x with 4 probes on the MLP and on SimpleCNN).
     """
     matvec, dim, dtype = as_matvec(A)
     if not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
+    if not isinstance(block_size, int) or block_size < 1:
+        raise ValueError(f"block_size must be a positive integer, got {block_size!r}")
     generator = torch.Generator().manual_seed(seed)
     samples = torch.empty(num_samples, dtype=torch.float64)
-    for s in range(num_samples):
-        z = torch.randint(0, 2, (dim,), generator=generator, dtype=torch.float64) * 2 - 1
-        z = z.to(dtype=dtype, device=A.device)
-        samples[s] = float(z @ matvec(z))
+    for start in range(0, num_samples, block_size):
+        n = min(block_size, num_samples - start)
+        Z = torch.stack(
+            [
+                torch.randint(0, 2, (dim,), generator=generator, dtype=torch.float64)
+                for _ in range(n)
+            ],
+            dim=1,
+        )
+        Z = (Z * 2 - 1).to(dtype=dtype, device=A.device)
+        AZ = A @ Z if n > 1 else matvec(Z[:, 0])[:, None]
+        samples[start : start + n] = (Z * AZ).sum(dim=0).to(device="cpu", dtype=torch.float64)
     stderr = float(samples.std() / math.sqrt(num_samples)) if num_samples > 1 else math.nan
     return TraceResult(float(samples.mean()), stderr, num_samples, samples)

@@ -105,6 +105,7 @@ class Tracker:
         self._generator = torch.Generator().manual_seed(seed)
         self._pending: list[tuple[Measure, dict[str, Any], float]] = []
         self._ctx: Context | None = None
+        self._moved: dict[str, Any] = {}  # probe / validation data moved to the model's device
         self._started: float | None = None
         self.total_seconds_: float | None = None
 
@@ -177,6 +178,7 @@ class Tracker:
         if batch_size is None or self.lr is None:
             raise ValueError("the tracker needs lr and batch_size (pass them to Tracker)")
         lr = self.lr(step) if callable(self.lr) else float(self.lr)
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
         grads = [
             p.grad.detach() if p.grad is not None else torch.zeros_like(p)
             for p in model.parameters()
@@ -187,17 +189,29 @@ class Tracker:
             epoch=step / self.steps_per_epoch if self.steps_per_epoch else math.nan,
             model=model,
             loss_fn=self.loss_fn or nn.CrossEntropyLoss(),
-            probe=self.probe,
-            sample_batches=self._sample_batches,
+            probe=self._on(device, "probe"),
+            sample_batches=lambda num, size: [
+                tuple(t.to(device) for t in b) for b in self._sample_batches(num, size)
+            ],
             lr=lr,
             momentum=self.momentum,
             batch_size=batch_size,
             n_train=n_train,
             batch=batch,
             gradient=grads,
-            val_data=self.val_data,
+            val_data=self._on(device, "val_data"),
             state=self.state_,
         )
+
+    def _on(self, device: torch.device, name: str) -> Any:
+        """``self.<name>`` (a pair of tensors, or None) on the model's device, moved once."""
+        data = getattr(self, name)
+        if not isinstance(data, tuple) or all(t.device == device for t in data):
+            return data
+        key = (name, id(data), device)
+        if self._moved.get(name, (None,))[0] != key:
+            self._moved[name] = (key, tuple(t.to(device) for t in data))
+        return self._moved[name][1]
 
     def _sample_batches(self, num: int, size: int) -> list[Batch]:
         """``num`` batches of ``size`` training examples drawn without replacement: disjoint
