@@ -118,6 +118,7 @@ def gradient_covariance(
     *,
     bn_mode: BNMode = "train",
     storage: str = "memory",
+    distributed: bool = False,
 ) -> CovarianceSpectrum:
     """The spectrum of the gradient covariance K from L mini-batches of M examples each.
 
@@ -128,9 +129,12 @@ def gradient_covariance(
     as the SGD step does (running statistics untouched); dropout is off. ``storage``: where
     the L gradients are kept, ``"memory"`` (default), ``"cpu"`` or ``"disk"`` for models whose
     L gradients do not fit (see :class:`~breakeven.GradientCovarianceOperator`).
+    ``distributed``: each rank passes its own batches and gets the spectrum of all of them.
     """
     start = time.perf_counter()
-    op = GradientCovarianceOperator(model, loss_fn, batches, bn_mode=bn_mode, storage=storage)
+    op = GradientCovarianceOperator(
+        model, loss_fn, batches, bn_mode=bn_mode, storage=storage, distributed=distributed
+    )
     return spectrum_of(op, time.perf_counter() - start)
 
 

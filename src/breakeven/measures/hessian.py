@@ -17,8 +17,10 @@ from ..operators.base import (
     BNMode,
     Data,
     LossFn,
+    all_reduce_sum,
     as_chunks,
     as_flat,
+    check_distributed,
     check_finite,
     check_forward_mode,
     measuring,
@@ -74,6 +76,7 @@ def hessian_eigenvalues(
     bn_mode: BNMode = "eval",
     method: HVPMethod = "reverse",
     seed: int = 0,
+    distributed: bool = False,
 ) -> EigenResult:
     """The k largest *algebraic* eigenvalues of H = Hessian of (1/N) sum_i l_i over ``data``.
 
@@ -83,11 +86,18 @@ def hessian_eigenvalues(
     gradient (which lies mostly in the top eigenspace), plus ``v0``, the previous result's
     eigenvectors, when tracking (a warm start that cannot lock onto a previous top that has
     been overtaken). See :class:`~breakeven.HessianOperator` for ``chunk_size``,
-    ``bn_mode`` and ``method``. The model is left bitwise unchanged.
+    ``bn_mode``, ``method`` and ``distributed`` (each rank passes its part of the data and
+    gets the eigenvalues of all of it). The model is left bitwise unchanged.
     """
     start = time.perf_counter()
     op = HessianOperator(
-        model, loss_fn, data, chunk_size=chunk_size, bn_mode=bn_mode, method=method
+        model,
+        loss_fn,
+        data,
+        chunk_size=chunk_size,
+        bn_mode=bn_mode,
+        method=method,
+        distributed=distributed,
     )
     if isinstance(k, int) and k > op.shape[0]:
         raise ValueError(f"k={k} is larger than the number of parameters D={op.shape[0]}")
@@ -148,12 +158,19 @@ def hessian_trace(
     bn_mode: BNMode = "eval",
     method: HVPMethod = "reverse",
     seed: int = 0,
+    distributed: bool = False,
 ) -> TraceResult:
     """Tr(H) by Hutchinson's estimator with ``num_samples`` Rademacher probes (mean of
     z^T H z, with its standard error). H as in :func:`hessian_eigenvalues`."""
     start = time.perf_counter()
     op = HessianOperator(
-        model, loss_fn, data, chunk_size=chunk_size, bn_mode=bn_mode, method=method
+        model,
+        loss_fn,
+        data,
+        chunk_size=chunk_size,
+        bn_mode=bn_mode,
+        method=method,
+        distributed=distributed,
     )
     res = hutchinson(op, num_samples, seed=seed)
     return dataclasses.replace(res, seconds=time.perf_counter() - start)
@@ -170,12 +187,19 @@ def hessian_density(
     bn_mode: BNMode = "eval",
     method: HVPMethod = "reverse",
     seed: int = 0,
+    distributed: bool = False,
 ) -> SpectralDensity:
     """The spectral density of H by stochastic Lanczos quadrature (paper Fig. 3):
     ``num_probes`` random starts, ``num_steps`` Lanczos steps each. Evaluate it with
     ``result.density(grid, sigma)``. H as in :func:`hessian_eigenvalues`."""
     op = HessianOperator(
-        model, loss_fn, data, chunk_size=chunk_size, bn_mode=bn_mode, method=method
+        model,
+        loss_fn,
+        data,
+        chunk_size=chunk_size,
+        bn_mode=bn_mode,
+        method=method,
+        distributed=distributed,
     )
     return slq(op, num_probes=num_probes, num_steps=num_steps, seed=seed)
 
@@ -268,14 +292,22 @@ def curvature_variance(
     chunk_size: int | None = None,
     bn_mode: BNMode = "eval",
     method: CurvatureMethod = "auto",
+    distributed: bool = False,
 ) -> float:
     """s^2 of the paper's Eq. 1: the population variance (1/N) sum_i (c_i - mean c)^2 of the
     per-example curvatures c_i = e^T H_i e along ``direction`` e (see
-    :func:`per_example_curvatures`; pass a unit vector, e.g. the top Hessian eigenvector)."""
+    :func:`per_example_curvatures`; pass a unit vector, e.g. the top Hessian eigenvector).
+    ``distributed``: each rank passes its part of the data; the mean and then the squared
+    deviations are summed over the ranks (two passes, as stable as on one process)."""
+    check_distributed(distributed)
     c = per_example_curvatures(
         model, loss_fn, data, direction, chunk_size=chunk_size, bn_mode=bn_mode, method=method
     )
-    return float(((c - c.mean()) ** 2).mean())
+    if not distributed:
+        return float(((c - c.mean()) ** 2).mean())
+    n, total = all_reduce_sum(torch.stack([c.new_tensor(float(len(c))), c.sum()])).tolist()
+    mean = total / n
+    return float(all_reduce_sum(((c - mean) ** 2).sum().reshape(1))) / n
 
 
 def stability(

@@ -14,7 +14,9 @@ from .base import (
     BNMode,
     LinearOperator,
     LossFn,
+    all_gather_rows,
     as_chunks,
+    check_distributed,
     check_finite,
     functional_loss,
     measuring,
@@ -396,6 +398,19 @@ def centred_gram(gradients: Tensor | list[Tensor]) -> Tensor:
     return gram / L
 
 
+def _gather_batches(blocks: list[Tensor], batch_size: int) -> list[Tensor]:
+    """Every rank's gradient blocks, rows in rank order (each rank must pass as many batches
+    of the same size M)."""
+    shape = torch.tensor([[blocks[0].shape[0], batch_size]], device=blocks[0].device)
+    counts = all_gather_rows(shape)
+    if not bool((counts == counts[0]).all()):
+        raise ValueError(
+            "distributed K needs the same number of batches of the same size M on every rank, "
+            f"got (L, M) = {[tuple(r) for r in counts.tolist()]}"
+        )
+    return [all_gather_rows(b) for b in blocks]
+
+
 def _dense(block: Tensor | RankOneRows | StoredColumns) -> Tensor:
     if isinstance(block, RankOneRows):
         return block.dense()
@@ -453,6 +468,10 @@ class GradientCovarianceOperator(LinearOperator):
       graph, one gradient and one block of 32,768 columns (L x 32,768 x 8 bytes) while the
       Gram is accumulated. The same float32 gradients and float64 Gram as ``"memory"``
       (exact up to the order of summation); slower by the file reads.
+
+    ``distributed``: each rank of the default process group passes its own L_r batches (the
+    same number and size on every rank); their gradients are gathered, so every rank holds
+    the operator of all L = world size x L_r batches.
     """
 
     def __init__(
@@ -463,10 +482,16 @@ class GradientCovarianceOperator(LinearOperator):
         *,
         bn_mode: BNMode = "train",
         storage: str = "memory",
+        distributed: bool = False,
     ) -> None:
         if storage not in STORAGES:
             raise ValueError(f"storage={storage!r} is invalid: choose from {list(STORAGES)}")
+        check_distributed(distributed)
+        if distributed and storage != "memory":
+            raise ValueError("distributed=True keeps the gradients in memory (storage='memory')")
         blocks, batch_size = _batch_gradient_blocks(model, loss_fn, batches, bn_mode, 2048, storage)
+        if distributed:
+            blocks = _gather_batches(blocks, batch_size)
         self._init(blocks, batch_size)
         self.bn_mode = bn_mode
         self.storage = storage

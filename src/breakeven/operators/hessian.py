@@ -13,8 +13,10 @@ from .base import (
     Data,
     LinearOperator,
     LossFn,
+    all_reduce_sum,
     as_chunks,
     check_bn_mode,
+    check_distributed,
     check_finite,
     check_forward_mode,
     flatten,
@@ -53,6 +55,11 @@ class HessianOperator(LinearOperator):
             does), otherwise it is rebuilt chunk by chunk to bound memory. ``"forward"``:
             the gradient of the forward-mode directional derivative (``torch.func.grad`` of
             ``torch.func.jvp``); not available with train-mode BatchNorm.
+        distributed: each rank of the default process group (e.g. under ``torchrun``) passes
+            its own part of the data; N counts the examples of every rank, and every product
+            and the gradient are summed over the ranks with an explicit all-reduce (autograd
+            bypasses DDP's hooks), so every rank gets the Hessian of all the data. Every rank
+            must call every product.
     """
 
     def __init__(
@@ -64,7 +71,9 @@ class HessianOperator(LinearOperator):
         chunk_size: int | None = None,
         bn_mode: BNMode = "eval",
         method: HVPMethod = "reverse",
+        distributed: bool = False,
     ) -> None:
+        check_distributed(distributed)
         if method not in ("reverse", "forward"):
             raise ValueError(f"method must be 'reverse' or 'forward', got {method!r}")
         check_bn_mode(bn_mode)
@@ -76,10 +85,14 @@ class HessianOperator(LinearOperator):
         self.chunk_size = chunk_size
         self.bn_mode: BNMode = bn_mode
         self.method: HVPMethod = method
+        self.distributed = distributed
         self.num_examples = num_examples(self.chunks)
         self.params = {n: p.clone() for n, p in trainable(model).items()}
         dim = sum(p.numel() for p in self.params.values())
         ref = next(iter(self.params.values()))
+        if distributed:  # N: the examples of every rank
+            count = torch.tensor([float(self.num_examples)], dtype=torch.float64, device=ref.device)
+            self.num_examples = int(all_reduce_sum(count).item())
         self.shape = (dim, dim)
         self.dtype = ref.dtype
         self.device = ref.device
@@ -147,7 +160,11 @@ class HessianOperator(LinearOperator):
                     total = hv if total is None else [a + b for a, b in zip(total, hv)]
         self._checked = True
         self.num_matvecs += 1
-        return flatten(total).detach()
+        return self._reduce(flatten(total).detach())
+
+    def _reduce(self, t: Tensor) -> Tensor:
+        """The sum over the ranks' data when ``distributed`` (each rank holds its part)."""
+        return all_reduce_sum(t) if self.distributed else t
 
     def matmat(self, V: Tensor) -> Tensor:
         """H V for the n columns of a (D, n) matrix. In reverse mode one vmapped backward per
@@ -180,7 +197,7 @@ class HessianOperator(LinearOperator):
             return super().matmat(V)
         self._checked = True
         self.num_matvecs += n
-        return torch.cat([t.reshape(n, -1) for t in total], dim=1).T.detach()
+        return self._reduce(torch.cat([t.reshape(n, -1) for t in total], dim=1).T.detach())
 
     def _forward_hvp(self, v_parts: list[Tensor]) -> list[Tensor]:
         tangents = dict(zip(self.params, v_parts))
@@ -222,7 +239,7 @@ class HessianOperator(LinearOperator):
                     loss = f(dict(zip(self.params, leaves)), x, y) * self._weight(x)
                     g = torch.autograd.grad(loss, leaves, allow_unused=True, materialize_grads=True)
                     parts = list(g) if parts is None else [a + b for a, b in zip(parts, g)]
-        return flatten(parts)
+        return self._reduce(flatten(parts))
 
     def release(self) -> None:
         """Drop the cached first-order graph (it is rebuilt on the next product)."""
