@@ -175,3 +175,36 @@ def test_verdict_needs_a_valid_rule(tmp_path):
     values = {(lr, 0): (1.0, 1.0) for lr in LRS}
     with pytest.raises(ValueError, match="support"):
         verdicts(read_runs(write_sweep(tmp_path, LRS, [0], values)), support=0.4)
+
+
+def test_one_measurement_per_run_is_at_its_end(tmp_path):
+    for lr in LRS:
+        path = tmp_path / f"lr{lr}"
+        path.mkdir()
+        cfg = {"train": {"model": "mlp", "lr": lr, "batch_size": 64, "init_seed": 0}}
+        (path / "config.json").write_text(json.dumps(cfg))
+        (path / "status").write_text("finished")
+        rec = {"step": 5, "epoch": 0.1, "measure": "covariance", "values": {"lambda_K_1": 1 / lr}}
+        (path / "records.jsonl").write_text(json.dumps(rec) + "\n")
+    runs = [{"name": f"lr{lr}", "params": {"train.lr": lr}, "seed": 0} for lr in LRS]
+    (tmp_path / "sweep.json").write_text(json.dumps({"grid": {"train.lr": LRS}, "runs": runs}))
+    import shutil
+
+    for lr in LRS:  # a sweep's runs live under runs/
+        (tmp_path / "runs").mkdir(exist_ok=True)
+        shutil.move(str(tmp_path / f"lr{lr}"), str(tmp_path / "runs" / f"lr{lr}"))
+    m = maxima(read_runs(tmp_path))
+    assert m["lambda_K_1_at_end"].all()
+
+
+def test_list_valued_grids_are_grouped(tmp_path):
+    values = {(lr, 0): (1.0 / lr, 1.0) for lr in LRS}
+    root = write_sweep(tmp_path, LRS, [0], values)
+    spec = json.loads((root / "sweep.json").read_text())
+    spec["grid"]["train.model_kwargs.hidden"] = [[8], [16]]
+    for r in spec["runs"]:
+        r["params"]["train.model_kwargs.hidden"] = [8]
+    (root / "sweep.json").write_text(json.dumps(spec))
+    runs = read_runs(root)
+    assert list(runs.table["hidden"]) == [(8,), (8,)]
+    assert len(verdicts(runs)) == 4  # no TypeError: unhashable list

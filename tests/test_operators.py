@@ -146,25 +146,64 @@ def test_rank_one_factors_of_linear_layers_equal_the_materialised_gradients(name
     torch.testing.assert_close(F @ v, P @ v, rtol=1e-9, atol=1e-12)
 
 
-def test_a_linear_layer_used_twice_or_on_sequences_is_not_factored():
-    from breakeven.operators.covariance import RankOneRows, _per_example_blocks
+class _Twice(torch.nn.Module):  # f called twice; seq on a 3-D input
+    def __init__(self):
+        super().__init__()
+        self.f, self.seq = torch.nn.Linear(4, 4), torch.nn.Linear(4, 3)
 
-    class Twice(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.f = torch.nn.Linear(4, 4)
-            self.seq = torch.nn.Linear(4, 3)
+    def forward(self, x):
+        return self.seq(x).mean(1) + self.f(self.f(x.mean(1)))[:, :3]
 
-        def forward(self, x):  # x: (N, T, 4); f on a 2-D input twice, seq on a 3-D one
-            h = self.f(self.f(x.mean(1)))
-            return (self.seq(x).mean(1) + h[:, :3]).double()
 
-    m = Twice().double()
+class _Rows(torch.nn.Module):  # one example's sequence flattened to (T, d) rows
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.fc(x.reshape(-1, 4)).reshape(x.shape[0], -1, 3).mean(1)
+
+
+class _Direct(torch.nn.Module):  # fc's weight also used outside fc
+    def __init__(self):
+        super().__init__()
+        self.fc, self.out = torch.nn.Linear(4, 4, bias=False), torch.nn.Linear(4, 3)
+
+    def forward(self, x):
+        h = torch.tanh(self.fc(x.mean(1)))
+        return self.out(torch.tanh(h @ self.fc.weight.T))
+
+
+class _Tied(torch.nn.Module):  # two modules share one weight
+    def __init__(self):
+        super().__init__()
+        self.fc, self.fc2 = torch.nn.Linear(4, 4, bias=False), torch.nn.Linear(4, 4, bias=False)
+        self.fc2.weight = self.fc.weight
+        self.out = torch.nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.out(torch.tanh(self.fc2(torch.tanh(self.fc(x.mean(1))))))
+
+
+@pytest.mark.parametrize(
+    ("model", "factored"), [(_Twice, []), (_Rows, []), (_Direct, ["out"]), (_Tied, ["out"])]
+)
+def test_only_true_rank_one_layers_are_factored(model, factored):
+    """A layer called twice, on several rows per example, whose weight is also used outside
+    it or shared, is not factored; the Gram always equals the materialised one."""
+    from breakeven.operators.covariance import RankOneRows, _per_example_blocks, centred_gram
+
+    torch.manual_seed(0)
+    m = model().double()
     x, y = torch.randn(6, 5, 4, dtype=torch.float64), torch.randint(0, 3, (6,))
-    blocks = _per_example_blocks(
-        m, torch.nn.CrossEntropyLoss(), x, y, chunk_size=None, bn_mode="eval"
+    loss = torch.nn.CrossEntropyLoss()
+    blocks = _per_example_blocks(m, loss, x, y, chunk_size=None, bn_mode="eval")
+    names = [n for n, p in m.named_parameters()]
+    assert [n.rsplit(".", 1)[0] for n, b in zip(names, blocks) if isinstance(b, RankOneRows)] == (
+        factored
     )
-    assert not any(isinstance(b, RankOneRows) for b in blocks)
+    plain = _per_example_blocks(m, loss, x, y, chunk_size=None, bn_mode="eval", factor_linear=False)
+    torch.testing.assert_close(centred_gram(blocks), centred_gram(plain), rtol=1e-10, atol=1e-14)
 
 
 @pytest.mark.parametrize("storage", ["cpu", "disk"])
@@ -215,3 +254,17 @@ def test_hutchinson_blocks_do_not_change_the_estimate():
     torch.testing.assert_close(dense.samples, one.samples, rtol=1e-8, atol=1e-10)
     with pytest.raises(ValueError, match="block_size"):
         be.hutchinson(op, 10, block_size=0)
+
+
+def test_disk_storage_keeps_bfloat16_gradients():
+    from breakeven.operators.covariance import GradientCovarianceOperator
+
+    torch.manual_seed(0)
+    m = torch.nn.Linear(4, 3).to(torch.bfloat16)
+    x, y = torch.randn(8, 4).to(torch.bfloat16), torch.randint(0, 3, (8,))
+    batches = [(x[i : i + 2], y[i : i + 2]) for i in range(0, 8, 2)]
+    loss = torch.nn.CrossEntropyLoss()
+    disk = GradientCovarianceOperator(m, loss, batches, storage="disk")
+    cpu = GradientCovarianceOperator(m, loss, batches, storage="cpu")
+    assert disk.gradients.dtype == torch.bfloat16
+    assert torch.equal(disk.gradients, cpu.gradients) and torch.equal(disk.gram(), cpu.gram())

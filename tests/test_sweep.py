@@ -94,7 +94,28 @@ def test_workers_share_the_cores(preset, monkeypatch):
     text = preset.read_text().replace("num_threads = 1\n", "")
     preset.write_text(text)
     plan = plan_sweep(preset, workers=4)
-    assert all(r.config["train"]["num_threads"] == 2 for r in plan.runs)
+    assert plan.threads == 2  # set in each worker, not part of the runs' configs
+    assert all("num_threads" not in r.config["train"] for r in plan.runs)
+    assert plan_sweep(preset, workers=1).threads is None
+
+
+def test_a_resume_with_other_workers_is_the_same_sweep(preset, tmp_path):
+    text = preset.read_text().replace("num_threads = 1\n", "")
+    preset.write_text(text)
+    out = tmp_path / "s"
+    first = sweep(preset, scale="quick", seeds=1, workers=2, out=out)
+    again = sweep(preset, scale="quick", seeds=1, workers=1, out=out)
+    assert [s for _, s, _ in first.runs] == [s for _, s, _ in again.runs] == ["finished"] * 2
+
+
+def test_the_grid_is_never_overridden_and_short_names_are_unique(preset):
+    plan = plan_sweep(
+        preset, grid=parse_grid(["batch_size=5,20", "track.covariance.num_batches=2,3"]), seeds=1
+    )
+    assert {r.config["track"]["covariance"]["num_batches"] for r in plan.runs} == {2, 3}
+    assert all(r.config["track"]["covariance"]["batch_size"] == 128 for r in plan.runs)
+    with pytest.raises(ConfigError, match="end in the same name"):
+        plan_sweep(preset, grid=parse_grid(["batch_size=5,20", "track.covariance.batch_size=4,8"]))
 
 
 @pytest.mark.parametrize(

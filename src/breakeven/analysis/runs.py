@@ -69,7 +69,8 @@ def _run_row(name: str, path: Path, sweep: str | None, seed: Any, params: dict) 
         "status": read_status(path) or "not started",
     }
     row.update({k: train.get(k) for k in TRAIN_COLUMNS})
-    row.update({short_key(k): v for k, v in params.items()})
+    # list values (e.g. hidden sizes) as tuples, so that runs can be grouped by them
+    row.update({short_key(k): tuple(v) if isinstance(v, list) else v for k, v in params.items()})
     return row
 
 

@@ -91,7 +91,7 @@ def maxima(runs: Runs) -> Any:
             s = series(r, c.quantity, c.measure)
             row[c.quantity] = float(s["value"].max()) if len(s) else math.nan
             row[f"{c.quantity}_at_end"] = bool(
-                len(s) > 1
+                len(s) > 0
                 and s["step"].iloc[int(s["value"].to_numpy().argmax())] == s["step"].max()
             )
         rows.append(row)

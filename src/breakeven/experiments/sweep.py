@@ -85,6 +85,7 @@ class SweepPlan:
     overrides: list[str]
     notes: list[str]
     runs: list[SweepRun]
+    threads: int | None = None  # torch threads set in each worker (None: left as they are)
 
     def spec(self) -> dict[str, Any]:
         """The content of ``sweep.json``."""
@@ -145,7 +146,8 @@ def plan_sweep(
     training. ``grid``/``seeds`` default to the preset's ``[sweep]`` table (``grid`` given
     replaces the preset's whole grid); ``scale`` defaults to ``"full"``. With ``workers``
     > 1, runs whose config leaves ``train.num_threads`` unset get ``cpus // workers``
-    threads each."""
+    threads each (set in the worker; not part of the run's config, so a resume with other
+    workers is the same run)."""
     raw = load_config(preset)
     name = str(raw.get("name", "sweep"))
     table = raw.get("sweep", {})
@@ -174,22 +176,32 @@ def plan_sweep(
     base = apply_overrides(apply_scale(raw, scale), overrides)
     notes = []
     fixed: dict[str, Any] = {}
+    shorts = [_short(k) for k in grid]
+    if len(set(shorts)) != len(shorts):
+        raise ConfigError(
+            f"grid keys {list(grid)} end in the same name; sweep one of them (run names and "
+            "the analysis columns use the last part of each key)"
+        )
     if "train.batch_size" in grid:
         for mname, opts in base.get("track", {}).items():
-            if opts.get("measure", mname) == "covariance" and "batch_size" not in opts:
-                fixed[f"track.{mname}.batch_size"] = FIXED_M
+            key = f"track.{mname}.batch_size"
+            own = "batch_size" in opts or key in grid
+            if opts.get("measure", mname) == "covariance" and not own:
+                fixed[key] = FIXED_M
                 notes.append(
                     f"the batch size is swept: {mname} measures K on mini-batches of M = {FIXED_M}"
                 )
+    threads = None
     if workers > 1 and base.get("train", {}).get("num_threads") is None:
+        # set in each worker, not in the run's config: a resume with other workers or on
+        # another machine is the same run
         threads = max(1, (os.cpu_count() or 1) // workers)
-        fixed["train.num_threads"] = threads
         notes.append(f"{workers} workers: {threads} torch thread(s) per run")
     runs = []
     for combo in itertools.product(*grid.values()):
         params = dict(zip(grid, combo, strict=True))
         for seed in seed_list:
-            ov = {**params, **fixed, "train.init_seed": seed, "train.data_seed": seed}
+            ov = {**fixed, **params, "train.init_seed": seed, "train.data_seed": seed}
             cfg = apply_overrides(base, ov)
             rc = resolve_config(cfg)
             if rc.track:
@@ -203,7 +215,7 @@ def plan_sweep(
     names = [r.name for r in runs]
     if len(set(names)) != len(names):
         raise ConfigError("two runs of this grid get the same name; use distinct grid values")
-    return SweepPlan(name, scale or FULL, grid, seed_list, list(overrides), notes, runs)
+    return SweepPlan(name, scale or FULL, grid, seed_list, list(overrides), notes, runs, threads)
 
 
 @dataclass
@@ -225,9 +237,16 @@ class SweepOutcome:
         return out
 
 
-def run_one(config: dict[str, Any], out_dir: str) -> tuple[str, float, str | None]:
-    """Run one sweep member (in a worker): ``(status, seconds, error kind)``, never raising."""
+def run_one(
+    config: dict[str, Any], out_dir: str, threads: int | None = None
+) -> tuple[str, float, str | None]:
+    """Run one sweep member (in a worker): ``(status, seconds, error kind)``, never raising.
+    ``threads``: torch threads of this worker process."""
     t0 = time.perf_counter()
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
     try:
         outcome = run(config, out_dir)
         status = outcome.status
@@ -297,7 +316,9 @@ def sweep(
         )
     path = Path(out) if out is not None else default_sweep_dir(plan)
     _write_spec(path, plan.spec())
-    jobs = [(r.name, r.config, str((path / "runs" / r.name).resolve())) for r in plan.runs]
+    jobs = [
+        (r.name, r.config, str((path / "runs" / r.name).resolve()), plan.threads) for r in plan.runs
+    ]
     results: dict[str, tuple[str, float]] = {}
     outcome = SweepOutcome(path)
 
@@ -313,12 +334,12 @@ def sweep(
     if backend == "ray":
         _run_ray(jobs, workers, address, done)
     elif workers == 1:
-        for name, cfg, run_dir in jobs:
+        for name, cfg, run_dir, _ in jobs:
             if done(name, *run_one(cfg, run_dir)):
                 break
     else:
         _run_pool(jobs, workers, done)
-    for name, _, _ in jobs:
+    for name, *_ in jobs:
         status, seconds = results.get(name, ("skipped", 0.0))
         outcome.runs.append((name, status, seconds))
     return outcome
@@ -333,13 +354,17 @@ def _run_pool(jobs: list, workers: int, done: Done) -> None:
 
     ctx = mp.get_context("spawn")  # no fork of a process that holds torch threads
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        futures = {pool.submit(run_one, cfg, run_dir): name for name, cfg, run_dir in jobs}
+        futures = {pool.submit(run_one, *job[1:]): job[0] for job in jobs}
         pending = set(futures)
         while pending:
             finished, pending = wait(pending, return_when=FIRST_COMPLETED)
             stop = False
             for f in finished:
-                stop = done(futures[f], *f.result()) or stop
+                try:
+                    result = f.result()
+                except Exception as e:  # the worker process died (out of memory, a crash)
+                    result = (f"failed: the worker died ({type(e).__name__}: {e})", 0.0, "error")
+                stop = done(futures[f], *result) or stop
             if stop:
                 for f in pending:
                     f.cancel()
@@ -361,12 +386,16 @@ def _run_ray(jobs: list, workers: int, address: str | None, done: Done) -> None:
         ray.init(address=address, **kwargs)
     try:
         task = ray.remote(num_cpus=1)(run_one)
-        refs = {task.remote(cfg, run_dir): name for name, cfg, run_dir in jobs}
+        refs = {task.remote(*job[1:]): job[0] for job in jobs}
         pending = list(refs)
         while pending:
             ready, pending = ray.wait(pending, num_returns=1)
             for ref in ready:
-                if done(refs[ref], *ray.get(ref)):
+                try:
+                    result = ray.get(ref)
+                except Exception as e:  # the task's worker died
+                    result = (f"failed: the worker died ({type(e).__name__}: {e})", 0.0, "error")
+                if done(refs[ref], *result):
                     for p in pending:
                         ray.cancel(p)
                     pending = []

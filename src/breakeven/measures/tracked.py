@@ -100,7 +100,9 @@ class GradientCovariance(Measure):
     ``M * value`` (``per_example_lambda_K_1``, ``per_example_trace_K``), ``M``, ``L``;
     with ``spectrum=True`` also every eigenvalue ``eig_K_i`` (i = 0 the largest).
     ``storage``: where the L gradients are kept (``"memory"``, ``"cpu"``, ``"disk"``; see
-    :class:`~breakeven.GradientCovarianceOperator`)."""
+    :class:`~breakeven.GradientCovarianceOperator`). With M = 1 (per-example gradients) K is
+    always built in memory with BatchNorm in eval mode (one example has no batch statistics),
+    its linear layers as rank-one factors; ``storage`` and ``bn_mode`` apply to M > 1."""
 
     name = "covariance"
 

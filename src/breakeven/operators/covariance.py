@@ -99,17 +99,23 @@ class _RowStore:
             self.data[row, start : start + flat.numel()].copy_(flat)
         else:
             self.file.seek((row * self.shape[1] + start) * self.itemsize)
-            self.file.write(flat.numpy().tobytes())
+            self.file.write(_bits(flat).numpy().tobytes())
 
     def read(self, start: int, stop: int) -> Tensor:
         if self.storage == "cpu":
             return self.data[:, start:stop]
         out = torch.empty(self.shape[0], stop - start, dtype=self.dtype)
-        view = out.numpy()
+        view = _bits(out).numpy()
         for row in range(self.shape[0]):
             self.file.seek((row * self.shape[1] + start) * self.itemsize)
             self.file.readinto(memoryview(view[row]).cast("B"))
         return out
+
+
+def _bits(t: Tensor) -> Tensor:
+    """``t`` viewed as an integer tensor of the same width when numpy has no such float type
+    (bfloat16): the file holds the bits."""
+    return t.view(torch.int16) if t.dtype == torch.bfloat16 else t
 
 
 class StoredColumns:
@@ -265,7 +271,7 @@ def gradient_blocks(
         f = functional_loss(model, loss_fn)
         with torch.no_grad():
             check_finite(f(params, xs[0], ys[0]), "the loss")
-        factored = _rank_one_linears(model, params, xs[0]) if factor_linear else {}
+        factored = _rank_one_linears(model, loss_fn, params, xs[0], ys[0]) if factor_linear else {}
         try:
             per = _per_row_gradients(model, loss_fn, params, factored)
             passes = [
@@ -304,26 +310,55 @@ def _cat(parts: tuple) -> Tensor | RankOneRows:
     return torch.cat(parts)
 
 
-def _rank_one_linears(model: nn.Module, params: dict[str, Tensor], x: Tensor) -> dict[str, str]:
-    """{module name: weight name} of the ``nn.Linear`` layers whose per-example weight
-    gradient is rank one: trainable weight, called once, on a 2-D input (a dry run on
-    ``x``)."""
-    calls: dict[str, list[int]] = {}
-    weight = {n: f"{n}.weight" if n else "weight" for n, _ in model.named_modules()}
-    handles = [
-        m.register_forward_hook(
-            lambda m, args, out, n=n: calls.setdefault(n, []).append(args[0].ndim)
-        )
-        for n, m in model.named_modules()
-        if isinstance(m, nn.Linear) and weight[n] in params
+def _rank_one_linears(
+    model: nn.Module, loss_fn: LossFn, params: dict[str, Tensor], x: Tensor, y: Tensor
+) -> dict[str, str]:
+    """{module name: weight name} of the ``nn.Linear`` layers (exactly that class) whose
+    per-example weight gradient is the rank-one delta^T a: trainable weight, not shared,
+    called once, on one row per example; then checked on the example ``(x, y)``: the
+    factored gradient must equal the plain one (this also catches a weight used outside its
+    layer). Call it inside :func:`measuring`."""
+    uses: dict[int, int] = {}
+    for _, p in model.named_parameters(remove_duplicate=False):
+        uses[id(p)] = uses.get(id(p), 0) + 1
+    modules = dict(model.named_modules())
+    weight = {n: f"{n}.weight" if n else "weight" for n in modules}
+    candidates = [
+        n
+        for n, m in modules.items()
+        if type(m) is nn.Linear and weight[n] in params and uses[id(m.weight)] == 1
     ]
+    seen: dict[str, list[tuple[Tensor, Tensor]]] = {}
+
+    def record(n):
+        def hook(m, args, out):
+            seen.setdefault(n, []).append((args[0], out))
+
+        return hook
+
+    handles = [modules[n].register_forward_hook(record(n)) for n in candidates]
+    leaves = {k: p.detach().requires_grad_(True) for k, p in params.items()}
     try:
-        with torch.no_grad():
-            model(x)
+        loss = functional_loss(model, loss_fn)(leaves, x, y)
     finally:
         for h in handles:
             h.remove()
-    return {n: weight[n] for n, dims in calls.items() if dims == [2]}
+    found = [
+        n
+        for n, calls in seen.items()
+        if len(calls) == 1 and calls[0][0].ndim == 2 and calls[0][0].shape[0] == x.shape[0]
+    ]
+    if not found:
+        return {}
+    targets = [leaves[weight[n]] for n in found] + [seen[n][0][1] for n in found]
+    grads = torch.autograd.grad(loss, targets, allow_unused=True, materialize_grads=True)
+    out = {}
+    for i, n in enumerate(found):
+        plain, delta, a = grads[i], grads[len(found) + i], seen[n][0][0].detach()
+        scale = float(plain.abs().max())
+        if torch.allclose(delta.T @ a, plain, rtol=1e-4, atol=1e-5 * scale + 1e-30):
+            out[n] = weight[n]
+    return out
 
 
 def _per_row_gradients(model, loss_fn, params, factored):
@@ -464,7 +499,8 @@ class GradientCovarianceOperator(LinearOperator):
       the activations of a pass. Fastest.
     - ``"cpu"``: computed one batch at a time and moved to host memory as they come: the
       device holds one batch's graph and one gradient (D x 4 bytes); the host L x D x 4.
-    - ``"disk"``: as ``"cpu"``, into an unlinked temporary file: memory holds one batch's
+    - ``"disk"``: as ``"cpu"``, into an unlinked temporary file (in ``$TMPDIR``: make sure it
+      is a disk, not a RAM-backed tmpfs): memory holds one batch's
       graph, one gradient and one block of 32,768 columns (L x 32,768 x 8 bytes) while the
       Gram is accumulated. The same float32 gradients and float64 Gram as ``"memory"``
       (exact up to the order of summation); slower by the file reads.

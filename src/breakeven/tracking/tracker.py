@@ -208,10 +208,10 @@ class Tracker:
         data = getattr(self, name)
         if not isinstance(data, tuple) or all(t.device == device for t in data):
             return data
-        key = (name, id(data), device)
-        if self._moved.get(name, (None,))[0] != key:
-            self._moved[name] = (key, tuple(t.to(device) for t in data))
-        return self._moved[name][1]
+        cached = self._moved.get(name)
+        if cached is None or cached[0] is not data or cached[1] != device:
+            cached = self._moved[name] = (data, device, tuple(t.to(device) for t in data))
+        return cached[2]
 
     def _sample_batches(self, num: int, size: int) -> list[Batch]:
         """``num`` batches of ``size`` training examples drawn without replacement: disjoint
