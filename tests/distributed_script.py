@@ -51,5 +51,55 @@ try:
     out["uneven"] = "no error"
 except ValueError as err:
     out["uneven"] = str(err)
+
+
+def tracked_loop(distributed: bool):
+    """A user's data-parallel loop (each rank half of every batch, gradients all-reduced)
+    with a Tracker, against the same loop in one process."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(5, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3)
+    ).double()
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(64, 5, generator=g, dtype=torch.float64)
+    Y = torch.randint(0, 3, (64,), generator=g)
+
+    def mine(t):
+        return t[rank::world] if distributed else t
+
+    emitted = []
+    tracker = be.build_tracker(
+        {
+            "hessian": {"every": 2, "tol": 1e-10},
+            "stability": {"every": 2},
+            "loss_change": {"every": 1},
+            "probe": {"every": 2},
+            "covariance": {"every": 2, "num_batches": 4, "batch_size": 4},
+        },
+        probe=(mine(X[:16]), mine(Y[:16])),
+        train_data=(mine(X), mine(Y)),
+        lr=0.1,
+        batch_size=8,
+        on_record=emitted.append,
+        distributed=distributed,
+    )
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    for step in range(4):
+        xb, yb = X[step * 8 : (step + 1) * 8], Y[step * 8 : (step + 1) * 8]
+        opt.zero_grad()
+        loss = loss_fn(model(mine(xb)), mine(yb)) * len(mine(yb)) / len(yb)
+        loss.backward()
+        if distributed:
+            for p in model.parameters():
+                dist.all_reduce(p.grad)
+        tracker.before_step(step, model, (xb, yb), loss)
+        opt.step()
+        tracker.after_step(step, model)
+    return [(r["step"], r["measure"], r["values"]) for r in tracker.records_], len(emitted)
+
+
+out["loop_single"], out["emitted_single"] = tracked_loop(False)
+out["loop_ranks"], out["emitted_ranks"] = tracked_loop(True)
 (Path(sys.argv[1]) / f"rank{rank}.json").write_text(json.dumps(out))
 dist.destroy_process_group()

@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from ..operators.base import Batch, BNMode, LossFn, check_bn_mode, measuring
+from ..operators.base import Batch, BNMode, LossFn, all_reduce_sum, check_bn_mode, measuring
 from ..operators.covariance import STORAGES
 from .covariance import (
     CovarianceSpectrum,
@@ -47,6 +47,9 @@ class Context:
     ``sample_batches(L, M)`` draws L disjoint training mini-batches of M examples with the
     tracker's own generator (the global RNG is untouched). ``lr`` is the learning rate of
     this step, ``batch_size`` the training batch size S, ``n_train`` the training-set size N.
+    ``distributed``: under torchrun each rank holds its part of the probe and of the
+    training data, and every measure reduces over the ranks (every rank gets the same
+    values; ``sample_batches`` then draws this rank's L / world size batches).
     """
 
     step: int
@@ -64,6 +67,7 @@ class Context:
     val_data: Batch | None = None
     cache: dict[str, Any] = field(default_factory=dict)
     state: dict[str, dict[str, Any]] = field(default_factory=dict)
+    distributed: bool = False
 
 
 def _int_at_least(value: Any, minimum: int, what: str, optional: bool = False) -> None:
@@ -128,11 +132,20 @@ class GradientCovariance(Measure):
     def compute(self, ctx: Context) -> CovarianceSpectrum:
         M = self.batch_size or ctx.batch_size
         if M == 1:
+            if ctx.distributed:
+                raise ValueError(
+                    "per-example K (batch_size = 1) is not data-parallel: use M > 1 under torchrun"
+                )
             ((x, y),) = ctx.sample_batches(1, self.num_batches)
             return per_example_gradient_covariance(ctx.model, ctx.loss_fn, x, y)
         batches = ctx.sample_batches(self.num_batches, M)
         return gradient_covariance(
-            ctx.model, ctx.loss_fn, batches, bn_mode=self.bn_mode, storage=self.storage
+            ctx.model,
+            ctx.loss_fn,
+            batches,
+            bn_mode=self.bn_mode,
+            storage=self.storage,
+            distributed=ctx.distributed,
         )
 
     def measure(self, ctx: Context) -> dict[str, Any]:
@@ -243,6 +256,7 @@ class HessianTop(Measure):
             chunk_size=self.chunk_size,
             bn_mode=self.bn_mode,
             seed=ctx.step,
+            distributed=ctx.distributed,
         )
         state["v0"] = res.eigenvectors.detach().clone()
         return res
@@ -282,6 +296,7 @@ class HessianTrace(Measure):
             num_samples=self.num_samples,
             bn_mode=self.bn_mode,
             seed=ctx.step,
+            distributed=ctx.distributed,
         )
         return {"trace_H": res.estimate, "trace_H_stderr": res.stderr, "matvecs": res.num_matvecs}
 
@@ -309,6 +324,7 @@ class HessianDensity(Measure):
             num_steps=self.num_steps,
             bn_mode=self.bn_mode,
             seed=ctx.step,
+            distributed=ctx.distributed,
         )
         out: dict[str, Any] = {f"node_{i}": float(v) for i, v in enumerate(res.nodes.reshape(-1))}
         out.update({f"weight_{i}": float(w) for i, w in enumerate(res.weights.reshape(-1))})
@@ -334,7 +350,12 @@ class Stability(Measure):
         top = _hessian(ctx)
         lam = float(top.eigenvalues[0])
         s2 = curvature_variance(
-            ctx.model, ctx.loss_fn, ctx.probe, top.eigenvectors[:, 0], chunk_size=self.chunk_size
+            ctx.model,
+            ctx.loss_fn,
+            ctx.probe,
+            top.eigenvectors[:, 0],
+            chunk_size=self.chunk_size,
+            distributed=ctx.distributed,
         )
         value = stability(ctx.lr, ctx.batch_size, ctx.n_train, lam, s2)
         return {"stability": value, "break_even": float(value >= 1.0), "lambda_H_1": lam, "s2": s2}
@@ -355,7 +376,10 @@ class EdgeOfStability(Measure):
 # ----------------------------------------------------------------------------- loss, weights
 
 
-def _loss_and_accuracy(model: nn.Module, loss_fn: LossFn, data: Batch, chunk: int = 1000):
+def _loss_and_accuracy(
+    model: nn.Module, loss_fn: LossFn, data: Batch, distributed: bool = False, chunk: int = 1000
+) -> tuple[float, float]:
+    """Mean loss and accuracy over ``data`` (over every rank's part when ``distributed``)."""
     x, y = data
     with measuring(model, "eval"), torch.no_grad():
         total, correct = 0.0, 0
@@ -364,7 +388,11 @@ def _loss_and_accuracy(model: nn.Module, loss_fn: LossFn, data: Batch, chunk: in
             total += float(loss_fn(out, y[i : i + chunk])) * len(y[i : i + chunk])
             if out.ndim == 2 and y.ndim == 1:
                 correct += int((out.argmax(1) == y[i : i + chunk]).sum())
-    return total / len(y), correct / len(y)
+    n = len(y)
+    if distributed:
+        sums = torch.tensor([total, float(correct), float(n)], dtype=torch.float64, device=y.device)
+        total, correct, n = all_reduce_sum(sums).tolist()
+    return total / n, correct / n
 
 
 class LossChange(Measure):
@@ -375,11 +403,11 @@ class LossChange(Measure):
     name = "loss_change"
 
     def measure(self, ctx: Context) -> dict[str, Any]:
-        before, _ = _loss_and_accuracy(ctx.model, ctx.loss_fn, ctx.probe)
+        before, _ = _loss_and_accuracy(ctx.model, ctx.loss_fn, ctx.probe, ctx.distributed)
         return {"loss_before": before}
 
     def after(self, ctx: Context, values: dict[str, Any]) -> dict[str, Any]:
-        after, _ = _loss_and_accuracy(ctx.model, ctx.loss_fn, ctx.probe)
+        after, _ = _loss_and_accuracy(ctx.model, ctx.loss_fn, ctx.probe, ctx.distributed)
         return {"loss_after": after, "delta_loss": values["loss_before"] - after}
 
 
@@ -389,7 +417,7 @@ class ProbeMetrics(Measure):
     name = "probe"
 
     def measure(self, ctx: Context) -> dict[str, Any]:
-        loss, acc = _loss_and_accuracy(ctx.model, ctx.loss_fn, ctx.probe)
+        loss, acc = _loss_and_accuracy(ctx.model, ctx.loss_fn, ctx.probe, ctx.distributed)
         return {"probe_loss": loss, "probe_accuracy": acc}
 
 
@@ -401,7 +429,7 @@ class ValidationMetrics(Measure):
     def measure(self, ctx: Context) -> dict[str, Any]:
         if ctx.val_data is None:
             raise ValueError("the validation measure needs validation data (Tracker(val_data=...))")
-        loss, acc = _loss_and_accuracy(ctx.model, ctx.loss_fn, ctx.val_data)
+        loss, acc = _loss_and_accuracy(ctx.model, ctx.loss_fn, ctx.val_data, ctx.distributed)
         return {"val_loss": loss, "val_accuracy": acc}
 
 

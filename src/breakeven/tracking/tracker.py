@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from ..measures.tracked import MEASURES, Context, Measure
-from ..operators.base import Batch, LossFn
+from ..operators.base import Batch, LossFn, all_reduce_sum, check_distributed
 from .schedules import Schedule, every, parse_schedule
 
 Record = dict[str, Any]
@@ -55,6 +55,12 @@ class Tracker:
         steps_per_epoch: for ``per_epoch`` schedules and the records' ``epoch``.
         seed: seeds the tracker's own generator (K's mini-batches).
         on_record: called with each record as soon as it is complete (e.g. a run store).
+        distributed: under torchrun (a process group initialised), each rank passes its own
+            part of ``probe``, ``train_data`` and ``val_data``; every measure reduces over
+            the ranks, so every rank computes the same values (K draws L / world size
+            batches on each rank: L must be a multiple of the world size; ``n_train`` is
+            the sum of the ranks' parts). Every rank must call the hooks at every step;
+            ``on_record`` is called on rank 0 only.
 
     Records are dicts ``{"step", "epoch", "measure", "values": {key: float}, "seconds",
     "matvecs"}`` (plus ``"arrays"`` for predictions), in ``records_``.
@@ -76,7 +82,10 @@ class Tracker:
         steps_per_epoch: int | None = None,
         seed: int = 0,
         on_record: Callable[[Record], None] | None = None,
+        distributed: bool = False,
     ) -> None:
+        check_distributed(distributed)
+        self.distributed = distributed
         default = every(100) if schedule is None else parse_schedule(schedule)
         self.measures: list[tuple[Measure, Schedule]] = []
         for item in measures:
@@ -105,7 +114,8 @@ class Tracker:
         self._generator = torch.Generator().manual_seed(seed)
         self._pending: list[tuple[Measure, dict[str, Any], float]] = []
         self._ctx: Context | None = None
-        self._moved: dict[str, Any] = {}  # probe / validation data moved to the model's device
+        self._moved: dict[str, Any] = {}
+        self._n_global: int | None = None  # probe / validation data moved to the model's device
         self._started: float | None = None
         self.total_seconds_: float | None = None
 
@@ -173,7 +183,7 @@ class Tracker:
         missing = [n for n in ("probe", "train_data") if getattr(self, n) is None]
         if missing:
             raise ValueError(f"the tracker needs {' and '.join(missing)} (pass them to Tracker)")
-        n_train = self.n_train or len(self.train_data[1])
+        n_train = self.n_train or self._global_count(len(self.train_data[1]))
         batch_size = self.batch_size or (len(batch[1]) if batch is not None else None)
         if batch_size is None or self.lr is None:
             raise ValueError("the tracker needs lr and batch_size (pass them to Tracker)")
@@ -201,7 +211,17 @@ class Tracker:
             gradient=grads,
             val_data=self._on(device, "val_data"),
             state=self.state_,
+            distributed=self.distributed,
         )
+
+    def _global_count(self, n: int) -> int:
+        """``n`` summed over the ranks when distributed (computed once)."""
+        if not self.distributed:
+            return n
+        if self._n_global is None:
+            t = torch.tensor([float(n)], dtype=torch.float64, device=self.train_data[1].device)
+            self._n_global = int(all_reduce_sum(t).item())
+        return self._n_global
 
     def _on(self, device: torch.device, name: str) -> Any:
         """``self.<name>`` (a pair of tensors, or None) on the model's device, moved once."""
@@ -219,6 +239,14 @@ class Tracker:
         may then share examples; e.g. the paper's L = 200, M = 128 on IMDB's 25,000)."""
         x, y = self.train_data
         n = len(y)
+        if self.distributed:
+            world = torch.distributed.get_world_size()
+            if num % world:
+                raise ValueError(
+                    f"distributed K draws L / world size batches on each rank: L = {num} "
+                    f"is not a multiple of the world size {world}"
+                )
+            num //= world
         if size > n:
             raise ValueError(f"cannot draw a batch of {size} from {n} training examples")
         if num * size <= n:
@@ -246,7 +274,9 @@ class Tracker:
         self.seconds_[m.name] += seconds
         self.matvecs_[m.name] += matvecs
         self.records_.append(record)
-        if self.on_record is not None:
+        if self.on_record is not None and (
+            not self.distributed or torch.distributed.get_rank() == 0
+        ):
             self.on_record(record)
 
     # ------------------------------------------------------------------ reporting, resume
