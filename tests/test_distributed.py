@@ -11,10 +11,18 @@ import pytest
 import breakeven as be
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def test_two_ranks_equal_one_process(tmp_path):
     script = Path(__file__).parent / "distributed_script.py"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-           "--master_port=29533", str(script), str(tmp_path)]  # fmt: skip
+           f"--master_port={_free_port()}", str(script), str(tmp_path)]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
@@ -48,3 +56,94 @@ def test_distributed_needs_a_process_group():
         be.hessian_eigenvalues(c.model, c.loss_fn, c.data, distributed=True)
     with pytest.raises(ValueError, match=r"distributed=True needs torch\.distributed initialised"):
         be.gradient_covariance(c.model, c.loss_fn, [c.data, c.data], distributed=True)
+
+
+RUN_TOML = """
+[run]
+checkpoint_every = 10
+[train]
+model = "mlp"
+model_kwargs = {{ hidden = [16] }}
+dataset = "npz"
+dataset_kwargs = {{ root = "{npz}" }}
+lr = 0.1
+batch_size = 16
+epochs = {epochs}
+eval_every = 10
+num_threads = 1
+[track]
+covariance = {{ every = 5, num_batches = 4 }}
+hessian = {{ every = 10, k = 1 }}
+stability = {{ every = 10 }}
+loss_change = {{ every = 5 }}
+"""
+
+
+def _config(tmp_path, epochs):
+    import numpy as np
+
+    g = np.random.default_rng(0)
+    x = g.integers(0, 256, size=(200, 8, 8), dtype=np.uint8)
+    y = (x.reshape(200, -1) / 255 @ g.standard_normal((64, 3))).argmax(1)
+    npz = tmp_path / "tiny.npz"
+    np.savez(npz, x_train=x[:160], y_train=y[:160], x_test=x[160:], y_test=y[160:])
+    path = tmp_path / f"tiny{epochs}.toml"
+    path.write_text(RUN_TOML.format(npz=npz, epochs=epochs))
+    return path
+
+
+def _torchrun(config, out):
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+            f"--master_port={_free_port()}", "-m", "breakeven.cli", "run", str(config), "--out",
+            str(out), "--no-progress"]  # fmt: skip
+
+
+def _values(path):
+    from breakeven.records import read_records
+
+    return [(r["step"], r["measure"], r["values"]) for r in read_records(path)]
+
+
+def test_breakeven_run_under_torchrun_equals_one_process(tmp_path):
+    from breakeven.experiments import run
+
+    config = _config(tmp_path, epochs=2)
+    run(config, tmp_path / "one")
+    done = subprocess.run(_torchrun(config, tmp_path / "two"), capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("status") == 1  # rank 0 alone reports
+    one, two = _values(tmp_path / "one"), _values(tmp_path / "two")
+    assert [r[:2] for r in one] == [r[:2] for r in two]
+    for (step, measure, want), (_, _, got) in zip(one, two, strict=True):
+        if measure == "covariance":  # each rank draws its own batches: another sample
+            continue
+        for key, value in want.items():
+            assert got[key] == pytest.approx(value, rel=1e-4, abs=1e-6), (step, measure, key)
+
+
+def test_a_rank_killed_under_torchrun_resumes_on_all(tmp_path):
+    import os
+    import signal
+    import time
+
+    config = _config(tmp_path, epochs=12)  # 120 steps, a checkpoint every 10
+    whole = subprocess.run(_torchrun(config, tmp_path / "whole"), capture_output=True,
+                           text=True, timeout=300)  # fmt: skip
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    out = tmp_path / "killed"
+    agent = subprocess.Popen(_torchrun(config, out), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.time() + 120
+    while time.time() < deadline and not (out / "checkpoint.pt").exists():
+        time.sleep(0.05)
+    children = Path(f"/proc/{agent.pid}/task/{agent.pid}/children").read_text().split()
+    assert len(children) == 2 and (out / "checkpoint.pt").exists()
+    os.kill(int(children[-1]), signal.SIGKILL)  # one rank dies mid-run
+    assert agent.wait(timeout=120) != 0
+    assert (out / "status").read_text().strip() != "finished"
+    again = subprocess.run(_torchrun(config, out), capture_output=True, text=True,
+                           timeout=300)  # fmt: skip
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resumed from the checkpoint at step" in again.stdout
+    assert _values(out) == _values(tmp_path / "whole")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -287,6 +288,8 @@ def _run(args: argparse.Namespace) -> int:
     outcome = run(
         args.config, args.out, args.overrides, scale=args.scale, progress=not args.no_progress
     )
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun rank 0 reports
+        return 0 if outcome.status == "finished" else 1
     if outcome.result is None and outcome.error is None:
         print(f"{outcome.path}: the run has already ended ({outcome.status}); nothing to do")
     elif outcome.resumed_from is not None:

@@ -25,6 +25,12 @@ The tracker protocol (every hook optional; see :class:`TrainHooks`)::
 Hooks must leave the model, its ``.grad`` and the global RNG as they found them if
 measuring is not to change training.
 
+Data-parallel: when a ``torch.distributed`` process group is initialised (under
+``torchrun``), each rank computes the loss of its share of every mini-batch (every
+world-size-th example), the gradients are all-reduced into the gradient of the whole batch,
+and BatchNorm statistics are averaged over the ranks after each step, so every rank holds the
+same parameters; evaluation runs on every rank. Checkpoints then hold every rank's RNG.
+
 Checkpoints and resume: ``train(..., checkpoint_every=k, on_checkpoint=save)`` hands
 ``save`` the complete state every ``k`` steps; ``train(..., resume=state)`` continues from it
 and ends bitwise where the uninterrupted run ends (CPU). A tracker with ``state_dict()`` and
@@ -380,6 +386,24 @@ def train(
         torch.set_num_threads(threads)
 
 
+def world_and_rank() -> tuple[int, int]:
+    """(world size, rank) of the default process group; (1, 0) without one."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_world_size(), torch.distributed.get_rank()
+    return 1, 0
+
+
+def _all_reduce(t: Tensor) -> Tensor:
+    torch.distributed.all_reduce(t)
+    return t
+
+
+def _gather_objects(obj: Any) -> list[Any]:
+    out: list[Any] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(out, obj)
+    return out
+
+
 #: Keys of a checkpoint state (see :meth:`_Loop.state`).
 CHECKPOINT_KEYS = (
     "config", "step", "model", "optimizer", "shuffle_rng", "augment_rng", "torch_rng",
@@ -447,6 +471,7 @@ class _Loop:
         self.step = 0
         self.perm: Tensor | None = None
         self.hook = {k: getattr(tracker, k, None) for k in _HOOKS}
+        self.world, self.rank = world_and_rank()
 
     def evaluate(self) -> None:
         c, t = self.c, time.perf_counter()
@@ -488,6 +513,8 @@ class _Loop:
             "losses": list(self.losses),
             "seconds": time.perf_counter() - self.t0,
             "tracker": copy.deepcopy(tracker_state()) if tracker_state is not None else None,
+            # data-parallel: every rank's own RNG (its dropout noise differs)
+            "rank_rngs": _gather_objects(torch.get_rng_state()) if self.world > 1 else None,
         }
 
     def restore(self, s: Mapping[str, Any]) -> None:
@@ -505,6 +532,14 @@ class _Loop:
             self.perm = torch.randperm(self.n, generator=self.shuffle).to(self.device)
         self.aug_gen.set_state(s["augment_rng"])
         torch.set_rng_state(s["torch_rng"])
+        rank_rngs = s.get("rank_rngs")
+        if self.world > 1 or rank_rngs is not None:
+            if rank_rngs is None or len(rank_rngs) != self.world:
+                raise ValueError(
+                    f"resume= comes from a run on {len(rank_rngs or [0])} process(es); "
+                    f"this one has {self.world}: resume with as many"
+                )
+            torch.set_rng_state(rank_rngs[self.rank])
         if s["cuda_rng"] is not None and self.device.type == "cuda":
             torch.cuda.set_rng_state(s["cuda_rng"], self.device)
         self.history = copy.deepcopy(list(s["history"]))
@@ -542,16 +577,30 @@ class _Loop:
             xb, yb = self.x_train[idx], self.y_train[idx]
             if c.augment:
                 xb = augment_crop_flip(xb, self.aug_gen, fill=self.fill)
-            loss = F.cross_entropy(model(xb), yb)
-            value = loss.item()
+            if self.world > 1:  # this rank's share of the batch; the global mean loss
+                xl, yl = xb[self.rank :: self.world], yb[self.rank :: self.world]
+                out = model(xl if len(yl) else xb[:1])
+                loss = F.cross_entropy(out, yl) * (len(yl) / len(yb)) if len(yl) else out.sum() * 0
+                value = float(_all_reduce(loss.detach().reshape(1).clone()))
+            else:
+                loss = F.cross_entropy(model(xb), yb)
+                value = loss.item()
             if not math.isfinite(value):
                 diverged_at = self.step
                 break
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if self.world > 1:  # the gradient of the whole batch on every rank
+                for p in model.parameters():
+                    if p.grad is not None:
+                        _all_reduce(p.grad)
             if before is not None:
                 before(self.step, model, (xb, yb), loss)
             opt.step()
+            if self.world > 1:  # BatchNorm statistics: the mean over the ranks
+                for b in model.buffers():
+                    if b.is_floating_point():
+                        _all_reduce(b).div_(self.world)
             if after is not None:
                 after(self.step, model)
             self.losses.append(value)

@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ..data import Dataset
 from ..tracking import MEASURES, build_tracker
 from ..tracking.store import (
@@ -40,7 +42,14 @@ from ..tracking.store import (
     read_config,
     read_summary,
 )
-from ..train import ConfigError, TrainConfig, TrainResult, prepare_dataset, train
+from ..train import (
+    ConfigError,
+    TrainConfig,
+    TrainResult,
+    prepare_dataset,
+    train,
+    world_and_rank,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -313,7 +322,8 @@ class _Hooks:
             "seconds": seconds,
             "matvecs": 0,
         }
-        self.store.append(record)
+        if self.store is not None:  # rank 0 only under torchrun
+            self.store.append(record)
         if self.progress is not None:
             self.progress.record(record)
 
@@ -345,6 +355,10 @@ def run(
 
     ``dataset`` replaces loading ``train.dataset`` by name. ``progress=True`` shows a
     progress bar on stderr (tqdm if installed).
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) the run is data-parallel (see
+    :func:`breakeven.train`) and measured with a distributed Tracker: rank 0 alone writes the
+    run directory and shows progress; a resume loads rank 0's checkpoint on every rank.
     """
     raw = apply_overrides(apply_scale(load_config(config), scale), overrides)
     rc = resolve_config(raw)
@@ -358,26 +372,66 @@ def run(
             ov.insert(0, f"scale={scale}")
         out_dir = default_out_dir(raw, ov)
     path = Path(out_dir)
+    world, rank, started = _start_distributed(rc.train.device)
+    try:
+        return _run(rc, path, dataset, progress, min_free_bytes, world, rank)
+    finally:
+        if started:
+            torch.distributed.destroy_process_group()
+
+
+def _start_distributed(device: str) -> tuple[int, int, bool]:
+    """(world size, rank, whether this call started the process group): under ``torchrun``
+    (``WORLD_SIZE`` > 1) the default group is initialised here (gloo on CPU, nccl on CUDA)."""
+    if not torch.distributed.is_available():
+        return 1, 0, False
+    started = False
+    if not torch.distributed.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        cuda = torch.device(device).type == "cuda"
+        if cuda:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        torch.distributed.init_process_group("nccl" if cuda else "gloo")
+        started = True
+    world, rank = world_and_rank()
+    return world, rank, started
+
+
+def _from_rank0(obj: Any, world: int) -> Any:
+    """Rank 0's ``obj`` on every rank."""
+    if world == 1:
+        return obj
+    box = [obj]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _run(rc, path, dataset, progress, min_free_bytes, world, rank) -> RunOutcome:
+    """The body of :func:`run`; under torchrun rank 0 alone writes the run directory."""
+    lead = rank == 0
     store = RunStore(path, min_free_bytes=min_free_bytes or DEFAULT_MIN_FREE_BYTES)
-    status = store.status
+    status = _from_rank0(store.status, world)
     if status in ("finished", "diverged"):  # ended: nothing to do
         keys = config_diff(read_config(path), json.loads(json.dumps(rc.to_dict())))
         if keys:
             raise ConfigMismatchError(path, keys)
         return RunOutcome(status, path, int((read_summary(path) or {}).get("steps", 0)))
 
-    store.check_writable()
+    if lead:
+        store.check_writable()
     ds = prepare_dataset(rc.train, dataset)
     sink: list[Callable[[dict[str, Any]], None]] = []
     tracker = None
     if rc.track:
         try:
             tracker = build_tracker(
-                rc.track, on_record=lambda r: sink[0](r), seed=rc.train.data_seed
+                rc.track,
+                on_record=lambda r: sink[0](r),
+                seed=rc.train.data_seed,
+                distributed=world > 1,
             )
         except (TypeError, ValueError) as e:
             raise ConfigError(str(e)) from e
-    bar = _make_progress(progress)
+    bar = _make_progress(progress) if lead else None
 
     def on_record(record: dict[str, Any]) -> None:
         store.append(record)
@@ -385,16 +439,17 @@ def run(
             bar.record(record)
 
     sink.append(on_record)
-    checkpoint = store.open(rc.to_dict())
+    checkpoint = _from_rank0(store.open(rc.to_dict()) if lead else None, world)
     resumed_from = None if checkpoint is None else int(checkpoint["step"])
-    hooks = _Hooks(tracker, store, bar, resumed_from or 0)
+    hooks = _Hooks(tracker, store if lead else None, bar, resumed_from or 0)
+    save = store.save_checkpoint if lead else (lambda state: None)  # every rank builds it
     try:
         result = train(
             rc.train,
             hooks,
             dataset=ds,
             checkpoint_every=rc.checkpoint_every,
-            on_checkpoint=store.save_checkpoint if rc.checkpoint_every else None,
+            on_checkpoint=save if rc.checkpoint_every else None,
             resume=checkpoint,
         )
         summary = {
@@ -406,17 +461,21 @@ def run(
             "final": result.final,
             "resumed_from": resumed_from,
         }
-        store.finish(result.status, summary, result.model.state_dict())
+        if lead:
+            store.finish(result.status, summary, result.model.state_dict())
     except OSError as e:  # e.g. a full disk: a clean failed status
         message = f"{type(e).__name__}: {e}"
-        store.fail(message)
+        if lead:
+            store.fail(message)
         return RunOutcome(f"failed: {message}", path, 0, None, resumed_from, error=e)
     except BaseException as e:
         interrupted = isinstance(e, KeyboardInterrupt)
-        store.fail("interrupted" if interrupted else f"{type(e).__name__}: {e}")
+        if lead:
+            store.fail("interrupted" if interrupted else f"{type(e).__name__}: {e}")
         raise
     finally:
-        store.close()
+        if lead:
+            store.close()
         if bar is not None:
             bar.close()
     return RunOutcome(result.status, path, result.steps, result, resumed_from)

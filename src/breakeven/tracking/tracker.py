@@ -123,16 +123,17 @@ class Tracker:
 
     def on_start(self, model: nn.Module, dataset: Any, config: Any) -> None:
         """Fill what was not given from a :class:`~breakeven.Dataset` and a TrainConfig."""
+        part = self._part
         if self.probe is None:
-            self.probe = dataset.probe()
+            self.probe = part(dataset.probe())
         if self.train_data is None:
-            self.train_data = (dataset.x_train, dataset.y_train)
+            self.train_data = part((dataset.x_train, dataset.y_train))
         if self.val_data is None and len(dataset.y_test):
-            self.val_data = (dataset.x_test, dataset.y_test)
+            self.val_data = part((dataset.x_test, dataset.y_test))
         if self.batch_size is None:
             self.batch_size = config.batch_size
         if self.steps_per_epoch is None:
-            self.steps_per_epoch = config.steps_per_epoch(len(self.train_data[1]))
+            self.steps_per_epoch = config.steps_per_epoch(len(dataset.y_train))
         if self.lr is None:
             per_epoch = self.steps_per_epoch
             self.lr = lambda step: config.lr_at(step // per_epoch)
@@ -213,6 +214,13 @@ class Tracker:
             state=self.state_,
             distributed=self.distributed,
         )
+
+    def _part(self, data: Batch) -> Batch:
+        """This rank's share (every world-size-th example) when distributed, else all."""
+        if not self.distributed:
+            return data
+        world, rank = torch.distributed.get_world_size(), torch.distributed.get_rank()
+        return tuple(t[rank::world] for t in data)
 
     def _global_count(self, n: int) -> int:
         """``n`` summed over the ranks when distributed (computed once)."""
