@@ -91,14 +91,9 @@ def hessian_eigenvalues(
     """
     start = time.perf_counter()
     op = HessianOperator(
-        model,
-        loss_fn,
-        data,
-        chunk_size=chunk_size,
-        bn_mode=bn_mode,
-        method=method,
+        model, loss_fn, data, chunk_size=chunk_size, bn_mode=bn_mode, method=method,
         distributed=distributed,
-    )
+    )  # fmt: skip
     if isinstance(k, int) and k > op.shape[0]:
         raise ValueError(f"k={k} is larger than the number of parameters D={op.shape[0]}")
     res = lanczos(op, k, tol=tol, max_iter=max_iter, v0=_start(op, v0, seed), seed=seed)
@@ -164,14 +159,9 @@ def hessian_trace(
     z^T H z, with its standard error). H as in :func:`hessian_eigenvalues`."""
     start = time.perf_counter()
     op = HessianOperator(
-        model,
-        loss_fn,
-        data,
-        chunk_size=chunk_size,
-        bn_mode=bn_mode,
-        method=method,
+        model, loss_fn, data, chunk_size=chunk_size, bn_mode=bn_mode, method=method,
         distributed=distributed,
-    )
+    )  # fmt: skip
     res = hutchinson(op, num_samples, seed=seed)
     return dataclasses.replace(res, seconds=time.perf_counter() - start)
 
@@ -193,14 +183,9 @@ def hessian_density(
     ``num_probes`` random starts, ``num_steps`` Lanczos steps each. Evaluate it with
     ``result.density(grid, sigma)``. H as in :func:`hessian_eigenvalues`."""
     op = HessianOperator(
-        model,
-        loss_fn,
-        data,
-        chunk_size=chunk_size,
-        bn_mode=bn_mode,
-        method=method,
+        model, loss_fn, data, chunk_size=chunk_size, bn_mode=bn_mode, method=method,
         distributed=distributed,
-    )
+    )  # fmt: skip
     return slq(op, num_probes=num_probes, num_steps=num_steps, seed=seed)
 
 
