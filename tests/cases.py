@@ -74,3 +74,16 @@ def make_case(name: str, n: int = 12, seed: int = 0) -> Case:
 
 
 CASES = ["linear_mse", "mlp_ce", "cnn", "cnn_bn", "lstm"]
+
+
+def write_tiny_npz(path, n: int = 80, n_train: int = 60):
+    """A tiny dataset in the ``.npz`` loader's format: ``n`` uint8 8x8 images with labels a
+    fixed linear function of the pixels (3 classes, learnable), the first ``n_train`` for
+    training. Returns ``path``."""
+    import numpy as np
+
+    g = np.random.default_rng(0)
+    x = g.integers(0, 256, size=(n, 8, 8), dtype=np.uint8)
+    y = (x.reshape(n, -1) / 255 @ g.standard_normal((64, 3))).argmax(1)
+    np.savez(path, x_train=x[:n_train], y_train=y[:n_train], x_test=x[n_train:], y_test=y[n_train:])
+    return path

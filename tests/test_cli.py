@@ -7,7 +7,6 @@ import io
 import re
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from breakeven.cli import main, summarize
@@ -23,6 +22,7 @@ from breakeven.experiments import (
 from breakeven.experiments.runner import _Progress
 from breakeven.tracking import build_tracker
 from breakeven.train import ConfigError
+from cases import write_tiny_npz
 
 TOML = """
 [run]
@@ -48,11 +48,7 @@ hessian = {{ every = "epoch", k = 1 }}
 @pytest.fixture
 def config(tmp_path: Path) -> Path:
     """A tiny run config on a tiny .npz dataset (uint8 8x8 images, 3 classes)."""
-    g = np.random.default_rng(0)
-    x = g.integers(0, 256, size=(80, 8, 8), dtype=np.uint8)
-    y = (x.reshape(80, -1) / 255 @ g.standard_normal((64, 3))).argmax(1)
-    npz = tmp_path / "tiny.npz"
-    np.savez(npz, x_train=x[:60], y_train=y[:60], x_test=x[60:], y_test=y[60:])
+    npz = write_tiny_npz(tmp_path / "tiny.npz")
     path = tmp_path / "tiny.toml"
     path.write_text(TOML.format(npz=npz))
     return path

@@ -80,13 +80,9 @@ loss_change = {{ every = 5 }}
 
 
 def _config(tmp_path, epochs):
-    import numpy as np
+    from cases import write_tiny_npz
 
-    g = np.random.default_rng(0)
-    x = g.integers(0, 256, size=(200, 8, 8), dtype=np.uint8)
-    y = (x.reshape(200, -1) / 255 @ g.standard_normal((64, 3))).argmax(1)
-    npz = tmp_path / "tiny.npz"
-    np.savez(npz, x_train=x[:160], y_train=y[:160], x_test=x[160:], y_test=y[160:])
+    npz = write_tiny_npz(tmp_path / "tiny.npz", n=200, n_train=160)
     path = tmp_path / f"tiny{epochs}.toml"
     path.write_text(RUN_TOML.format(npz=npz, epochs=epochs))
     return path

@@ -7,7 +7,6 @@ import json
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from breakeven.analysis import read_runs, verdicts
@@ -15,6 +14,7 @@ from breakeven.cli import main
 from breakeven.experiments import parse_grid, plan_sweep, sweep
 from breakeven.records import read_records
 from breakeven.train import ConfigError
+from cases import write_tiny_npz
 
 TOML = """
 name = "tiny"
@@ -48,11 +48,7 @@ track.covariance.every = 3
 
 @pytest.fixture
 def preset(tmp_path: Path) -> Path:
-    g = np.random.default_rng(0)
-    x = g.integers(0, 256, size=(80, 8, 8), dtype=np.uint8)
-    y = (x.reshape(80, -1) / 255 @ g.standard_normal((64, 3))).argmax(1)
-    npz = tmp_path / "tiny.npz"
-    np.savez(npz, x_train=x[:60], y_train=y[:60], x_test=x[60:], y_test=y[60:])
+    npz = write_tiny_npz(tmp_path / "tiny.npz")
     path = tmp_path / "tiny.toml"
     path.write_text(TOML.format(npz=npz))
     return path

@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .analysis import DEFAULT_THRESHOLDS
 from .data import CorruptDatasetError, DatasetNotFoundError
 from .experiments import list_presets, load_config, run
 from .experiments.runner import EVAL_MEASURE, PRESETS_DIR
@@ -78,10 +79,12 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--out", help="sweep directory (default runs/sweeps/<preset>-<scale>)")
     v = sub.add_parser("verdict", help="break-even points and conjecture verdicts of sweeps")
     v.add_argument("paths", nargs="+", metavar="SWEEP_DIR")
-    v.add_argument("--support", type=float, default=0.8, help="fraction of ordered pairs")
-    v.add_argument("--min-pairs", type=int, default=3, help="fewest pairs for a verdict")
+    v.add_argument("--support", type=float, help="fraction of ordered pairs (default 0.8)")
+    v.add_argument("--min-pairs", type=int, help="fewest untied pairs for a verdict (default 3)")
     v.add_argument(
-        "--thresholds", default="0.5,0.65,0.8", help="training accuracies to report crossings of"
+        "--thresholds",
+        default=",".join(f"{t:g}" for t in DEFAULT_THRESHOLDS),
+        help="training accuracies to report crossings of",
     )
     sub.add_parser("presets", help="list the bundled presets")
     s = sub.add_parser("show", help="summary table of a run directory")
@@ -106,7 +109,9 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("paths", nargs="+", metavar="RUN_OR_SWEEP")
     rp.add_argument("--out", help="the HTML file (default: report.html in the first directory)")
     rp.add_argument(
-        "--thresholds", default="0.5,0.65,0.8", help="training accuracies to report crossings of"
+        "--thresholds",
+        default=",".join(f"{t:g}" for t in DEFAULT_THRESHOLDS),
+        help="training accuracies to report crossings of",
     )
     f = sub.add_parser("plot", help="draw a figure of runs and sweeps (PNG, PDF or SVG)")
     f.add_argument("kind", metavar="KIND", help="one of: " + ", ".join(PLOT_KINDS))
@@ -203,14 +208,25 @@ def _table(df: Any) -> str:
 
 
 def _verdict(args: argparse.Namespace) -> int:
+    rule = {"support": args.support, "min_pairs": args.min_pairs}
+    return _print_verdicts(
+        args.paths, _thresholds(args.thresholds), **{k: v for k, v in rule.items() if v is not None}
+    )
+
+
+def _print_verdicts(
+    paths: Sequence[str], thresholds: Sequence[float] = DEFAULT_THRESHOLDS, **rule: Any
+) -> int:
+    """Print the break-even points and the conjecture verdicts (``rule``: the options of
+    :func:`breakeven.verdicts`) of run and sweep directories."""
     from .analysis import break_even_points, read_runs, verdicts
 
-    runs = read_runs(args.paths)
-    points = break_even_points(runs, _thresholds(args.thresholds))
+    runs = read_runs(paths)
+    points = break_even_points(runs, thresholds)
     cols = [c for c in points.columns if not c.endswith("_epoch") or c.startswith("acc_")]
     print("Break-even points (steps; train acc interpolated between evaluations)")
     print(_table(points[cols]))
-    table = verdicts(runs, support=args.support, min_pairs=args.min_pairs)
+    table = verdicts(runs, **rule)
     print()
     if table.empty:
         print(
@@ -278,9 +294,7 @@ def _sweep(args: argparse.Namespace) -> int:
     if all(s.startswith("failed") or s == "skipped" for _, s, _ in outcome.runs):
         return 1
     print()
-    args.paths, args.support, args.min_pairs = [str(outcome.path)], 0.8, 3
-    args.thresholds = "0.5,0.65,0.8"
-    _verdict(args)
+    _print_verdicts([str(outcome.path)])
     return 0 if all(s in ("finished", "diverged") for _, s, _ in outcome.runs) else 1
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 __all__ = [
     "COLUMNS",
+    "EVAL_MEASURE",
     "EXPORT_FORMATS",
     "SWEEP_FILE",
     "decode_array",
@@ -29,6 +30,7 @@ __all__ = [
     "read_records",
     "read_status",
     "read_summary",
+    "short_key",
     "write_records",
 ]
 
@@ -41,7 +43,14 @@ CONFIG, RECORDS, STATUS, CHECKPOINT, SUMMARY, MODEL = (
     "model.pt",
 )
 SWEEP_FILE = "sweep.json"  # a sweep directory's plan (see breakeven.experiments.sweep)
+EVAL_MEASURE = "evaluation"  # the measure name of the training loop's evaluation records
 COLUMNS = ["run", "step", "epoch", "measure", "key", "value", "seconds", "matvecs"]
+
+
+def short_key(key: str) -> str:
+    """The name of a dotted config key in run names and tables: its last part
+    (``train.lr`` -> ``lr``)."""
+    return key.rsplit(".", 1)[-1]
 
 
 def read_status(path: str | os.PathLike) -> str | None:

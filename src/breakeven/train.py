@@ -55,6 +55,7 @@ from torch import Tensor, nn
 from .data import _LOADERS as _DATASET_LOADERS
 from .data import Dataset, augment_crop_flip, list_datasets, load_dataset
 from .models import build_model, list_models
+from .operators.base import world_and_rank
 
 __all__ = [
     "CHECKPOINT_KEYS",
@@ -384,13 +385,6 @@ def train(
             return loop.run(checkpoint_every, on_checkpoint, resume)
     finally:
         torch.set_num_threads(threads)
-
-
-def world_and_rank() -> tuple[int, int]:
-    """(world size, rank) of the default process group; (1, 0) without one."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_world_size(), torch.distributed.get_rank()
-    return 1, 0
 
 
 def _all_reduce(t: Tensor) -> Tensor:

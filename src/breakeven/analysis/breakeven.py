@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from ..records import EVAL_MEASURE
 from .runs import Runs
 
 __all__ = [
@@ -24,7 +25,6 @@ __all__ = [
 
 #: Training accuracies whose first crossing :func:`break_even_points` reports (Fig. 4's lines).
 DEFAULT_THRESHOLDS = (0.5, 0.65, 0.8)
-EVAL_MEASURE = "evaluation"
 
 
 def series(records: Any, key: str, measure: str | None = None) -> Any:

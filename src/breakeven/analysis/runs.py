@@ -19,17 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..records import CONFIG, SWEEP_FILE, load_run, read_config, read_status
+from ..records import CONFIG, SWEEP_FILE, load_run, read_config, read_status, short_key
 
 __all__ = ["SWEEP_FILE", "Runs", "read_runs", "read_sweep_spec", "short_key"]
 
 #: TrainConfig fields copied into every row of :attr:`Runs.table`.
 TRAIN_COLUMNS = ("model", "dataset", "lr", "batch_size", "momentum", "n_train", "init_seed")
-
-
-def short_key(key: str) -> str:
-    """The column name of a swept dotted key: its last part (``train.lr`` -> ``lr``)."""
-    return key.rsplit(".", 1)[-1]
 
 
 def read_sweep_spec(path: str | os.PathLike) -> dict[str, Any]:

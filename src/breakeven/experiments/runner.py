@@ -33,6 +33,8 @@ from typing import Any
 import torch
 
 from ..data import Dataset
+from ..operators.base import world_and_rank
+from ..records import EVAL_MEASURE
 from ..tracking import MEASURES, build_tracker
 from ..tracking.store import (
     DEFAULT_MIN_FREE_BYTES,
@@ -48,7 +50,6 @@ from ..train import (
     TrainResult,
     prepare_dataset,
     train,
-    world_and_rank,
 )
 
 if sys.version_info >= (3, 11):
@@ -76,7 +77,6 @@ SWEEP_TABLES = ("sweep", "scale")  # read by sweeps and scales; not part of a ru
 TOP_KEYS = ("name", "description", *TABLES, *SWEEP_TABLES)
 FULL = "full"  # the scale of a preset's own values (the paper's)
 RUN_KEYS = {"checkpoint_every": 500}  # key: default
-EVAL_MEASURE = "evaluation"  # the measure name of the training loop's evaluation records
 
 
 def list_presets() -> list[str]:

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from ..data import CorruptDatasetError, DatasetNotFoundError
-from ..records import SWEEP_FILE
+from ..records import SWEEP_FILE, short_key
 from ..tracking import build_tracker
 from ..train import ConfigError, TrainConfig
 from .runner import (
@@ -129,10 +129,6 @@ def _value_name(v: Any) -> str:
     return "".join(c if c.isalnum() or c in ".-+" else "-" for c in text)
 
 
-def _short(key: str) -> str:
-    return key.rsplit(".", 1)[-1]
-
-
 def plan_sweep(
     preset: str | os.PathLike | Mapping[str, Any],
     *,
@@ -176,7 +172,7 @@ def plan_sweep(
     base = apply_overrides(apply_scale(raw, scale), overrides)
     notes = []
     fixed: dict[str, Any] = {}
-    shorts = [_short(k) for k in grid]
+    shorts = [short_key(k) for k in grid]
     if len(set(shorts)) != len(shorts):
         raise ConfigError(
             f"grid keys {list(grid)} end in the same name; sweep one of them (run names and "
@@ -209,7 +205,7 @@ def plan_sweep(
                     build_tracker(rc.track)
                 except (TypeError, ValueError) as e:
                     raise ConfigError(str(e)) from e
-            label = "_".join(f"{_short(k)}={_value_name(v)}" for k, v in params.items())
+            label = "_".join(f"{short_key(k)}={_value_name(v)}" for k, v in params.items())
             run_name = f"{label}_seed={seed}" if label else f"seed={seed}"
             runs.append(SweepRun(run_name, params, seed, cfg))
     names = [r.name for r in runs]

@@ -18,10 +18,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..records import EVAL_MEASURE
 from ..tracking import RunStore, RunStoreError, Tracker, build_tracker
-
-#: The measure name of evaluation records (as ``breakeven.train``'s runs write them).
-EVAL_MEASURE = "evaluation"
 
 Record = dict[str, Any]
 

@@ -139,6 +139,13 @@ def check_distributed(distributed: bool) -> None:
         )
 
 
+def world_and_rank() -> tuple[int, int]:
+    """(world size, rank) of the default process group; (1, 0) without one."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_world_size(), torch.distributed.get_rank()
+    return 1, 0
+
+
 def all_reduce_sum(t: Tensor) -> Tensor:
     """The sum of ``t`` over the ranks of the default process group (every rank gets it).
 

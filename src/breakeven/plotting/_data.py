@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from ..analysis import Runs, read_runs
-from ..records import decode_array, read_records
+from ..records import EVAL_MEASURE, decode_array, read_records
 
 __all__ = [
     "EVAL_MEASURE",
@@ -36,7 +36,6 @@ __all__ = [
     "wants_log",
 ]
 
-EVAL_MEASURE = "evaluation"  # the training loop's evaluation records (experiments.runner)
 RunsLike = Runs | str | os.PathLike | Iterable[str | os.PathLike]
 
 #: Which measure a bare key is read from when several measures record it (first found wins).

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from ..measures.tracked import MEASURES, Context, Measure
-from ..operators.base import Batch, LossFn, all_reduce_sum, check_distributed
+from ..operators.base import Batch, LossFn, all_reduce_sum, check_distributed, world_and_rank
 from .schedules import Schedule, every, parse_schedule
 
 Record = dict[str, Any]
@@ -219,7 +219,7 @@ class Tracker:
         """This rank's share (every world-size-th example) when distributed, else all."""
         if not self.distributed:
             return data
-        world, rank = torch.distributed.get_world_size(), torch.distributed.get_rank()
+        world, rank = world_and_rank()
         return tuple(t[rank::world] for t in data)
 
     def _global_count(self, n: int) -> int:
@@ -248,7 +248,7 @@ class Tracker:
         x, y = self.train_data
         n = len(y)
         if self.distributed:
-            world = torch.distributed.get_world_size()
+            world, _ = world_and_rank()
             if num % world:
                 raise ValueError(
                     f"distributed K draws L / world size batches on each rank: L = {num} "
@@ -282,9 +282,7 @@ class Tracker:
         self.seconds_[m.name] += seconds
         self.matvecs_[m.name] += matvecs
         self.records_.append(record)
-        if self.on_record is not None and (
-            not self.distributed or torch.distributed.get_rank() == 0
-        ):
+        if self.on_record is not None and (not self.distributed or world_and_rank()[1] == 0):
             self.on_record(record)
 
     # ------------------------------------------------------------------ reporting, resume
