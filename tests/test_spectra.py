@@ -50,7 +50,7 @@ def test_error_bound_stopping_meets_the_tolerance():
         res = be.lanczos(A, 1, tol=1e-3, seed=seed)
         assert res.converged
         assert abs(float(res.eigenvalues[0]) - 10.0) / 10.0 <= 1e-3
-        assert float(res.errors[0]) <= 1e-3 * 10.0
+        assert float(res.residuals[0]) <= 1e-3 * 10.0
 
 
 def test_warm_start_from_the_previous_eigenvector():

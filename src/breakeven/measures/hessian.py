@@ -29,7 +29,7 @@ from ..operators.base import (
 )
 from ..operators.hessian import HessianOperator, HVPMethod
 from ..spectra import SpectralDensity, TraceResult, hutchinson, lanczos, slq
-from ..spectra.lanczos import as_start, random_unit
+from ..spectra.lanczos import as_start
 
 CurvatureMethod = Literal["auto", "forward", "reverse"]
 
@@ -41,9 +41,9 @@ class EigenResult:
     Attributes:
         eigenvalues: (k,) float64, descending.
         eigenvectors: (D, k), unit columns, in the parameters' dtype and order.
-        residuals: (k,) float64, ``||H v - lambda v||``.
-        errors: (k,) float64, Lanczos' bound on each eigenvalue's error.
-        converged: all ``errors <= tol * |eigenvalues|``.
+        residuals: (k,) float64, ``||H v - lambda v||``: an eigenvalue of H lies within it
+            of each value (the certified error bound).
+        converged: all ``residuals <= tol * |eigenvalues|``.
         num_matvecs: Hessian-vector products used.
         seconds: wall time.
         bn_mode: ``"eval"`` or ``"train"``: the BatchNorm mode that defines this Hessian.
@@ -54,7 +54,6 @@ class EigenResult:
     eigenvalues: Tensor
     eigenvectors: Tensor
     residuals: Tensor
-    errors: Tensor
     converged: bool
     num_matvecs: int
     seconds: float
@@ -82,12 +81,14 @@ def hessian_eigenvalues(
 
     Lanczos with full re-orthogonalisation; stops when each eigenvalue's error bound is at
     most ``tol`` relative (``max_iter`` products at most, default ``max(100, 20 k)``; a
-    warning when it did not converge). Lanczos starts from a random vector plus the loss
-    gradient (which lies mostly in the top eigenspace), plus ``v0``, the previous result's
-    eigenvectors, when tracking (a warm start that cannot lock onto a previous top that has
-    been overtaken). See :class:`~breakeven.HessianOperator` for ``chunk_size``,
-    ``bn_mode``, ``method`` and ``distributed`` (each rank passes its part of the data and
-    gets the eigenvalues of all of it). The model is left bitwise unchanged.
+    warning when it did not converge); ``converged`` certifies that each value is within
+    ``tol`` (relative) of an eigenvalue of H (see :func:`~breakeven.lanczos`). Block
+    Lanczos from a random vector and, beside it, the loss gradient (which lies mostly in the
+    top eigenspace) plus ``v0``, the previous result's eigenvectors, when tracking (a warm
+    start that cannot lock onto a previous top that has been overtaken). See
+    :class:`~breakeven.HessianOperator` for ``chunk_size``, ``bn_mode``, ``method`` and
+    ``distributed`` (each rank passes its part of the data and gets the eigenvalues of all
+    of it). The model is left bitwise unchanged.
     """
     start = time.perf_counter()
     op = HessianOperator(
@@ -96,10 +97,10 @@ def hessian_eigenvalues(
     )  # fmt: skip
     if isinstance(k, int) and k > op.shape[0]:
         raise ValueError(f"k={k} is larger than the number of parameters D={op.shape[0]}")
-    res = lanczos(op, k, tol=tol, max_iter=max_iter, v0=_start(op, v0, seed), seed=seed)
+    res = lanczos(op, k, tol=tol, max_iter=max_iter, v0=_start(op, v0), seed=seed)
     op.release()
     if not res.converged:
-        worst = float((res.errors / res.eigenvalues.abs()).max())
+        worst = float((res.residuals / res.eigenvalues.abs()).max())
         warnings.warn(
             f"Lanczos did not reach tol={tol} in {res.num_matvecs} products "
             f"(largest relative error bound {worst:.2e}); raise max_iter",
@@ -110,7 +111,6 @@ def hessian_eigenvalues(
         eigenvalues=res.eigenvalues,
         eigenvectors=res.eigenvectors,
         residuals=res.residuals,
-        errors=res.errors,
         converged=res.converged,
         num_matvecs=res.num_matvecs,
         seconds=time.perf_counter() - start,
@@ -120,27 +120,25 @@ def hessian_eigenvalues(
     )
 
 
-def _start(op: HessianOperator, v0: Tensor | None, seed: int) -> Tensor:
-    """Lanczos' start: a random unit vector, plus the unit gradient of the loss, plus the unit
-    sum of the previous eigenvectors ``v0`` when warm-starting.
+def _start(op: HessianOperator, v0: Tensor | None) -> Tensor | None:
+    """Lanczos' informed start vector, beside its random one: the unit gradient of the loss,
+    plus the unit sum of the previous eigenvectors ``v0`` when warm-starting (None when both
+    vanish).
 
-    The gradient lies mostly in the top eigenspace of H (Gur-Ari et al., 2018), so it adds a
-    far larger component on e_H^1 than a random vector has (about 1/sqrt(D)). Adding fixed
-    vectors to a Gaussian one never makes a small component on e_H^1 more likely, so the
-    start is at least as safe as a random one: a warm start cannot lock onto the previous
-    top eigenvector after another eigenvalue has overtaken it (measured here: from the
-    previous eigenvector alone, Lanczos stopped after 2 products on an eigenvalue 0.5% below
-    the top one). The gradient is free when the first-order graph is cached.
+    The gradient lies mostly in the top eigenspace of H (Gur-Ari et al., 2018), so it brings
+    a far larger component on e_H^1 than a random vector has (about 1/sqrt(D)); it is free
+    when the first-order graph is cached. :func:`~breakeven.lanczos` keeps it apart from its
+    random start vector (a block of two), so neither can cancel the other's component on an
+    eigenvector, and a warm start cannot lock onto the previous top eigenvector after
+    another eigenvalue has overtaken it.
     """
-    start = random_unit(op.shape[0], torch.Generator().manual_seed(seed)).to(op.dtype)
     g = op.gradient().to(dtype=op.dtype)
-    start = start.to(g.device)
-    extra = [g] if v0 is None else [g, as_start(v0, op.shape[0]).to(g)]
-    for vec in extra:
+    start = torch.zeros_like(g)
+    for vec in [g] if v0 is None else [g, as_start(v0, op.shape[0]).to(g)]:
         norm = vec.norm()
         if norm > 0 and torch.isfinite(norm):
             start = start + vec / norm
-    return start
+    return start if start.norm() > 0 else None
 
 
 def hessian_trace(
