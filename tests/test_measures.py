@@ -226,3 +226,136 @@ def test_warm_start_from_an_overtaken_eigenvector_still_finds_the_top():
     assert plain.eigenvalues[0] == pytest.approx(float(evals[-2]), rel=1e-8)  # the trap
     res = be.hessian_eigenvalues(c.model, c.loss_fn, c.data, v0=e2, tol=1e-8)
     assert res.eigenvalues[0] == pytest.approx(float(evals[-1]), rel=1e-6)
+
+
+# --------------------------------------------------------------------------- Eq. 1, one operator
+
+
+def _bn_net():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 3, 3),
+        torch.nn.BatchNorm2d(3),
+        torch.nn.Tanh(),
+        torch.nn.Flatten(),
+        torch.nn.Linear(48, 4),
+    ).double()
+    with torch.no_grad():  # running statistics unlike any chunk's: the two modes differ
+        model[1].running_mean.uniform_(-1.0, 1.0)
+        model[1].running_var.uniform_(0.2, 3.0)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(32, 1, 6, 6, generator=g, dtype=torch.float64)
+    return model, (x, torch.randint(0, 4, (32,), generator=g))
+
+
+def _measured(model, probe, spec):
+    tracker = be.build_tracker(
+        spec, probe=probe, train_data=probe, lr=0.05, batch_size=8, n_train=1000
+    )
+    tracker.before_step(0, model)
+    tracker.after_step(0, model)
+    return {r["measure"]: r["values"] for r in tracker.records_}
+
+
+def _exact_stability(model, probe, bn_mode, chunk):
+    H = dense_hessian(model, torch.nn.CrossEntropyLoss(), probe, chunk_size=chunk, bn_mode=bn_mode)
+    lam, vecs = torch.linalg.eigh(H)
+    s2 = be.curvature_variance(
+        model, torch.nn.CrossEntropyLoss(), probe, vecs[:, -1], chunk_size=chunk, bn_mode=bn_mode
+    )
+    return float(lam[-1]), s2
+
+
+@pytest.mark.parametrize(
+    ("hessian", "stability", "mode", "chunk"),
+    [
+        ({}, {}, "eval", None),
+        ({"bn_mode": "train", "chunk_size": 8}, {}, "train", 8),  # follows the hessian measure
+        ({}, {"bn_mode": "train", "chunk_size": 8}, "train", 8),  # its own operator
+        ({"bn_mode": "train", "chunk_size": 8}, {"bn_mode": "eval"}, "eval", 8),
+        (None, {"bn_mode": "train", "chunk_size": 16}, "train", 16),  # no hessian measure
+    ],
+)
+def test_stability_takes_lambda_e_and_s2_from_one_operator(hessian, stability, mode, chunk):
+    model, probe = _bn_net()
+    spec = {"stability": {"every": 1, **stability}}
+    if hessian is not None:
+        spec = {"hessian": {"every": 1, **hessian}, **spec}
+    st = _measured(model, probe, spec)["stability"]
+    lam, s2 = _exact_stability(model, probe, mode, chunk)
+    assert st["lambda_H_1"] == pytest.approx(lam, rel=1e-4)
+    assert st["s2"] == pytest.approx(s2, rel=1e-3)
+    assert st["stability"] == pytest.approx(be.stability(0.05, 8, 1000, lam, s2), rel=1e-3)
+
+
+def test_the_two_batchnorm_modes_are_different_matrices():
+    model, probe = _bn_net()
+    eval_mode = _exact_stability(model, probe, "eval", None)
+    train_mode = _exact_stability(model, probe, "train", 8)
+    assert abs(eval_mode[1] - train_mode[1]) > 0.1 * min(eval_mode[1], train_mode[1])
+
+
+@pytest.mark.parametrize("i", range(12))
+def test_stability_s2_within_1e_3_of_the_exact_eigenvector(i):
+    """The eigenvalue tolerance (1e-3) leaves s^2 off by up to 0.6% on this family; the
+    stability measure's residual tolerance (1e-4) keeps it within 1e-3."""
+    from test_certificate import random_problem
+
+    model, probe = random_problem(i)
+    st = _measured(model, probe, {"hessian": {"every": 1}, "stability": {"every": 1}})["stability"]
+    lam, s2 = _exact_stability(model, probe, "eval", None)
+    assert st["s2"] == pytest.approx(s2, rel=1e-3)
+    assert st["lambda_H_1"] == pytest.approx(lam, rel=1e-4)
+    assert st["residual_H_1"] <= 1e-4 * abs(st["lambda_H_1"])
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda m, d, lf: be.hessian_eigenvalues(m, lf, d),
+        lambda m, d, lf: be.hessian_trace(m, lf, d, num_samples=2),
+        lambda m, d, lf: be.hessian_density(m, lf, d, num_steps=3),
+        lambda m, d, lf: be.HessianOperator(m, lf, d),
+        lambda m, d, lf: be.curvature_variance(m, lf, d, torch.ones(57, dtype=torch.float64)),
+        lambda m, d, lf: be.gradient_covariance(
+            m, lf, [(d[0][:4], d[1][:4]), (d[0][4:8], d[1][4:8])]
+        ),
+        lambda m, d, lf: be.per_example_gradient_covariance(m, lf, *d),
+        lambda m, d, lf: be.Tracker([be.HessianTop()], be.every(1), loss_fn=lf),
+    ],
+)
+@pytest.mark.parametrize("reduction", ["sum", "none"])
+def test_a_loss_that_is_not_mean_reduced_is_refused(call, reduction):
+    c = make_case("mlp_ce")  # 57 parameters
+    with pytest.raises(ValueError, match="reduction='mean'"):
+        call(c.model, c.data, torch.nn.CrossEntropyLoss(reduction=reduction))
+
+
+def test_k_below_the_precision_of_its_gradients_is_unresolved():
+    """Gradients of rank 3 (float32): the centred Gram has rank 3, not L - 1 = 7;
+    lambda_K^* is round-off, reported unresolved and recorded as NaN."""
+    from breakeven.measures.covariance import spectrum_of
+
+    g = torch.Generator().manual_seed(0)
+    low = torch.randn(8, 3, generator=g) @ torch.randn(3, 500, generator=g)
+    spec = spectrum_of(be.GradientCovarianceOperator.from_gradients(low, batch_size=1))
+    assert spec.numerical_rank == 3 and not spec.resolved
+    assert spec.smallest_nonzero <= spec.resolution == pytest.approx(1.1920929e-07 * spec.top)
+    full = torch.randn(8, 500, generator=g)
+    spec = spectrum_of(be.GradientCovarianceOperator.from_gradients(full, batch_size=1))
+    assert spec.numerical_rank == 7 and spec.resolved
+    spec64 = spectrum_of(be.GradientCovarianceOperator.from_gradients(low.double(), batch_size=1))
+    assert spec64.resolution == pytest.approx(2.220446e-16 * spec64.top)
+
+
+def test_the_covariance_record_marks_an_unresolved_lambda_k_star():
+    c = make_case("mlp_ce", n=64)
+    model, (x, y) = c.model.float(), (c.x.float(), c.y)
+    with torch.no_grad():  # a flat model: every per-example gradient is zero but the bias part
+        for p in model.parameters():
+            p.zero_()
+    rec = _measured(model, (x, y), {"covariance": {"every": 1, "num_batches": 8, "batch_size": 1}})
+    cov = rec["covariance"]
+    assert cov["rank_K"] < cov["L"] - 1
+    assert math.isnan(cov["lambda_K_star"]) and math.isnan(cov["condition_K"])
+    assert cov["resolution_K"] == pytest.approx(1.1920929e-07 * cov["lambda_K_1"])

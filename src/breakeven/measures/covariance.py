@@ -28,6 +28,11 @@ class CovarianceSpectrum:
         top: lambda_K^1, the largest eigenvalue.
         smallest_nonzero: lambda_K^*, the (L-1)-th largest eigenvalue.
         condition: lambda_K^* / lambda_K^1 (in [0, 1]; ``nan`` when K = 0).
+        resolution: ``eps * lambda_K^1``, eps the machine epsilon of the gradients (float32:
+            1.2e-7): eigenvalues below it are round-off of the gradients, not data.
+        numerical_rank: the number of eigenvalues above ``resolution`` (at most L - 1).
+            When it is below L - 1, ``smallest_nonzero`` and ``condition`` are unresolved
+            (``resolved`` is False): the tracked measure records them as NaN.
         trace: Tr(K) = Tr(G) = (1/L) sum_l ||g_l - g||^2.
         batch_size: M, examples per gradient (1 for per-example gradients).
         num_batches: L, the number of gradients.
@@ -42,6 +47,8 @@ class CovarianceSpectrum:
     top: float
     smallest_nonzero: float
     condition: float
+    resolution: float
+    numerical_rank: int
     trace: float
     batch_size: int
     num_batches: int
@@ -51,6 +58,11 @@ class CovarianceSpectrum:
     seconds: float
     gram_eigenvectors: Tensor = field(repr=False)
     operator: GradientCovarianceOperator = field(repr=False)
+
+    @property
+    def resolved(self) -> bool:
+        """Whether lambda_K^* (and so the conditioning) lies above the gradients' precision."""
+        return self.smallest_nonzero > self.resolution
 
     @property
     def mean_gradient_norm_sq(self) -> float:
@@ -100,6 +112,8 @@ def spectrum_of(op: GradientCovarianceOperator, seconds: float = math.nan) -> Co
         top=top,
         smallest_nonzero=star,
         condition=star / top if top > 0 else math.nan,
+        resolution=op.gradient_eps * top,
+        numerical_rank=int((evals > op.gradient_eps * top).sum()),
         trace=trace,
         batch_size=M,
         num_batches=op.num_batches,

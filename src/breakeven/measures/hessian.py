@@ -23,6 +23,7 @@ from ..operators.base import (
     check_distributed,
     check_finite,
     check_forward_mode,
+    check_loss_fn,
     measuring,
     trainable,
     unflatten,
@@ -210,6 +211,7 @@ def per_example_curvatures(
     """
     if method not in ("auto", "forward", "reverse"):
         raise ValueError(f"method must be 'auto', 'forward' or 'reverse', got {method!r}")
+    check_loss_fn(loss_fn)
     if method == "forward":
         check_forward_mode(model, bn_mode)
     use_forward = method == "forward"

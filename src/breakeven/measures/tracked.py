@@ -101,7 +101,9 @@ class GradientCovariance(Measure):
     each batch drawn on its own (batches may overlap).
     ``batch_size=1`` uses per-example gradients (``vmap``). Keys: ``lambda_K_1``,
     ``lambda_K_star`` ((L-1)-th), ``condition_K``, ``trace_K``, their per-example scale
-    ``M * value`` (``per_example_lambda_K_1``, ``per_example_trace_K``), ``M``, ``L``;
+    ``M * value`` (``per_example_lambda_K_1``, ``per_example_trace_K``), ``M``, ``L``,
+    ``rank_K`` (numerical rank) and ``resolution_K`` (eps of the gradients x lambda_K^1:
+    ``lambda_K_star`` and ``condition_K`` are NaN, unresolved, when rank_K < L - 1);
     with ``spectrum=True`` also every eigenvalue ``eig_K_i`` (i = 0 the largest).
     ``storage``: where the L gradients are kept (``"memory"``, ``"cpu"``, ``"disk"``; see
     :class:`~breakeven.GradientCovarianceOperator`). With M = 1 (per-example gradients) K is
@@ -153,8 +155,10 @@ class GradientCovariance(Measure):
         ctx.cache[self.name] = spec
         out = {
             "lambda_K_1": spec.top,
-            "lambda_K_star": spec.smallest_nonzero,
-            "condition_K": spec.condition,
+            "lambda_K_star": spec.smallest_nonzero if spec.resolved else math.nan,
+            "condition_K": spec.condition if spec.resolved else math.nan,
+            "rank_K": spec.numerical_rank,
+            "resolution_K": spec.resolution,
             "trace_K": spec.trace,
             "per_example_lambda_K_1": spec.per_example_top,
             "per_example_trace_K": spec.per_example_trace,
@@ -333,32 +337,98 @@ class HessianDensity(Measure):
 
 
 class Stability(Measure):
-    """The left side of Eq. 1 along e_H^1 and the break-even flag (``break_even`` = 1.0 once
-    it reaches 1): ``stability``, ``lambda_H_1``, ``s2`` (per-example curvature variance on the
-    probe), using this step's learning rate and batch size. ``chunk_size``: examples per pass
-    of the per-example curvatures (None: the whole probe at once; set it for large models).
-    The Hessian top is the ``hessian`` measure's of the same step when it ran, else computed
-    with default options."""
+    """The left side of Eq. 1 along e_H^1 and the flag ``break_even`` (1.0 when it is >= 1
+    at this step; the break-even *point*, the first crossing of 1 from below, is found from
+    the records by :mod:`breakeven.analysis`): ``stability``, ``lambda_H_1``, ``s2``
+    (per-example curvature variance on the probe), ``residual_H_1``, using this step's
+    learning rate and batch size.
+
+    lambda_H^1, e_H^1 and s^2 always come from one operator: the same probe, BatchNorm mode
+    and chunking. ``bn_mode`` and ``chunk_size`` default to those of the ``hessian`` measure
+    of the same step (eval mode and the whole probe when it did not run). For a network with
+    BatchNorm, the stability *of the SGD step* is the one of the train-mode operator whose
+    chunks are training batches: ``bn_mode="train"``, ``chunk_size`` = the training batch
+    size (what the BatchNorm presets track); eval mode measures another matrix (the one of
+    the running statistics), and the two can differ by orders of magnitude.
+
+    s^2 depends on the eigenvector, which an eigenvalue tolerance does not control: the
+    eigenpair is taken from the ``hessian`` measure only when its residual is at most
+    ``tol`` |lambda| (default 1e-4: the eigenvector's angle to e_H^1 is at most the residual
+    over the gap to the next eigenvalue), else computed again to that residual, warm-started
+    from it. s^2 is then within 1e-3 (relative) of its value at the exact eigenvector on the
+    test catalogue.
+    """
 
     name = "stability"
 
-    def __init__(self, chunk_size: int | None = None) -> None:
+    def __init__(
+        self,
+        chunk_size: int | None = None,
+        bn_mode: BNMode | None = None,
+        tol: float = 1e-4,
+    ) -> None:
         _int_at_least(chunk_size, 1, "chunk_size", optional=True)
+        if bn_mode is not None:
+            check_bn_mode(bn_mode)
+        if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol > 0:
+            raise ValueError(f"tol must be a positive number, got {tol!r}")
         self.chunk_size = chunk_size
+        self.bn_mode = bn_mode
+        self.tol = tol
+
+    def _eigenpair(self, ctx: Context) -> EigenResult:
+        """The top eigenpair of the operator this measure is defined on, to ``tol``."""
+        cached = ctx.cache.get("hessian")
+        bn_mode = self.bn_mode or (cached.bn_mode if cached is not None else "eval")
+        chunk = (
+            self.chunk_size
+            if self.chunk_size is not None
+            else (cached.chunk_size if cached is not None else None)
+        )
+        same = cached is not None and (cached.bn_mode, cached.chunk_size) == (bn_mode, chunk)
+        if same and self._accurate(cached):
+            return cached
+        state = ctx.state.setdefault(self.name, {})
+        v0 = cached.eigenvectors[:, :1] if same else state.get("v0")
+        res = hessian_eigenvalues(
+            ctx.model,
+            ctx.loss_fn,
+            ctx.probe,
+            k=1,
+            tol=self.tol,
+            v0=v0,
+            chunk_size=chunk,
+            bn_mode=bn_mode,
+            seed=ctx.step,
+            distributed=ctx.distributed,
+        )
+        state["v0"] = res.eigenvectors.detach().clone()
+        return res
+
+    def _accurate(self, res: EigenResult) -> bool:
+        return float(res.residuals[0]) <= self.tol * abs(float(res.eigenvalues[0]))
 
     def measure(self, ctx: Context) -> dict[str, Any]:
-        top = _hessian(ctx)
+        top = self._eigenpair(ctx)
         lam = float(top.eigenvalues[0])
         s2 = curvature_variance(
             ctx.model,
             ctx.loss_fn,
             ctx.probe,
             top.eigenvectors[:, 0],
-            chunk_size=self.chunk_size,
+            chunk_size=top.chunk_size,
+            bn_mode=top.bn_mode,
             distributed=ctx.distributed,
         )
         value = stability(ctx.lr, ctx.batch_size, ctx.n_train, lam, s2)
-        return {"stability": value, "break_even": float(value >= 1.0), "lambda_H_1": lam, "s2": s2}
+        return {
+            "stability": value,
+            "break_even": float(value >= 1.0),
+            "lambda_H_1": lam,
+            "s2": s2,
+            "residual_H_1": float(top.residuals[0]),
+            "matvecs": 0 if top is ctx.cache.get("hessian") else top.num_matvecs,
+        }
 
 
 class EdgeOfStability(Measure):

@@ -270,11 +270,28 @@ def measuring(model: nn.Module, bn_mode: BNMode = "eval") -> Iterator[None]:
             torch.cuda.set_rng_state_all(cuda_rng)
 
 
+def check_loss_fn(loss_fn: object) -> None:
+    """Refuse a loss that is not callable, or a torch loss module whose ``reduction`` is not
+    ``"mean"``: every measure is defined for the *mean* loss over the examples given, and a
+    sum-reduced loss would make H N times and K M^2 times too large without any error.
+    A plain callable must return the mean over the examples itself (not checked)."""
+    if not callable(loss_fn):
+        raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
+    reduction = getattr(loss_fn, "reduction", "mean")
+    if isinstance(loss_fn, nn.Module) and reduction != "mean":
+        raise ValueError(
+            f"{type(loss_fn).__name__}(reduction={reduction!r}) is refused: breakeven measures "
+            "the mean loss over the examples (H and K would be off by N and M^2); use "
+            "reduction='mean'"
+        )
+
+
 def functional_loss(
     model: nn.Module, loss_fn: LossFn
 ) -> Callable[[dict[str, Tensor], Tensor, Tensor], Tensor]:
     """``f(params, x, y)``: the loss of the model at ``params`` on one chunk, checked scalar.
     Call it inside :func:`measuring`, which keeps every forward pass free of writes."""
+    check_loss_fn(loss_fn)
 
     def f(params: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
         out = torch.func.functional_call(model, params, (x,))

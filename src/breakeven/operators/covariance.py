@@ -18,6 +18,7 @@ from .base import (
     as_chunks,
     check_distributed,
     check_finite,
+    check_loss_fn,
     functional_loss,
     measuring,
     trainable,
@@ -364,6 +365,7 @@ def _rank_one_linears(
 def _per_row_gradients(model, loss_fn, params, factored):
     """``g(xs, ys)``: the gradients of each row's loss, as a list in ``params`` order (a
     :class:`RankOneRows` for each weight of ``factored``), by ``vmap(grad)``."""
+    check_loss_fn(loss_fn)
     if not factored:
         per = torch.func.vmap(
             torch.func.grad(functional_loss(model, loss_fn)), in_dims=(None, 0, 0)
@@ -458,6 +460,10 @@ def _as_blocks(gradients: Tensor | list[Tensor]) -> list[Tensor]:
     if isinstance(gradients, Tensor):
         return list(gradients.split(_GRAM_COLUMNS, dim=1))
     return list(gradients)
+
+
+def _block_dtype(block: Tensor | RankOneRows | StoredColumns) -> torch.dtype:
+    return block.a.dtype if isinstance(block, RankOneRows) else block.dtype
 
 
 def _device(blocks: list) -> torch.device:
@@ -561,6 +567,12 @@ class GradientCovarianceOperator(LinearOperator):
         self.dtype = torch.float64
         self.device = _device(blocks)
         self._gram: Tensor | None = None
+
+    @property
+    def gradient_eps(self) -> float:
+        """Machine epsilon of the least precise stored gradients (float32: 1.2e-7): K's
+        eigenvalues below ``gradient_eps * lambda_K^1`` are not resolved by them."""
+        return max(torch.finfo(_block_dtype(b)).eps for b in self.blocks)
 
     @property
     def gradients(self) -> Tensor:

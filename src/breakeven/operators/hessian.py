@@ -19,6 +19,7 @@ from .base import (
     check_distributed,
     check_finite,
     check_forward_mode,
+    check_loss_fn,
     flatten,
     functional_loss,
     measuring,
@@ -77,6 +78,7 @@ class HessianOperator(LinearOperator):
         if method not in ("reverse", "forward"):
             raise ValueError(f"method must be 'reverse' or 'forward', got {method!r}")
         check_bn_mode(bn_mode)
+        check_loss_fn(loss_fn)
         if method == "forward":
             check_forward_mode(model, bn_mode)
         self.model = model

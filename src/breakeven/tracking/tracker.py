@@ -30,7 +30,14 @@ import torch
 from torch import Tensor, nn
 
 from ..measures.tracked import MEASURES, Context, Measure
-from ..operators.base import Batch, LossFn, all_reduce_sum, check_distributed, world_and_rank
+from ..operators.base import (
+    Batch,
+    LossFn,
+    all_reduce_sum,
+    check_distributed,
+    check_loss_fn,
+    world_and_rank,
+)
 from .schedules import Schedule, every, parse_schedule
 
 Record = dict[str, Any]
@@ -96,6 +103,8 @@ class Tracker:
         names = [m.name for m, _ in self.measures]
         if len(set(names)) != len(names):
             raise ValueError(f"each measure may appear once, got {names}")
+        if loss_fn is not None:
+            check_loss_fn(loss_fn)
         self.loss_fn = loss_fn
         self.probe = probe
         self.train_data = train_data
