@@ -13,7 +13,8 @@
     breakeven plot KIND RUN_OR_SWEEP... --out FILE.png|pdf|svg [--key KEY ...] [--threshold T ...]
 
 Exit codes: 0 finished, 1 the run failed or diverged, 2 invalid config, arguments or output
-directory (nothing was trained).
+directory (nothing was trained), or a run or sweep file that cannot be read or written safely
+(a one-line message naming the file).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from .analysis import DEFAULT_THRESHOLDS
 from .data import CorruptDatasetError, DatasetNotFoundError
 from .experiments import list_presets, load_config, run
 from .experiments.runner import EVAL_MEASURE, PRESETS_DIR
+from .records import inside
 from .tracking.store import (
     RunStoreError,
     export,
@@ -170,7 +172,7 @@ def summarize(run_dir: str | Path) -> list[tuple[str, str]]:
         rows.append(("last mini-batch loss", _fmt(summary["last_loss"])))
     for key, label in (("lambda_K_1", "max lambda_K^1"), ("lambda_H_1", "max lambda_H^1")):
         found = [(r["values"][key], r["step"]) for r in records if key in r.get("values", {})]
-        found = [(v, s) for v, s in found if v is not None and not math.isnan(v)]
+        found = [(v, s) for v, s in found if isinstance(v, (int, float)) and not math.isnan(v)]
         if found:
             v, s = max(found)
             rows.append((label, f"{_fmt(v)} (step {s})"))
@@ -359,7 +361,7 @@ def _thresholds(text: str) -> list[float]:
 def _report(args: argparse.Namespace) -> int:
     from .plotting import report
 
-    out = args.out or str(Path(args.paths[0]) / "report.html")
+    out = args.out or inside(args.paths[0], "report.html")
     print(report(args.paths, out, thresholds=_thresholds(args.thresholds)))
     return 0
 

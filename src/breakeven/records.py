@@ -5,6 +5,17 @@ The layout of a run directory and the format of a record are described in
 a tidy pandas DataFrame; :func:`export` writes it to TensorBoard event files (needs the
 ``tensorboard`` package), Parquet (needs pyarrow) or CSV, and :func:`write_records` writes any
 such table (e.g. a sweep's, from :func:`breakeven.analysis.read_runs`).
+
+Every reader here (:func:`read_records`, :func:`read_config`, :func:`read_summary`,
+:func:`read_status`, :func:`read_sweep_spec`, :func:`load_run`) raises
+:class:`RunFileError` naming the file (and the line of ``records.jsonl``) when a file is not
+a regular file (a FIFO or a device is refused without blocking), not UTF-8, not JSON, or JSON
+of the wrong shape; a missing run directory is a ``FileNotFoundError``.
+
+Every file the tool writes goes through the helpers of the section "safe files": paths made
+with :func:`inside` (one plain name per part, no symbolic link on the way), files opened with
+:func:`open_for_writing` (never through a symbolic link) and replaced with
+:func:`atomic_write`, JSON written with :func:`to_json` (strict JSON: no bare ``NaN``).
 """
 
 from __future__ import annotations
@@ -13,24 +24,36 @@ import base64
 import json
 import math
 import os
-from collections.abc import Iterable
+import stat
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 __all__ = [
     "COLUMNS",
     "EVAL_MEASURE",
     "EXPORT_FORMATS",
+    "MAX_NAME_BYTES",
     "SWEEP_FILE",
+    "RunFileError",
+    "RunStoreError",
+    "UnsafePathError",
+    "atomic_write",
     "decode_array",
     "default_export_path",
     "export",
+    "inside",
     "load_run",
+    "name_problem",
+    "open_for_reading",
+    "open_for_writing",
     "read_config",
     "read_records",
     "read_status",
     "read_summary",
+    "read_sweep_spec",
     "short_key",
+    "to_json",
     "write_records",
 ]
 
@@ -53,43 +76,388 @@ def short_key(key: str) -> str:
     return key.rsplit(".", 1)[-1]
 
 
+# ------------------------------------------------------------------ errors
+
+
+class RunStoreError(Exception):
+    """A run or sweep directory cannot be used (the message names the file, says why and what
+    to do)."""
+
+
+class RunFileError(RunStoreError, ValueError):
+    """A file of a run or sweep directory cannot be read: it is not a regular file, cannot be
+    opened, is not UTF-8, not JSON, or JSON of the wrong shape. The message names the file
+    (and the line of ``records.jsonl``)."""
+
+
+class UnsafePathError(RunStoreError, ValueError):
+    """A path the tool would write is not a plain name inside its directory, or is (or passes
+    through) a symbolic link or a file that is not a regular file."""
+
+
+# ------------------------------------------------------------------ safe files
+
+#: The longest name of a run, a sweep or a file the tool creates from user input (bytes of
+#: UTF-8; file systems allow 255, and ``-<hash>`` or ``.tmp`` may be appended).
+MAX_NAME_BYTES = 200
+NAME_RULE = (
+    f"a name is 1 to {MAX_NAME_BYTES} bytes (UTF-8), not '.' or '..', without '/', '\\', "
+    "NUL or other control characters"
+)
+
+
+def name_problem(name: Any) -> str | None:
+    """Why ``name`` cannot be one file or directory name that the tool creates (a run name, a
+    sweep's name or run names, a part of :func:`inside`), ending with what is allowed; None
+    when it can."""
+    if not isinstance(name, str) or not name:
+        why = f"it is {'empty' if name == '' else 'not a string'}"
+    elif len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+        why = f"it is {len(name.encode('utf-8', 'surrogatepass'))} bytes long"
+    elif name in (".", ".."):
+        why = "it names a directory itself"
+    elif bad := sorted({c for c in name if c in "/\\" or ord(c) < 32 or ord(c) == 127}):
+        why = f"it contains {', '.join(map(repr, bad))}"
+    else:
+        return None
+    return f"{why}; {NAME_RULE}"
+
+
+def inside(root: str | os.PathLike, *parts: str) -> Path:
+    """``root/part/...``, checked to be a path the tool may write inside ``root``: each part is
+    one plain name (:func:`name_problem`), and no part that exists is a symbolic link (a link
+    planted in a run or sweep directory would send the writes elsewhere). ``root`` itself is
+    the user's choice and may be a link. Raises :class:`UnsafePathError`."""
+    path = Path(root)
+    for part in parts:
+        why = name_problem(part)
+        if why is not None:
+            raise UnsafePathError(
+                f"{'/'.join(map(str, parts))!r} does not name a subdirectory or file inside "
+                f"{root}: {why}"
+            )
+        path = path / part
+        if path.is_symlink():
+            raise UnsafePathError(
+                f"{path} is a symbolic link; the tool never writes through links in a run or "
+                "sweep directory: remove it, or use another output directory"
+            )
+    return path
+
+
+def _refused(path: Path, error: OSError) -> None:
+    """Raise UnsafePathError when ``path`` could not be opened because it is a symbolic link
+    or not a regular file (a FIFO with no reader, a socket)."""
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:
+        return
+    if stat.S_ISLNK(mode):
+        raise UnsafePathError(
+            f"{path} is a symbolic link; the tool never writes through links: remove it, or "
+            "use another output directory"
+        ) from error
+    if not stat.S_ISREG(mode):
+        raise UnsafePathError(f"{path} is not a regular file: remove it") from error
+
+
+def open_for_writing(path: str | os.PathLike, *, append: bool = False) -> BinaryIO:
+    """``path`` opened for writing, never through a symbolic link and never blocking.
+
+    ``append=False``: a new, empty file, opened write-only: whatever is at ``path`` is removed
+    first (``unlink`` removes a link itself, never its target), then the file is created
+    exclusively (``O_CREAT | O_EXCL | O_NOFOLLOW``). ``append=True``: the file opened to read
+    and append (created if missing); a symbolic link, a FIFO, a device or a directory there is
+    refused. Either refusal raises :class:`UnsafePathError`."""
+    path = Path(path)
+    nofollow = getattr(os, "O_NOFOLLOW", 0)
+    if append:
+        flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | nofollow | getattr(os, "O_NONBLOCK", 0)
+    else:
+        path.unlink(missing_ok=True)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | nofollow
+    try:
+        fd = os.open(path, flags, 0o666)
+    except OSError as e:
+        _refused(path, e)
+        raise
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise UnsafePathError(f"{path} is not a regular file: remove it")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "a+b" if append else "wb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # some platforms cannot open directories
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> Path:
+    """Write ``path`` through ``write(file)`` on a new ``<path>.tmp``
+    (:func:`open_for_writing`), fsync, then rename it over ``path`` (which replaces a symbolic
+    link at ``path`` itself, never its target): a reader sees the old or the new file, never a
+    mix. On an error the temporary file is removed and the error raised. Returns ``path``."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open_for_writing(tmp) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def _encode(x: Any) -> Any:
+    if isinstance(x, float) and not math.isfinite(x):
+        return None if math.isnan(x) else ("inf" if x > 0 else "-inf")
+    if isinstance(x, dict):
+        return {k: _encode(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_encode(v) for v in x]
+    return x
+
+
+def to_json(obj: Any, **kwargs: Any) -> str:
+    """``obj`` as strict JSON (``json.dumps(..., allow_nan=False)`` with ``kwargs``): a NaN
+    float is written ``null``, +inf and -inf the strings ``"inf"`` and ``"-inf"`` (the
+    readers turn them back into floats where numbers belong)."""
+    return json.dumps(_encode(obj), allow_nan=False, **kwargs)
+
+
+_NON_FINITE = {"inf": math.inf, "-inf": -math.inf}  # how to_json writes them
+
+
+def open_for_reading(path: str | os.PathLike) -> BinaryIO | None:
+    """``path`` opened to read (symbolic links followed), or None when there is no such file;
+    never blocks: a FIFO, a device or a directory raises :class:`RunFileError`, as does a
+    file that cannot be opened."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as e:
+        raise RunFileError(f"{path} cannot be read: {e.strerror or e}") from e
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise RunFileError(
+                f"{path} is not a regular file (a FIFO, a device or a directory): remove it"
+            )
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _read_bytes(path: Path) -> bytes | None:
+    f = open_for_reading(path)
+    if f is None:
+        return None
+    with f:
+        try:
+            return f.read()
+        except OSError as e:
+            raise RunFileError(f"{path} cannot be read: {e.strerror or e}") from e
+
+
+def _decode_text(data: bytes, where: str) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise RunFileError(f"{where}, line {line}: not UTF-8 text ({e.reason})") from e
+
+
+def _parse_json(text: str, where: str) -> Any:
+    """JSON (bare NaN and Infinity of older runs accepted) or a RunFileError naming ``where``."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise RunFileError(f"{where}, line {e.lineno}: not valid JSON ({e.msg})") from e
+    except RecursionError as e:
+        raise RunFileError(f"{where}: JSON nested too deeply to read") from e
+
+
+def _read_json(path: Path) -> Any:
+    """The JSON content of ``path`` (None when there is no such file)."""
+    data = _read_bytes(path)
+    return None if data is None else _parse_json(_decode_text(data, str(path)), str(path))
+
+
+_KINDS = {  # JSON kind: (how messages name it, test)
+    "null": ("null", lambda x: x is None),
+    "boolean": ("a boolean", lambda x: isinstance(x, bool)),
+    "integer": ("an integer", lambda x: isinstance(x, int) and not isinstance(x, bool)),
+    "number": ("a number", lambda x: isinstance(x, (int, float)) and not isinstance(x, bool)),
+    "string": ("a string", lambda x: isinstance(x, str)),
+    "list": ("a list", lambda x: isinstance(x, list)),
+    "object": ("an object", lambda x: isinstance(x, dict)),
+}
+
+
+def _checked(where: str, what: str, x: Any, allowed: str) -> Any:
+    """``x`` when it is of one of the ``allowed`` kinds (keys of ``_KINDS`` joined by "|"; a
+    number may be encoded as "inf" or "-inf", returned as a float), else a RunFileError
+    naming ``where`` and ``what``."""
+    kinds = allowed.split("|")
+    if "number" in kinds and isinstance(x, str) and x in _NON_FINITE:
+        return _NON_FINITE[x]
+    if any(_KINDS[k][1](x) for k in kinds):
+        return x
+    names = [_KINDS[k][0] for k in kinds]
+    expected = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+    found = next(name for name, test in _KINDS.values() if test(x))
+    raise RunFileError(f"{where}: {what} must be {expected}, not {found}")
+
+
+def _fields(
+    where: str, obj: Any, fields: dict[str, str], what: str = "the content", prefix: str = ""
+) -> dict:
+    """``obj`` checked to be an object whose ``fields`` (name: allowed kinds), where present,
+    are of those kinds, with encoded non-finite numbers decoded; errors name ``where`` and
+    ``what`` (or ``prefix`` + the field)."""
+    _checked(where, what, obj, "object")
+    for name, allowed in fields.items():
+        if name in obj:
+            obj[name] = _checked(where, prefix + name, obj[name], allowed)
+    return obj
+
+
 def read_status(path: str | os.PathLike) -> str | None:
     """The status of the run in ``path`` (None if it has none)."""
     p = Path(path) / STATUS
-    return p.read_text().strip() if p.exists() else None
+    data = _read_bytes(p)
+    return None if data is None else _decode_text(data, str(p)).strip()
 
 
 def read_config(path: str | os.PathLike) -> dict[str, Any]:
-    """The resolved config of the run in ``path``."""
+    """The resolved config of the run in ``path``: a JSON object whose ``train``, ``track`` and
+    ``run``, where present, are objects."""
     p = Path(path) / CONFIG
-    if not p.exists():
+    config = _read_json(p)
+    if config is None:
         raise FileNotFoundError(f"{path} is not a run directory: it has no {CONFIG}")
-    return json.loads(p.read_text())
+    tables = {"name": "string", "train": "object", "track": "object", "run": "object"}
+    return _fields(str(p), config, tables)
+
+
+#: The fields of summary.json that readers use, and their kinds.
+SUMMARY_FIELDS = {
+    "status": "string|null",
+    "steps": "integer|null",
+    "seconds": "number|null",
+    "last_loss": "number|null",
+    "final": "object|null",
+}
 
 
 def read_summary(path: str | os.PathLike) -> dict[str, Any] | None:
-    """summary.json of a run that ended, else None."""
+    """summary.json of a run that ended, else None. ``seconds`` and ``last_loss`` are floats
+    or None (a NaN loss was written as ``null``)."""
     p = Path(path) / SUMMARY
-    return json.loads(p.read_text()) if p.exists() else None
+    summary = _read_json(p)
+    return None if summary is None else _fields(str(p), summary, SUMMARY_FIELDS)
+
+
+def read_sweep_spec(path: str | os.PathLike) -> dict[str, Any]:
+    """The ``sweep.json`` of a sweep directory (see :mod:`breakeven.analysis.runs`): ``grid``
+    an object, ``seeds``, ``notes`` and ``runs`` lists, each run an object whose ``name`` is
+    one plain name (:func:`name_problem`) and ``params`` an object."""
+    p = Path(path) / SWEEP_FILE
+    spec = _read_json(p)
+    if spec is None:
+        raise FileNotFoundError(f"{path} is not a sweep directory: it has no {SWEEP_FILE}")
+    where = str(p)
+    _fields(where, spec, {"grid": "object", "seeds": "list", "notes": "list", "runs": "list"})
+    for note in spec.get("notes", []):
+        _checked(where, "each of notes", note, "string")
+    for i, run in enumerate(spec.get("runs", [])):
+        what = f"runs[{i}]"
+        _fields(where, run, {"params": "object", "seed": "integer|null"}, what, f"{what}.")
+        why = name_problem(run.get("name"))
+        if why is not None:
+            raise RunFileError(f"{where}: {what}.name={run.get('name')!r} is invalid: {why}")
+    return spec
+
+
+#: The fields of a record and their kinds (``values`` is checked entry by entry).
+RECORD_FIELDS = {
+    "step": "integer",
+    "epoch": "number|null",
+    "measure": "string",
+    "values": "object",
+    "seconds": "number|null",
+    "matvecs": "integer|null",
+    "arrays": "object|null",
+}
+
+
+def _value(x: Any, where: str, key: str) -> Any:
+    """A record's value: numbers and booleans as they are, null as NaN, "inf"/"-inf" as
+    floats, lists element by element."""
+    if isinstance(x, list):
+        return [_value(v, where, key) for v in x]
+    if isinstance(x, bool):
+        return x
+    x = _checked(where, f"values[{key!r}]", x, "number|null|list")
+    return math.nan if x is None else x
+
+
+def _record(r: Any, where: str) -> dict[str, Any]:
+    _fields(where, r, RECORD_FIELDS, "a record")
+    for name in ("step", "measure", "values"):
+        if name not in r:
+            raise RunFileError(f"{where}: a record must have {name!r}")
+    r["values"] = {k: _value(v, where, k) for k, v in r["values"].items()}
+    return r
 
 
 def read_records(path: str | os.PathLike) -> list[dict[str, Any]]:
     """The complete records of the run in ``path``, in order. An incomplete last line (a
     kill or a full disk during a write) is ignored; a malformed complete line raises
-    ``ValueError`` naming it."""
+    :class:`RunFileError` (a ``ValueError``) naming the file and the line.
+
+    Values read back as numbers (``null`` as NaN, ``"inf"``/``"-inf"`` as +/-inf; bare
+    ``NaN``/``Infinity`` of older runs are accepted), booleans, or lists of them."""
     p = Path(path) / RECORDS
-    if not p.exists():
+    data = _read_bytes(p)
+    if data is None:
         if not (Path(path) / CONFIG).exists():
             raise FileNotFoundError(f"{path} is not a run directory: it has no {CONFIG}")
         return []
-    data = p.read_bytes()
     lines = data.split(b"\n")[:-1]  # the piece after the last newline is incomplete or empty
     out = []
     for i, line in enumerate(lines, 1):
+        where = f"{p}, line {i}"
         try:
-            out.append(json.loads(line))
-        except ValueError as e:
-            raise ValueError(f"{p}, line {i}: not a JSON record ({e})") from e
+            record = json.loads(line.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            raise RunFileError(f"{where}: not UTF-8 text ({e.reason})") from e
+        except json.JSONDecodeError as e:
+            raise RunFileError(f"{where}: not a JSON record ({e})") from e
+        except RecursionError as e:
+            raise RunFileError(f"{where}: not a JSON record (nested too deeply)") from e
+        out.append(_record(record, where))
     return out
 
 
@@ -142,9 +510,10 @@ EXPORT_FORMATS = ("tensorboard", "parquet", "csv")
 
 def default_export_path(path: str | os.PathLike, to: str) -> Path:
     """Where :func:`export` writes by default: ``<path>/records.parquet``,
-    ``<path>/records.csv`` or the directory ``<path>/tensorboard/``."""
+    ``<path>/records.csv`` or the directory ``<path>/tensorboard/`` (checked with
+    :func:`inside`: a symbolic link there raises :class:`UnsafePathError`)."""
     _check_format(to)
-    return Path(path) / ("tensorboard" if to == "tensorboard" else f"records.{to}")
+    return inside(path, "tensorboard" if to == "tensorboard" else f"records.{to}")
 
 
 def _check_format(to: str) -> None:
@@ -184,14 +553,16 @@ def write_records(records: Any, to: str, out: str | os.PathLike) -> Path:
     ``evaluation/val_loss``), at ``global_step = step``. TensorBoard stores each value as a
     float32 (NaN stays NaN). Event files left in ``out/<run>/`` by an earlier export are
     removed first, so exporting again replaces the series instead of doubling them.
+    Files are written with :func:`atomic_write` (never through a symbolic link), and each
+    run's subdirectory is checked with :func:`inside`.
     """
     _check_format(to)
     _require(to)
     target = Path(out)
     if to == "parquet":
-        records.to_parquet(target, index=False)
+        atomic_write(target, lambda f: records.to_parquet(f, index=False))
     elif to == "csv":
-        records.to_csv(target, index=False)
+        atomic_write(target, lambda f: records.to_csv(f, index=False))
     else:
         _write_tensorboard(records, target)
     return target
@@ -202,9 +573,7 @@ def _write_tensorboard(records: Any, out: Path) -> None:
 
     out.mkdir(parents=True, exist_ok=True)
     for run, frame in records.groupby("run", sort=False):
-        run_dir = out / str(run)
-        if run_dir.resolve() == out.resolve() or out.resolve() not in run_dir.resolve().parents:
-            raise ValueError(f"run name {run!r} does not name a subdirectory of {out}")
+        run_dir = inside(out, *str(run).split("/"))  # "<sweep>/<run>" for several sweeps
         run_dir.mkdir(parents=True, exist_ok=True)
         for old in run_dir.glob("events.out.tfevents.*"):
             old.unlink()

@@ -12,27 +12,26 @@ directory per run under ``runs/``::
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..records import CONFIG, SWEEP_FILE, load_run, read_config, read_status, short_key
+from ..records import (
+    CONFIG,
+    SWEEP_FILE,
+    load_run,
+    read_config,
+    read_status,
+    read_sweep_spec,
+    short_key,
+)
 
 __all__ = ["SWEEP_FILE", "Runs", "read_runs", "read_sweep_spec", "short_key"]
 
 #: TrainConfig fields copied into every row of :attr:`Runs.table`.
 TRAIN_COLUMNS = ("model", "dataset", "lr", "batch_size", "momentum", "n_train", "init_seed")
-
-
-def read_sweep_spec(path: str | os.PathLike) -> dict[str, Any]:
-    """The ``sweep.json`` of a sweep directory."""
-    p = Path(path) / SWEEP_FILE
-    if not p.exists():
-        raise FileNotFoundError(f"{path} is not a sweep directory: it has no {SWEEP_FILE}")
-    return json.loads(p.read_text())
 
 
 @dataclass

@@ -34,7 +34,7 @@ import torch
 
 from ..data import Dataset
 from ..operators.base import world_and_rank
-from ..records import EVAL_MEASURE
+from ..records import EVAL_MEASURE, inside, name_problem
 from ..tracking import MEASURES, build_tracker
 from ..tracking.store import (
     DEFAULT_MIN_FREE_BYTES,
@@ -249,8 +249,9 @@ def resolve_config(config: Mapping[str, Any]) -> RunConfig:
             f"run.checkpoint_every={ce!r} is invalid: must be an integer >= 0 (steps; 0: none)"
         )
     name = config.get("name", "run")
-    if not isinstance(name, str) or not name or "/" in name:
-        raise ConfigError(f"name={name!r} is invalid: must be a non-empty string without '/'")
+    why = name_problem(name)  # it names the output folder runs/<name>
+    if why is not None:
+        raise ConfigError(f"name={name!r} is invalid: {why}")
     try:
         train_cfg = TrainConfig.from_dict(config.get("train", {}))
     except (ConfigError, TypeError) as e:  # TypeError: e.g. a table where a value was expected
@@ -260,12 +261,14 @@ def resolve_config(config: Mapping[str, Any]) -> RunConfig:
 
 def default_out_dir(config: Mapping[str, Any], overrides: Sequence[str] = ()) -> Path:
     """``runs/<name>``, plus a short hash of the overrides when there are any (so that the
-    same command always resumes the same run)."""
+    same command always resumes the same run). Checked with :func:`breakeven.records.inside`:
+    a name that is not one plain name, or a symbolic link there, raises
+    :class:`~breakeven.records.UnsafePathError`."""
     name = config.get("name", "run")
     if not overrides:
-        return Path("runs") / name
+        return inside("runs", name)
     digest = hashlib.sha1("\n".join(overrides).encode()).hexdigest()[:8]
-    return Path("runs") / f"{name}-{digest}"
+    return inside("runs", f"{name}-{digest}")
 
 
 @dataclass

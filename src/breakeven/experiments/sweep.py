@@ -33,7 +33,15 @@ from pathlib import Path
 from typing import Any
 
 from ..data import CorruptDatasetError, DatasetNotFoundError
-from ..records import SWEEP_FILE, short_key
+from ..records import (
+    SWEEP_FILE,
+    atomic_write,
+    inside,
+    name_problem,
+    read_sweep_spec,
+    short_key,
+    to_json,
+)
 from ..tracking import build_tracker
 from ..train import ConfigError, TrainConfig
 from .runner import (
@@ -101,13 +109,16 @@ class SweepPlan:
         }
 
 
+GRID_TABLES = ("train", "track", "run")  # the tables a grid key may set
+
+
 def _normalise_key(key: str) -> str:
-    if "." not in key:
-        if key in TrainConfig.__dataclass_fields__:
-            return f"train.{key}"
+    if "." not in key and key in TrainConfig.__dataclass_fields__:
+        return f"train.{key}"
+    if key.split(".")[0] not in GRID_TABLES or "." not in key:
         raise ConfigError(
-            f"grid key {key!r} is unknown: use train.<key> or track.<measure>.<option>, or a "
-            f"bare key of {sorted(TrainConfig.__dataclass_fields__)}"
+            f"grid key {key!r} is unknown: use train.<key>, track.<measure>.<option> or "
+            f"run.<key>, or a bare key of {sorted(TrainConfig.__dataclass_fields__)}"
         )
     return key
 
@@ -170,6 +181,9 @@ def plan_sweep(
     if not isinstance(workers, int) or workers < 1:
         raise ConfigError(f"workers={workers!r} is invalid: must be an integer >= 1")
     base = apply_overrides(apply_scale(raw, scale), overrides)
+    why = name_problem(f"{name}-{scale or FULL}")  # the default directory runs/sweeps/<this>
+    if why is not None:
+        raise ConfigError(f"name={name!r} with scale {scale or FULL!r} is invalid: {why}")
     notes = []
     fixed: dict[str, Any] = {}
     shorts = [short_key(k) for k in grid]
@@ -209,6 +223,13 @@ def plan_sweep(
             run_name = f"{label}_seed={seed}" if label else f"seed={seed}"
             runs.append(SweepRun(run_name, params, seed, cfg))
     names = [r.name for r in runs]
+    for run_name in names:  # each names a directory <out>/runs/<name>
+        why = name_problem(run_name)
+        if why is not None:
+            raise ConfigError(
+                f"the grid makes the run name {run_name!r}, which is invalid: {why}; the run "
+                "names are <last part of each grid key>=<value>_seed=<seed>"
+            )
     if len(set(names)) != len(names):
         raise ConfigError("two runs of this grid get the same name; use distinct grid values")
     return SweepPlan(name, scale or FULL, grid, seed_list, list(overrides), notes, runs, threads)
@@ -256,23 +277,22 @@ def run_one(
 
 def _write_spec(path: Path, spec: dict[str, Any]) -> None:
     path.mkdir(parents=True, exist_ok=True)
-    target = path / SWEEP_FILE
+    target = inside(path, SWEEP_FILE)
     if target.exists():
-        old = json.loads(target.read_text())
+        old = read_sweep_spec(path)
+        written = json.loads(to_json(spec))  # compared as it reads back
         keys = ("preset", "scale", "grid", "seeds", "overrides")
-        diff = [k for k in keys if old.get(k) != spec[k]]
+        diff = [k for k in keys if old.get(k) != written[k]]
         if diff:
             raise ConfigError(
                 f"{path} holds another sweep (differing: {', '.join(diff)}); use another --out"
             )
-    tmp = target.with_name(SWEEP_FILE + ".tmp")
-    tmp.write_text(json.dumps(spec, indent=1) + "\n")
-    os.replace(tmp, target)
+    atomic_write(target, lambda f: f.write((to_json(spec, indent=1) + "\n").encode()))
 
 
 def default_sweep_dir(plan: SweepPlan) -> Path:
-    """``runs/sweeps/<preset>-<scale>``."""
-    return Path("runs") / "sweeps" / f"{plan.preset}-{plan.scale}"
+    """``runs/sweeps/<preset>-<scale>`` (checked with :func:`breakeven.records.inside`)."""
+    return inside("runs", "sweeps", f"{plan.preset}-{plan.scale}")
 
 
 def sweep(
@@ -311,10 +331,12 @@ def sweep(
             preset, grid=grid, seeds=seeds, scale=scale, overrides=overrides, workers=workers
         )
     path = Path(out) if out is not None else default_sweep_dir(plan)
-    _write_spec(path, plan.spec())
+    # absolute (workers may start elsewhere) without resolving links: inside() refuses them
     jobs = [
-        (r.name, r.config, str((path / "runs" / r.name).resolve()), plan.threads) for r in plan.runs
+        (r.name, r.config, os.path.abspath(inside(path, "runs", r.name)), plan.threads)
+        for r in plan.runs
     ]
+    _write_spec(path, plan.spec())
     results: dict[str, tuple[str, float]] = {}
     outcome = SweepOutcome(path)
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..analysis import Runs
+from ..records import atomic_write
 from ._data import RunsLike, as_runs, keys_of, missing, predictions, resolve
 from .embedding import MIN_POINTS, plot_embedding
 from .figures import (
@@ -166,9 +167,11 @@ def plot(
 ) -> Path:
     """Draw the figure ``kind`` (a key of :data:`FIGURES`) of run and sweep directories (or a
     :class:`~breakeven.analysis.Runs`) and write it to ``out``, as PNG, PDF or SVG by its
-    extension; returns the path written. ``keys``: the keys of ``trajectories``, the colour
-    key of ``embedding``, the key of ``m1-vs-m128`` (other kinds take none). ``options`` go
-    to the figure function (``ValueError`` for one it does not take)."""
+    extension (atomically, never through a symbolic link: see
+    :func:`breakeven.records.atomic_write`); returns the path written. ``keys``: the keys of
+    ``trajectories``, the colour key of ``embedding``, the key of ``m1-vs-m128`` (other kinds
+    take none). ``options`` go to the figure function (``ValueError`` for one it does not
+    take)."""
     if kind not in FIGURES:
         raise ValueError(f"unknown figure kind {kind!r}: choose from {', '.join(FIGURES)}")
     fmt = _format(out)
@@ -187,5 +190,5 @@ def plot(
     fig = func(as_runs(runs), **options)
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format=fmt, dpi=dpi)
+    atomic_write(path, lambda f: fig.savefig(f, format=fmt, dpi=dpi))
     return path

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..analysis import DEFAULT_THRESHOLDS, break_even_points, verdicts
+from ..records import atomic_write
 from ._data import RunsLike, as_runs
 from .api import FIGURES, available_figures
 
@@ -96,9 +97,10 @@ def report(
     title: str | None = None,
 ) -> Path:
     """Write the HTML report of run and sweep directories (or a :class:`~breakeven.analysis.Runs`)
-    to ``out`` and return its path. Figures that the records do not allow are listed with the
-    reason and the setting that would measure them; a figure that fails to draw is listed
-    with its error instead of stopping the report."""
+    to ``out`` (atomically, never through a symbolic link: see
+    :func:`breakeven.records.atomic_write`) and return its path. Figures that the records do
+    not allow are listed with the reason and the setting that would measure them; a figure
+    that fails to draw is listed with its error instead of stopping the report."""
     runs = as_runs(paths)
     names = ", ".join(sorted({str(s.get("preset")) for s in runs.sweeps})) or ", ".join(
         runs.table["run"]
@@ -170,7 +172,4 @@ def report(
     )
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda f: f.write(page.encode("utf-8")))

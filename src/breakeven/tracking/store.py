@@ -11,8 +11,18 @@ Layout of a run directory::
     lock            held (``flock``) by the process writing the run; a second one is refused
 
 A record is a dict ``{"step", "epoch", "measure", "values": {key: float}, "seconds",
-"matvecs"}``. Atomic files are written to ``<name>.tmp``, fsynced, then ``os.replace``\\d,
-so a reader sees the old or the new file, never a mix. A kill during an append can leave
+"matvecs"}``. The JSON files are strict JSON: a NaN is written ``null`` and +inf/-inf the
+strings ``"inf"``/``"-inf"``; the readers give a record's values back as floats (``null`` as
+NaN), and ``seconds``/``last_loss`` of summary.json as floats or None. Bare ``NaN`` of runs
+written by earlier versions still reads. Atomic files are written to a new ``<name>.tmp``,
+fsynced, then ``os.replace``\\d, so a reader sees the old or the new file, never a mix.
+
+Nothing is written through a symbolic link: every path is made with
+:func:`breakeven.records.inside` (a link where a file of the run goes is refused with
+:class:`~breakeven.records.UnsafePathError`), files are opened with ``O_NOFOLLOW`` and
+temporary files created with ``O_EXCL`` (:func:`breakeven.records.open_for_writing`). A
+reader that meets a malformed file raises :class:`~breakeven.records.RunFileError` (a
+:class:`RunStoreError`) naming the file and line. A kill during an append can leave
 an incomplete last line in ``records.jsonl``: readers ignore it, and :meth:`RunStore.open`
 cuts the file back to the records counted in the checkpoint (so a resumed run neither loses
 nor duplicates a record).
@@ -39,12 +49,20 @@ from ..records import (
     RECORDS,
     STATUS,
     SUMMARY,
+    RunFileError,
+    RunStoreError,
+    UnsafePathError,
+    atomic_write,
     export,
+    inside,
     load_run,
+    open_for_reading,
+    open_for_writing,
     read_config,
     read_records,
     read_status,
     read_summary,
+    to_json,
 )
 
 try:
@@ -56,13 +74,16 @@ except ImportError:  # pragma: no cover - not POSIX: no lock
 #: are well below this (the MLP's is 2 MB, ResNet-32's 4 MB).
 DEFAULT_MIN_FREE_BYTES = 64 * 2**20
 FORMAT_VERSION = 1
+RUN_FILES = (CONFIG, RECORDS, STATUS, CHECKPOINT, SUMMARY, MODEL, "lock")
 
 __all__ = [
     "DEFAULT_MIN_FREE_BYTES",
     "ConfigMismatchError",
     "OutputDirError",
+    "RunFileError",
     "RunStore",
     "RunStoreError",
+    "UnsafePathError",
     "config_diff",
     "export",
     "load_run",
@@ -71,10 +92,6 @@ __all__ = [
     "read_status",
     "read_summary",
 ]
-
-
-class RunStoreError(Exception):
-    """A run directory cannot be used (the message says why and what to do)."""
 
 
 class OutputDirError(RunStoreError, OSError):
@@ -95,32 +112,10 @@ class ConfigMismatchError(RunStoreError, ValueError):
 # ------------------------------------------------------------------ atomic writes
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # some platforms cannot open directories
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _atomic_write(path: Path, write: Any) -> None:
-    """Write ``path`` through ``write(file)`` on ``path.tmp``, fsync, then rename over it."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+    """Write ``path`` through ``write(file)`` on a new ``path.tmp``, fsync, then rename over
+    it: :func:`breakeven.records.atomic_write`, the one implementation."""
+    atomic_write(path, write)
 
 
 def _atomic_text(path: Path, text: str) -> None:
@@ -176,16 +171,24 @@ class RunStore:
 
     # -- checks and opening
 
+    def _where(self, name: str) -> Path:
+        """The path of the run's file ``name``, refused if it is a symbolic link."""
+        return inside(self.path, name)
+
     def check_writable(self) -> None:
         """Create the directory and raise :class:`OutputDirError` if it cannot be written
-        or its disk has less than ``min_free_bytes`` free."""
+        or its disk has less than ``min_free_bytes`` free, :class:`UnsafePathError` if one of
+        the run's files is a symbolic link."""
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise OutputDirError(f"cannot create the run directory {self.path}: {e}") from e
+        for name in RUN_FILES:  # a planted link would send a write elsewhere: refuse it now
+            self._where(name)
         probe = self.path / ".write-test"
         try:
-            probe.write_bytes(b"ok")
+            with open_for_writing(probe) as f:  # replaces whatever is there, never follows it
+                f.write(b"ok")
             probe.unlink()
         except OSError as e:
             raise OutputDirError(f"the run directory {self.path} is not writable: {e}") from e
@@ -213,20 +216,20 @@ class RunStore:
         self.check_writable()
         self._acquire_lock()
         try:
-            cfg = _plain(config)
-            cfg_path = self.path / CONFIG
+            cfg = json.loads(to_json(_plain(config)))  # as it reads back (NaN as null)
+            cfg_path = self._where(CONFIG)
             if cfg_path.exists():
                 saved = read_config(self.path)
                 keys = config_diff(saved, cfg)
                 if keys:
                     raise ConfigMismatchError(self.path, keys)
             else:
-                _atomic_text(cfg_path, json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+                _atomic_text(cfg_path, to_json(cfg, indent=2, sort_keys=True) + "\n")
             for stale in self.path.glob("*.tmp"):  # a kill during an atomic write
                 stale.unlink()
             checkpoint = self.load_checkpoint()
             self._truncate_records(checkpoint["n_records"] if checkpoint else 0)
-            self._file = open(self.path / RECORDS, "ab")
+            self._file = open_for_writing(self._where(RECORDS), append=True)
             self.set_status("running")
         except BaseException:
             self.close()
@@ -236,7 +239,7 @@ class RunStore:
     def _acquire_lock(self) -> None:
         if fcntl is None or self._lock is not None:
             return
-        lock = open(self.path / "lock", "a+b")
+        lock = open_for_writing(self._where("lock"), append=True)
         try:
             fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
@@ -249,19 +252,20 @@ class RunStore:
 
     def _truncate_records(self, keep: int) -> None:
         """Keep the first ``keep`` complete lines of records.jsonl, drop everything after."""
-        path = self.path / RECORDS
-        data = path.read_bytes() if path.exists() else b""
-        offset, count = 0, 0
-        while count < keep:
-            end = data.find(b"\n", offset)
-            if end < 0:
-                raise RunStoreError(
-                    f"{path} has {count} complete records, but the checkpoint counts {keep}: "
-                    "the file was changed or lost; start the run in a new directory"
-                )
-            offset, count = end + 1, count + 1
-        if offset != len(data):
-            with open(path, "r+b") as f:
+        path = self._where(RECORDS)
+        with open_for_writing(path, append=True) as f:  # never a link, a FIFO or a device
+            f.seek(0)
+            data = f.read()
+            offset, count = 0, 0
+            while count < keep:
+                end = data.find(b"\n", offset)
+                if end < 0:
+                    raise RunStoreError(
+                        f"{path} has {count} complete records, but the checkpoint counts "
+                        f"{keep}: the file was changed or lost; start the run in a new directory"
+                    )
+                offset, count = end + 1, count + 1
+            if offset != len(data):
                 f.truncate(offset)
                 f.flush()
                 os.fsync(f.fileno())
@@ -275,7 +279,7 @@ class RunStore:
         is raised."""
         if self._file is None:
             raise RunStoreError("append() before open()")
-        line = (json.dumps(_plain(record), sort_keys=True) + "\n").encode()
+        line = (to_json(_plain(record), sort_keys=True) + "\n").encode()
         f = self._file
         offset = f.tell()
         try:
@@ -295,15 +299,17 @@ class RunStore:
         """Write ``state`` plus ``n_records`` (records written so far) to checkpoint.pt,
         atomically."""
         full = {**state, "n_records": self.n_records_, "format_version": FORMAT_VERSION}
-        _atomic_write(self.path / CHECKPOINT, lambda f: torch.save(full, f))
+        _atomic_write(self._where(CHECKPOINT), lambda f: torch.save(full, f))
 
     def load_checkpoint(self) -> dict[str, Any] | None:
         """The last checkpoint, or None."""
         path = self.path / CHECKPOINT
-        if not path.exists():
+        f = open_for_reading(path)
+        if f is None:
             return None
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            with f:
+                state = torch.load(f, map_location="cpu", weights_only=True)
         except Exception as e:
             raise RunStoreError(f"{path} is not a readable checkpoint: {e}") from e
         if state.get("format_version") != FORMAT_VERSION:
@@ -314,7 +320,7 @@ class RunStore:
 
     def set_status(self, status: str) -> None:
         """Write the status file atomically (one line)."""
-        _atomic_text(self.path / STATUS, status.replace("\n", " ").strip() + "\n")
+        _atomic_text(self._where(STATUS), status.replace("\n", " ").strip() + "\n")
 
     def finish(
         self, status: str, summary: Mapping[str, Any], model_state: Mapping[str, Any]
@@ -322,8 +328,8 @@ class RunStore:
         """End a run that trained to its end (``finished``) or ``diverged``: write
         summary.json and model.pt, then the status; the checkpoint is removed last."""
         self.close()
-        _atomic_text(self.path / SUMMARY, json.dumps(_plain(summary), indent=2) + "\n")
-        _atomic_write(self.path / MODEL, lambda f: torch.save(dict(model_state), f))
+        _atomic_text(self._where(SUMMARY), to_json(_plain(summary), indent=2) + "\n")
+        _atomic_write(self._where(MODEL), lambda f: torch.save(dict(model_state), f))
         self.set_status(status)
         (self.path / CHECKPOINT).unlink(missing_ok=True)
 
