@@ -3,15 +3,36 @@
 import json
 import math
 
+import numpy as np
 import pytest
 
-from breakeven.analysis import break_even_points, maxima, read_runs, verdicts
+from breakeven.analysis import (
+    break_even_points,
+    crossing_from_below,
+    decide_verdict,
+    max_column,
+    maxima,
+    read_runs,
+    trajectory_max,
+    verdicts,
+)
 
 
 def write_run(
-    path, lr, seed, status="finished", *, peak_k=None, peak_h=None, stab=None, acc=None, grow=False
+    path,
+    lr,
+    seed,
+    status="finished",
+    *,
+    peak_k=None,
+    peak_h=None,
+    stab=None,
+    acc=None,
+    grow=False,
+    trace_h=None,
 ):
-    """A run directory with covariance, hessian, stability and evaluation records."""
+    """A run directory with covariance, hessian, hessian_trace (``trace_h`` = (peak, standard
+    error), the peak at step 30), stability and evaluation records."""
     path.mkdir(parents=True)
     cfg = {"name": "t", "train": {"model": "mlp", "lr": lr, "batch_size": 64, "init_seed": seed}}
     (path / "config.json").write_text(json.dumps(cfg))
@@ -37,6 +58,10 @@ def write_run(
         if peak_h is not None:
             h = peak_h * (1 - abs(i - 3) / 4)  # peak at step 30
             recs.append({"step": s, "epoch": ep, "measure": "hessian", "values": {"lambda_H_1": h}})
+        if trace_h is not None:
+            t, se = trace_h
+            values = {"trace_H": t * (1 - abs(i - 3) / 4), "trace_H_stderr": se}
+            recs.append({"step": s, "epoch": ep, "measure": "hessian_trace", "values": values})
         if stab is not None:
             recs.append(
                 {"step": s, "epoch": ep, "measure": "stability", "values": {"stability": stab[i]}}
@@ -48,15 +73,24 @@ def write_run(
     (path / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
 
 
-def write_sweep(root, lrs, seeds, values, statuses=None, grow=False):
-    """``values[(lr, seed)] = (peak_k, peak_h)``."""
+def write_sweep(root, lrs, seeds, values, statuses=None, grow=False, trace=None):
+    """``values[(lr, seed)] = (peak_k, peak_h)``, ``trace[(lr, seed)] = (peak, stderr)``."""
     runs = []
     for lr in lrs:
         for s in seeds:
             name = f"lr={lr}_seed={s}"
             k, h = values[(lr, s)]
             status = (statuses or {}).get((lr, s), "finished")
-            write_run(root / "runs" / name, lr, s, status, peak_k=k, peak_h=h, grow=grow)
+            write_run(
+                root / "runs" / name,
+                lr,
+                s,
+                status,
+                peak_k=k,
+                peak_h=h,
+                grow=grow,
+                trace_h=(trace or {}).get((lr, s)),
+            )
             runs.append({"name": name, "params": {"train.lr": lr}, "seed": s})
     spec = {"kind": "sweep", "preset": "p", "grid": {"train.lr": lrs}, "seeds": seeds, "runs": runs}
     (root / "sweep.json").write_text(json.dumps(spec))
@@ -78,12 +112,12 @@ def test_break_even_point_peaks_and_accuracy_crossings(tmp_path):
     a, b = df.iloc[0], df.iloc[1]
     assert a["break_even_step"] == 20 and a["break_even_epoch"] == 1.0
     assert a["break_even_train_acc"] == pytest.approx(0.6)
-    assert a["peak_lambda_K_1"] == 4.0 and a["peak_lambda_K_1_step"] == 20
-    assert a["peak_lambda_H_1"] == 8.0 and a["peak_lambda_H_1_step"] == 30
-    assert a["peak_lambda_H_1_train_acc"] == pytest.approx(0.7)
+    assert a["max_lambda_K_1_after_0"] == 4.0 and a["max_lambda_K_1_after_0_step"] == 20
+    assert a["max_lambda_H_1_after_0"] == 8.0 and a["max_lambda_H_1_after_0_step"] == 30
+    assert a["max_lambda_H_1_after_0_train_acc"] == pytest.approx(0.7)
     assert a["acc_0.5_epoch"] == 1.0 and a["acc_0.65_epoch"] == 1.5
     assert math.isnan(b["break_even_step"]) and math.isnan(b["acc_0.5_epoch"])
-    assert math.isnan(b["peak_lambda_H_1"])  # not tracked
+    assert math.isnan(b["max_lambda_H_1_after_0"])  # not tracked
 
 
 def test_train_accuracy_is_interpolated_between_evaluations(tmp_path):
@@ -92,7 +126,7 @@ def test_train_accuracy_is_interpolated_between_evaluations(tmp_path):
     )
     write_run(tmp_path / "b", 0.1, 0, stab=[0, 0, 0, 1.0, 0], acc=None)
     df = break_even_points(read_runs([tmp_path / "a", tmp_path / "b"]))
-    assert df.iloc[0]["peak_lambda_K_1_train_acc"] == pytest.approx(0.4)
+    assert df.iloc[0]["max_lambda_K_1_after_0_train_acc"] == pytest.approx(0.4)
     assert df.iloc[0]["break_even_train_acc"] == pytest.approx(0.5)
     assert math.isnan(df.iloc[1]["break_even_train_acc"])  # no evaluations
 
@@ -113,9 +147,9 @@ def test_verdicts_supported_when_every_pair_orders_as_predicted(tmp_path):
     # the conditioning (0.1 (3 - |i - 2|) / lr, max 0.3 / lr) is higher for the smaller lr
     assert v.loc["lambda_K^*/lambda_K^1", "verdict"] == "contradicted"
     assert v.loc["lambda_K^*/lambda_K^1", "ordered"] == 0.0
-    assert "lr=0.01: 11 ± 1 (n=3)" in v.loc["lambda_K^1", "maxima"]
+    assert "lr=0.01: 11 ± 1 (n=3)" in v.loc["lambda_K^1", "max_after_0"]
     m = maxima(runs)
-    assert m.set_index("run").loc["lr=0.1_seed=2", "lambda_K_1"] == 5.0
+    assert m.set_index("run").loc["lr=0.1_seed=2", "max_lambda_K_1_after_0"] == 5.0
 
 
 def test_maxima_leave_out_the_initial_point(tmp_path):
@@ -125,7 +159,7 @@ def test_maxima_leave_out_the_initial_point(tmp_path):
     first["values"]["lambda_K_1"] = 100.0  # the largest value, at step 0
     recs[0] = json.dumps(first)
     (tmp_path / "a" / "records.jsonl").write_text("\n".join(recs) + "\n")
-    assert maxima(read_runs(tmp_path / "a"))["lambda_K_1"].iloc[0] == 4.0
+    assert maxima(read_runs(tmp_path / "a"))["max_lambda_K_1_after_0"].iloc[0] == 4.0
 
 
 def test_a_maximum_at_the_last_measurement_makes_the_verdict_inconclusive(tmp_path):
@@ -133,7 +167,7 @@ def test_a_maximum_at_the_last_measurement_makes_the_verdict_inconclusive(tmp_pa
     values.update({(0.1, s): (3.0 + s, 20.0 + s) for s in range(2)})
     runs = read_runs(write_sweep(tmp_path, LRS, [0, 1], values, grow=True))
     m = maxima(runs).set_index("run")
-    assert m["lambda_K_1_at_end"].all() and not m["lambda_H_1_at_end"].any()
+    assert m["max_lambda_K_1_after_0_at_end"].all() and not m["max_lambda_H_1_after_0_at_end"].any()
     v = verdicts(runs).set_index("quantity")
     assert (
         v.loc["lambda_K^1", "ordered"] == 1.0 and v.loc["lambda_K^1", "verdict"] == "inconclusive"
@@ -194,7 +228,7 @@ def test_one_measurement_per_run_is_at_its_end(tmp_path):
         (tmp_path / "runs").mkdir(exist_ok=True)
         shutil.move(str(tmp_path / f"lr{lr}"), str(tmp_path / "runs" / f"lr{lr}"))
     m = maxima(read_runs(tmp_path))
-    assert m["lambda_K_1_at_end"].all()
+    assert m["max_lambda_K_1_after_0_at_end"].all()
 
 
 def test_list_valued_grids_are_grouped(tmp_path):
@@ -208,3 +242,254 @@ def test_list_valued_grids_are_grouped(tmp_path):
     runs = read_runs(root)
     assert list(runs.table["hidden"]) == [(8,), (8,)]
     assert len(verdicts(runs)) == 4  # no TypeError: unhashable list
+
+
+# ----------------------------------------------------------------- one convention for maxima
+
+
+def test_trajectory_max_is_over_steps_after_0_against_brute_force():
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        n = int(rng.integers(0, 7))
+        steps = np.sort(rng.choice(np.arange(0, 12), size=n, replace=False))
+        values = rng.choice([1.0, 2.0, 3.0, math.nan], size=n)  # repeats: ties, NaN: gaps
+        df = pd.DataFrame({"step": steps, "epoch": steps / 4, "value": values})
+        kept = [(v, s) for v, s in zip(values, steps) if s >= 1 and np.isfinite(v)]
+        m = trajectory_max(df)
+        if not kept:
+            assert m is None
+            continue
+        top = max(v for v, _ in kept)
+        first = min(s for v, s in kept if v == top)
+        assert (m.value, m.step, m.epoch) == (top, first, first / 4)
+        assert m.at_end == (first == max(s for _, s in kept))
+
+
+def _spike_at_step_0(path, key, measure, value):
+    """Replace ``key`` of ``measure``'s step-0 record by ``value``."""
+    lines = (path / "records.jsonl").read_text().splitlines()
+    for i, line in enumerate(lines):
+        rec = json.loads(line)
+        if rec["step"] == 0 and rec["measure"] == measure:
+            rec["values"][key] = value
+            lines[i] = json.dumps(rec)
+    (path / "records.jsonl").write_text("\n".join(lines) + "\n")
+
+
+@pytest.mark.parametrize("spike", [0.5606, 100.0, 4.0])
+def test_break_even_table_and_verdicts_share_one_maximum(tmp_path, spike):
+    # the printout that showed lambda_K^1 = 0.5606 in one table and 0.5023 in the other
+    values = {(lr, s): (0.5023 / lr / 10 + s, 8.0 / lr + s) for lr in LRS for s in (0, 1)}
+    root = write_sweep(tmp_path, LRS, [0, 1], values)
+    for name in ("lr=0.01_seed=0", "lr=0.1_seed=1"):
+        _spike_at_step_0(root / "runs" / name, "lambda_K_1", "covariance", spike)
+        _spike_at_step_0(root / "runs" / name, "lambda_H_1", "hessian", spike * 1000)
+    runs = read_runs(root)
+    points = break_even_points(runs).set_index("run")
+    table = maxima(runs).set_index("run")
+    for key in ("lambda_K_1", "lambda_H_1"):
+        col = max_column(key)
+        assert col == f"max_{key}_after_0"
+        assert points[col].to_dict() == table[col].to_dict()
+        assert points[f"{col}_step"].to_dict() == table[f"{col}_step"].to_dict()
+        assert (points[f"{col}_step"] >= 1).all()
+    want = {(lr, s): values[(lr, s)][0] for lr in LRS for s in (0, 1)}
+    got = {(r.lr, r.seed): r.max_lambda_K_1_after_0 for r in points.reset_index().itertuples()}
+    assert got == want
+
+
+# ------------------------------------------------------------------------- the break-even point
+
+NAN = math.nan
+
+
+@pytest.mark.parametrize(
+    ("stab", "want"),
+    [
+        # unstable at init (lr 0.1: eta lambda_H^1 = 2.46), stable at 20, crossing in (30, 40]
+        ([2.46, 1.5, 0.8, 0.9, 1.2], (True, 20, 30, 40, 2.0)),
+        ([2.46, 1.5, 1.2, 1.1, 1.0], (True, NAN, NAN, NAN, NAN)),  # never stable
+        ([2.46, 0.5, 0.7, 0.9, 0.2], (True, 10, NAN, NAN, NAN)),  # stable, never crosses back
+        ([1.0, 0.5, 0.7, 1.0, 0.2], (True, 10, 20, 30, 1.5)),  # exactly 1 is not below
+        ([0.5, 0.9, 1.2, 0.8, 1.5], (False, 0, 10, 20, 1.0)),
+        ([0.5, None, None, 1.2, 0.8], (False, 0, 0, 30, 1.5)),  # unmeasured steps skipped
+        ([0.1] * 5, (False, 0, NAN, NAN, NAN)),
+        ([None, 2.0, 0.3, 3.0, 3.0], (True, 20, 20, 30, 1.5)),  # the first finite measurement
+    ],
+)
+def test_break_even_is_the_first_crossing_of_1_from_below(tmp_path, stab, want):
+    acc = [0.1, 0.2, 0.3, 0.4, 0.5]
+    write_run(tmp_path / "a", 0.1, 0, peak_k=1.0, stab=stab, acc=acc)
+    row = break_even_points(read_runs(tmp_path / "a")).iloc[0]
+    got = (
+        row["unstable_at_init"],
+        row["first_stable_step"],
+        row["break_even_after_step"],
+        row["break_even_step"],
+        row["break_even_epoch"],
+    )
+    assert got[0] == want[0] and isinstance(got[0], (bool, np.bool_))
+    assert np.allclose(got[1:], want[1:], equal_nan=True)
+    if not math.isnan(want[3]):
+        assert row["break_even_train_acc"] == pytest.approx(0.1 + want[3] / 100)
+    else:
+        assert math.isnan(row["break_even_train_acc"])
+
+
+def test_no_stability_records_no_break_even(tmp_path):
+    write_run(tmp_path / "a", 0.1, 0, peak_k=1.0)
+    row = break_even_points(read_runs(tmp_path / "a")).iloc[0]
+    assert row["unstable_at_init"] is None
+    assert math.isnan(row["first_stable_step"]) and math.isnan(row["break_even_step"])
+
+
+def test_crossing_from_below_against_brute_force():
+    rng = np.random.default_rng(1)
+    for _ in range(500):
+        v = rng.choice([0.5, 1.0, 1.5, math.nan], size=int(rng.integers(0, 8)))
+        want = next((j for j in range(len(v)) if v[j] >= 1 and (v[:j] < 1).any()), None)
+        assert crossing_from_below(v) == want
+        assert crossing_from_below(v * 3, level=3.0) == want
+
+
+# ------------------------------------------------------------------------- the verdict rule
+
+
+@pytest.mark.parametrize(
+    ("ordered", "pairs", "options", "want"),
+    [
+        (3, 3, {}, "supported"),
+        (4, 5, {}, "supported"),  # exactly 80%
+        (8, 10, {}, "supported"),
+        (1, 5, {}, "contradicted"),  # exactly 20% (1 - 0.8 is 0.19999... in floats)
+        (2, 10, {}, "contradicted"),
+        (0, 3, {}, "contradicted"),
+        (3, 5, {}, "inconclusive"),
+        (2, 2, {}, "inconclusive"),  # too few untied pairs
+        (0, 0, {}, "inconclusive"),
+        (2, 2, {"min_pairs": 2}, "supported"),
+        (9, 9, {"at_end": True}, "inconclusive"),
+        (0, 9, {"at_end": True}, "inconclusive"),
+        (8, 10, {"support": 0.9}, "inconclusive"),
+        (1, 10, {"support": 0.9}, "contradicted"),
+    ],
+)
+def test_decide_verdict(ordered, pairs, options, want):
+    assert decide_verdict(ordered, pairs, **options) == want
+
+
+def test_decide_verdict_equals_the_rule_in_exact_arithmetic():
+    from fractions import Fraction
+
+    for support in ("0.8", "0.75", "0.9", "1"):
+        s = Fraction(support)
+        for pairs in range(13):
+            for ordered in range(pairs + 1):
+                f = Fraction(ordered, pairs) if pairs else None
+                if pairs < 3:
+                    want = "inconclusive"
+                elif f >= s:
+                    want = "supported"
+                elif f <= 1 - s:
+                    want = "contradicted"
+                else:
+                    want = "inconclusive"
+                assert decide_verdict(ordered, pairs, support=float(support)) == want
+
+
+@pytest.mark.parametrize(
+    ("args", "options", "match"),
+    [
+        ((1, 2), {"support": 0.5}, "support"),
+        ((1, 2), {"support": 1.01}, "support"),
+        ((1, 2), {"min_pairs": 0}, "min_pairs"),
+        ((1, 2), {"min_pairs": 2.5}, "min_pairs"),
+        ((3, 2), {}, "ordered"),
+        ((-1, 2), {}, "ordered"),
+    ],
+)
+def test_decide_verdict_refuses_an_invalid_rule(args, options, match):
+    with pytest.raises(ValueError, match=match):
+        decide_verdict(*args, **options)
+
+
+# ------------------------------------------------------------------ Conjecture 2's Tr(H) clause
+
+
+def _trace_sweep(root, trace, seeds=(0, 1)):
+    values = {(lr, s): (10.0 / lr + s, 5.0 / lr + s) for lr in LRS for s in seeds}
+    return read_runs(write_sweep(root, LRS, list(seeds), values, trace=trace))
+
+
+def test_trace_h_clause_orders_the_maxima(tmp_path):
+    # more noise (lr 0.1), lower max Tr(H): supported; the standard errors are small
+    trace = {(0.01, s): (100.0 + s, 0.5) for s in range(3)}
+    trace.update({(0.1, s): (50.0 + s, 0.5) for s in range(3)})
+    runs = _trace_sweep(tmp_path, trace, seeds=(0, 1, 2))
+    v = verdicts(runs).set_index("quantity")
+    row = v.loc["Tr(H)"]
+    assert row["conjecture"] == 2 and row["prediction"] == "max Tr(H) lower with more noise"
+    assert (row["pairs"], row["ties"], row["ties_within_noise"]) == (9, 0, 0)
+    assert row["verdict"] == "supported" and "lr=0.01: 101 ± 1 (n=3)" in row["max_after_0"]
+    assert math.isnan(v.loc["lambda_K^1", "ties_within_noise"])  # no standard error for K
+    m = maxima(runs).set_index("run")
+    assert m.loc["lr=0.1_seed=2", "max_trace_H_after_0"] == 52.0
+    assert m.loc["lr=0.1_seed=2", "max_trace_H_after_0_step"] == 30
+    assert m.loc["lr=0.1_seed=2", "max_trace_H_after_0_stderr"] == 0.5
+
+
+@pytest.mark.parametrize(
+    ("gap", "se", "tied"),
+    [
+        (2.0, 1.0, True),  # 2 <= 2 sqrt(2)
+        (2.8, 1.0, True),
+        (2.9, 1.0, False),  # 2.9 > 2 sqrt(2) = 2.83
+        (10.0, 4.0, True),
+        (10.0, 3.0, False),
+        (0.1, math.nan, False),  # no standard error: no tie within noise
+    ],
+)
+def test_trace_h_pairs_within_noise_are_ties(tmp_path, gap, se, tied):
+    trace = {(0.01, s): (100.0 + gap, se) for s in (0, 1)}
+    trace.update({(0.1, s): (100.0, se) for s in (0, 1)})
+    row = verdicts(_trace_sweep(tmp_path, trace)).set_index("quantity").loc["Tr(H)"]
+    assert row["ties_within_noise"] == (4 if tied else 0)
+    assert row["pairs"] == (0 if tied else 4) and row["ties"] == 0
+    assert row["verdict"] == ("inconclusive" if tied else "supported")
+
+
+def test_trace_h_noise_is_the_standard_error_at_each_runs_maximum(tmp_path):
+    trace = {(0.01, s): (103.0, 0.1) for s in (0, 1)}
+    trace.update({(0.1, s): (100.0, 0.1) for s in (0, 1)})
+    runs = _trace_sweep(tmp_path, trace)
+    for path in (tmp_path / "runs").iterdir():  # a large standard error away from the maximum
+        lines = (path / "records.jsonl").read_text().splitlines()
+        for i, line in enumerate(lines):
+            rec = json.loads(line)
+            if rec["measure"] == "hessian_trace" and rec["step"] != 30:
+                rec["values"]["trace_H_stderr"] = 50.0
+                lines[i] = json.dumps(rec)
+        (path / "records.jsonl").write_text("\n".join(lines) + "\n")
+    runs = read_runs(tmp_path)
+    assert set(maxima(runs)["max_trace_H_after_0_stderr"]) == {0.1}
+    row = verdicts(runs).set_index("quantity").loc["Tr(H)"]
+    assert (row["pairs"], row["ties_within_noise"]) == (4, 0)
+
+
+def test_verdicts_name_the_runs_whose_maximum_is_the_last_measurement(tmp_path):
+    values = {(lr, s): (10.0 / lr + s, 5.0 / lr + s) for lr in LRS for s in (0, 1, 2)}
+    root = write_sweep(tmp_path, LRS, [0, 1, 2], values)
+    path = root / "runs" / "lr=0.1_seed=1"  # its lambda_H^1 grows to its last measurement
+    lines = (path / "records.jsonl").read_text().splitlines()
+    rec = json.loads(lines[-1])
+    rec["values"]["lambda_H_1"] = 1e3
+    lines[-1] = json.dumps(rec)
+    (path / "records.jsonl").write_text("\n".join(lines) + "\n")
+    v = verdicts(read_runs(root)).set_index("quantity")
+    assert v.loc["lambda_H^1", "at_end"] == "lr=0.1_seed=1"
+    assert v.loc["lambda_H^1", "verdict"] == "inconclusive"
+    assert v.loc["lambda_K^1", "at_end"] == "" and v.loc["lambda_K^1", "verdict"] == "supported"
+    cols = ["pairs", "ties", "ties_within_noise", "ordered", "verdict", "at_end"]
+    assert set(cols) <= set(v.columns)

@@ -4,7 +4,10 @@ that name the key before any training, the summary table and the progress displa
 from __future__ import annotations
 
 import io
+import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -160,3 +163,83 @@ def test_progress_shows_step_loss_accuracy_lambdas_and_time_left(config, tmp_pat
     run(config, tmp_path / "b", progress=lambda: _Progress(stream=stream))
     text = stream.getvalue()
     assert "12/12" in text and "λK1=" in text and "λH1=" in text and "acc=" in text
+
+
+def _breakeven(*args: str) -> subprocess.CompletedProcess:
+    """The real command line, in a subprocess."""
+    cmd = [sys.executable, "-m", "breakeven.cli", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+
+
+def test_verdict_prints_one_maximum_the_break_even_crossing_and_how_sure(tmp_path) -> None:
+    from test_analysis import LRS, write_sweep
+
+    values = {(lr, s): (0.05 / lr + s, 5.0 / lr + s) for lr in LRS for s in (0, 1)}
+    trace = {(lr, s): (100.0 / lr, 0.5) for lr in LRS for s in (0, 1)}
+    root = write_sweep(tmp_path, LRS, [0, 1], values, trace=trace)
+    stab = {0.1: [2.46, 1.5, 0.8, 0.9, 1.2], 0.01: [0.5, 0.9, 1.2, 0.8, 1.5]}
+    for lr in LRS:
+        for s in (0, 1):
+            path = root / "runs" / f"lr={lr}_seed={s}"
+            lines = (path / "records.jsonl").read_text().splitlines()
+            for i, line in enumerate(lines):
+                rec = json.loads(line)
+                if rec["measure"] == "covariance" and rec["step"] == 0:
+                    rec["values"]["lambda_K_1"] = 0.5606  # the largest, at initialisation
+                    lines[i] = json.dumps(rec)
+            for i, step in enumerate((0, 10, 20, 30, 40) if (lr, s) != (0.01, 1) else ()):
+                rec = {"step": step, "epoch": step / 20, "measure": "stability"}
+                lines.append(json.dumps({**rec, "values": {"stability": stab[lr][i]}}))
+            (path / "records.jsonl").write_text("\n".join(lines) + "\n")
+    done = _breakeven("verdict", str(root))
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    points, verdicts = out.split("Conjecture verdicts")
+    header = points.splitlines()[1].split()
+    for column in (
+        "unstable_at_init",
+        "first_stable_step",
+        "break_even_after_step",
+        "break_even_step",
+        "max_lambda_K_1_after_0",
+        "max_lambda_K_1_after_0_step",
+        "max_lambda_H_1_after_0",
+    ):
+        assert column in header
+    rows = {line.split()[0]: dict(zip(header, line.split())) for line in points.splitlines()[2:6]}
+    assert rows["lr=0.1_seed=0"]["unstable_at_init"] == "True"
+    assert rows["lr=0.1_seed=0"]["first_stable_step"] == "20"
+    assert rows["lr=0.1_seed=0"]["break_even_after_step"] == "30"
+    assert rows["lr=0.1_seed=0"]["break_even_step"] == "40"
+    assert rows["lr=0.01_seed=0"]["unstable_at_init"] == "False"
+    assert rows["lr=0.01_seed=0"]["break_even_after_step"] == "10"
+    assert rows["lr=0.01_seed=0"]["break_even_step"] == "20"
+    assert rows["lr=0.01_seed=1"]["unstable_at_init"] == "-"  # stability not tracked
+    assert rows["lr=0.01_seed=1"]["break_even_step"] == "-"
+    assert rows["lr=0.1_seed=0"]["max_lambda_K_1_after_0"] == "0.5"  # 0.5606 is at step 0
+    assert "0.5606" not in out
+    assert "first crossing of 1 from below" in points
+    assert "ties_within_noise" in verdicts and "at_end" in verdicts
+    trace_row = next(line for line in verdicts.splitlines() if "Tr(H)" in line)
+    assert "supported" in trace_row
+    assert (
+        "lr=0.01: 5.5 ± 0.7071 (n=2); lr=0.1: 1 ± 0.7071 (n=2)" in verdicts
+    )  # lambda_K^1 over steps >= 1
+    assert "maxima over steps >= 1" in verdicts
+
+
+def test_show_prints_the_maxima_after_step_0(tmp_path) -> None:
+    from test_analysis import write_run
+
+    write_run(tmp_path / "a", 0.1, 0, peak_k=4.0, peak_h=8.0)
+    path = tmp_path / "a"
+    lines = (path / "records.jsonl").read_text().splitlines()
+    rec = json.loads(lines[0])
+    rec["values"]["lambda_K_1"] = 100.0  # the largest value, at step 0
+    lines[0] = json.dumps(rec)
+    (path / "records.jsonl").write_text("\n".join(lines) + "\n")
+    done = _breakeven("show", str(path))
+    assert done.returncode == 0, done.stderr
+    rows = dict(re.split(r"\s{2,}", line.strip(), maxsplit=1) for line in done.stdout.splitlines())
+    assert rows["max lambda_K^1 after step 0"] == "4 (step 20)"
+    assert rows["max lambda_H^1 after step 0"] == "8 (step 30)"

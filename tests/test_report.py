@@ -11,7 +11,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from breakeven.analysis import break_even_points, read_runs, verdicts
+from breakeven.analysis import BREAK_EVEN_NOTE, break_even_points, read_runs, verdicts
 from breakeven.cli import main
 from breakeven.plotting import FIGURES, available_figures
 from breakeven.plotting.report import report
@@ -42,11 +42,11 @@ def test_tables_are_the_analysis(made):
     table = verdicts(runs)
     assert len(table) == 4
     for row in table.itertuples():
-        assert html.escape(row.maxima) in page and html.escape(row.prediction) in page
+        assert html.escape(row.max_after_0) in page and html.escape(row.prediction) in page
         assert f'class="text {row.verdict}">{row.verdict}<' in page
     assert html.escape(table["rule"].iloc[0]) in page
     points = break_even_points(runs, (0.5, 0.65))
-    for run, step in zip(points["run"], points["peak_lambda_K_1_step"], strict=True):
+    for run, step in zip(points["run"], points["max_lambda_K_1_after_0_step"], strict=True):
         assert f'<td class="text">{run}</td>' in page
         assert f"<td>{step:.4g}</td>" in page
     assert "Sweep of preset <b>p</b>" in page
@@ -127,3 +127,35 @@ def test_renders_in_headless_chromium_with_every_image_loaded(made, tmp_path):
     assert img.shape == (3000, 1280)
     assert img.std() > 10  # text, tables and plots, not a blank page
     assert (img < 100).mean() > 0.005  # dark pixels: text and plotted lines
+
+
+def _html_table(page, heading):
+    """The header and rows (cell texts) of the first table after ``<h2>heading</h2>``."""
+    part = page.split(f"<h2>{heading}</h2>", 1)[1].split("</table>", 1)[0]
+    rows = [
+        re.findall(r"<t[dh][^>]*>(.*?)</t[dh]>", r) for r in re.findall(r"<tr>(.*?)</tr>", part)
+    ]
+    return rows[0], rows[1:]
+
+
+def test_tables_name_the_maxima_convention_and_the_break_even_crossing(made):
+    root, page = made
+    runs = read_runs(root)
+    points = break_even_points(runs, (0.5, 0.65))
+    header, rows = _html_table(page, "Break-even points")
+    assert header == list(points.columns)
+    for column in ("unstable_at_init", "first_stable_step", "break_even_after_step"):
+        assert column in header
+    assert "max_lambda_K_1_after_0" in header and "max_lambda_H_1_after_0_step" in header
+    for row, want in zip(rows, points.itertuples(index=False), strict=True):
+        for cell, value in zip(row, want, strict=True):  # every cell is the analysis'
+            if isinstance(value, float):
+                assert cell == ("-" if value != value else f"{value:.4g}")
+            else:
+                assert cell == html.escape("-" if value is None else str(value))
+    assert html.escape(BREAK_EVEN_NOTE) in page
+    assert "include the initial point" not in page
+    header, rows = _html_table(page, "Conjecture verdicts")
+    for column in ("max_after_0", "pairs", "ties", "ties_within_noise", "at_end", "verdict"):
+        assert column in header
+    assert len(rows) == len(verdicts(runs))

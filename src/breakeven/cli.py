@@ -27,7 +27,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .analysis import DEFAULT_THRESHOLDS
+from .analysis import (
+    BREAK_EVEN_NOTE,
+    DEFAULT_THRESHOLDS,
+    TOP_EIGENVALUES,
+    series,
+    trajectory_max,
+)
 from .data import CorruptDatasetError, DatasetNotFoundError
 from .experiments import list_presets, load_config, run
 from .experiments.runner import EVAL_MEASURE, PRESETS_DIR
@@ -35,6 +41,7 @@ from .records import inside
 from .tracking.store import (
     RunStoreError,
     export,
+    load_run,
     read_config,
     read_records,
     read_status,
@@ -145,9 +152,11 @@ def _fmt(v: Any, spec: str = ".4g") -> str:
 
 
 def summarize(run_dir: str | Path) -> list[tuple[str, str]]:
-    """The rows of ``breakeven show``: status, steps, final loss/accuracy, max lambda_K^1 and
-    lambda_H^1 (with their steps), and the measurement time per measure as a fraction of
-    the training wall time."""
+    """The rows of ``breakeven show``: status, steps, final loss/accuracy, the maxima of
+    lambda_K^1 and lambda_H^1 along the trajectory (over steps >= 1, as in every table:
+    :func:`breakeven.analysis.trajectory_max`; rows ``max lambda_K^1 after step 0``, with
+    their steps), and the measurement time per measure as a fraction of the training wall
+    time."""
     path = Path(run_dir)
     config = read_config(path)
     records = read_records(path)
@@ -170,12 +179,11 @@ def summarize(run_dir: str | Path) -> list[tuple[str, str]]:
         )
     elif summary.get("last_loss") is not None:
         rows.append(("last mini-batch loss", _fmt(summary["last_loss"])))
-    for key, label in (("lambda_K_1", "max lambda_K^1"), ("lambda_H_1", "max lambda_H^1")):
-        found = [(r["values"][key], r["step"]) for r in records if key in r.get("values", {})]
-        found = [(v, s) for v, s in found if isinstance(v, (int, float)) and not math.isnan(v)]
-        if found:
-            v, s = max(found)
-            rows.append((label, f"{_fmt(v)} (step {s})"))
+    frame = load_run(path)
+    for key, measure in TOP_EIGENVALUES:
+        m = trajectory_max(series(frame, key, measure))
+        if m is not None:
+            rows.append((_max_label(key), f"{_fmt(m.value)} (step {m.step})"))
     total = summary.get("seconds")
     rows.append(("wall time", f"{total:.1f} s" if total else "- (run not ended)"))
     cost: dict[str, float] = {}
@@ -204,8 +212,20 @@ def _presets() -> int:
     return 0
 
 
+def _max_label(key: str) -> str:
+    """The label of the maximum of ``key`` along a trajectory in printed rows
+    (``lambda_K_1`` -> ``max lambda_K^1 after step 0``)."""
+    name, _, index = key.rpartition("_")
+    return f"max {name}^{index} after step 0"
+
+
 def _table(df: Any) -> str:
-    """A DataFrame as aligned text, floats to 4 significant digits."""
+    """A DataFrame as aligned text, floats to 4 significant digits, missing values (NaN,
+    None) as ``-``."""
+    df = df.copy()
+    for c in df.columns:
+        if df[c].dtype.kind == "O":
+            df[c] = df[c].map(lambda v: "-" if v is None else v)
     return df.to_string(index=False, float_format=lambda x: f"{x:.4g}", na_rep="-")
 
 
@@ -228,6 +248,7 @@ def _print_verdicts(
     cols = [c for c in points.columns if not c.endswith("_epoch") or c.startswith("acc_")]
     print("Break-even points (steps; train acc interpolated between evaluations)")
     print(_table(points[cols]))
+    print(BREAK_EVEN_NOTE)
     table = verdicts(runs, **rule)
     print()
     if table.empty:

@@ -1,30 +1,61 @@
 """Break-even detection and conjecture verdicts, from records only (no torch, no model)."""
 
 from .breakeven import (
+    BREAK_EVEN_NOTE,
     DEFAULT_THRESHOLDS,
+    FIRST_STEP,
+    TOP_EIGENVALUES,
+    BreakEven,
+    TrajectoryMax,
     accuracy_crossings,
+    break_even,
     break_even_points,
+    crossing_from_below,
+    max_column,
     series,
     train_accuracy_at,
+    trajectory_max,
 )
 from .runs import SWEEP_FILE, Runs, read_runs, read_sweep_spec, short_key
-from .verdicts import CLAUSES, NOISE_DIRECTION, RULE, Clause, maxima, verdicts
+from .verdicts import (
+    CLAUSES,
+    NOISE_DIRECTION,
+    NOISE_TIE,
+    RULE,
+    VERDICTS,
+    Clause,
+    decide_verdict,
+    maxima,
+    verdicts,
+)
 
 __all__ = [
+    "BREAK_EVEN_NOTE",
     "CLAUSES",
     "DEFAULT_THRESHOLDS",
+    "FIRST_STEP",
     "NOISE_DIRECTION",
+    "NOISE_TIE",
     "RULE",
     "SWEEP_FILE",
+    "TOP_EIGENVALUES",
+    "VERDICTS",
+    "BreakEven",
     "Clause",
     "Runs",
+    "TrajectoryMax",
     "accuracy_crossings",
+    "break_even",
     "break_even_points",
+    "crossing_from_below",
+    "decide_verdict",
+    "max_column",
     "maxima",
     "read_runs",
     "read_sweep_spec",
     "series",
     "short_key",
     "train_accuracy_at",
+    "trajectory_max",
     "verdicts",
 ]

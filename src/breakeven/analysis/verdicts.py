@@ -4,26 +4,44 @@ Paper Sec. 3: along a trajectory, a larger learning rate eta or a smaller batch 
 (more SGD noise) gives
 
 - Conjecture 1: a lower max lambda_K^1 and a lower max lambda_H^1;
-- Conjecture 2: a higher max lambda_K^*/lambda_K^1 and a lower max Tr(K).
+- Conjecture 2: a higher max lambda_K^*/lambda_K^1, a lower max Tr(K) and a lower max Tr(H).
 
 Momentum beta acts like a larger learning rate (eta / (1 - beta), paper App. F), so a
 larger beta is predicted to order as a larger eta.
 
 Each run contributes its maximum of the quantity along its trajectory, over the measured
-steps after the first SGD update (step >= 1): the initial point is the same for every
-learning rate of a seed, so it says nothing about SGD's effect (and K's conditioning is often
-highest there). For a swept key with a predicted direction, every pair of runs with
-different values of that key (and equal values of the other swept keys; every seed of one
-value against every seed of the other) is one comparison; it "orders as predicted" when the
-run with more noise has the strictly lower (or, for the conditioning, strictly higher)
-maximum. Equal maxima are ties and count for neither side. Diverged, failed and unfinished
-runs are left out, and said so in the table.
+steps after the first SGD update (step >= 1; :func:`~breakeven.analysis.trajectory_max`, the
+convention of every table, named ``max_<key>_after_0``). For a swept key with a predicted
+direction, every pair of runs with different values of that key (and equal values of the
+other swept keys; every seed of one value against every seed of the other) is one
+comparison; it "orders as predicted" when the run with more noise has the strictly lower
+(or, for the conditioning, strictly higher) maximum. Equal maxima are ties, and so are, for
+a stochastic estimate with a standard error (Tr(H), Hutchinson's), maxima within
+:data:`NOISE_TIE` combined standard errors of each other (|a - b| <= 2 sqrt(se_a^2 + se_b^2),
+each se at its run's maximum; a NaN se never makes a tie): ties count for neither side. (The
+maximum of noisy estimates is biased upwards by about their noise, alike for every run of a
+sweep with the same number of measurements; the band is a per-pair check, not a correction.)
+Diverged, failed and unfinished runs are left out, and said so in the table.
 
-The verdict rule (:data:`RULE`): with at least ``min_pairs`` comparisons that are not ties,
-*supported* when a fraction >= ``support`` of them order as predicted, *contradicted* when
-<= 1 - ``support`` do, *inconclusive* otherwise, with fewer comparisons, or when some run's
-maximum is its last measurement (the run may have stopped before its maximum, e.g. a small
-learning rate at a quick scale; such runs are named in ``at_end``).
+The verdict rule is :func:`decide_verdict`: with at least ``min_pairs`` untied comparisons,
+*supported* when a fraction >= ``support`` of them order as predicted, *contradicted* when a
+fraction >= ``support`` order the other way, *inconclusive* otherwise, with fewer
+comparisons, or when some run's maximum is its last measurement (the run may have stopped
+before its maximum, e.g. a small learning rate at a quick scale; such runs are named in
+``at_end``).
+
+Not tested: Conjecture 2's lambda_H^*/lambda_H^1, lambda_H^* being "the smallest non-zero
+eigenvalue" of H. For K it is well defined (K is positive semi-definite with L - 1 non-zero
+eigenvalues from L batches: the (L-1)-th of the Gram). H is indefinite along the trajectory:
+its spectrum is a bulk around 0 with negative eigenvalues, so its smallest non-zero
+eigenvalue is either negative (the ratio is then no conditioning) or, taken as the smallest
+positive one, an eigenvalue inside the bulk arbitrarily close to 0, whose value is set by
+the estimator's resolution rather than by the network. Lanczos from the top converges to
+the extremes of the spectrum; an eigenvalue next to 0 in the bulk is reached only after
+resolving the whole bulk (about as many matrix-vector products as parameters). A ratio read
+from the SLQ density (:func:`breakeven.hessian_density`) is set by its Gaussian width and
+its number of Lanczos steps near 0, so it is not reliable either. Nothing is offered in
+its place; the Tr(H) clause is tested.
 """
 
 from __future__ import annotations
@@ -35,22 +53,36 @@ from typing import Any
 
 import numpy as np
 
-from .breakeven import series
+from .breakeven import max_column, series, trajectory_max
 from .runs import Runs
 
-__all__ = ["CLAUSES", "NOISE_DIRECTION", "RULE", "Clause", "maxima", "verdicts"]
+__all__ = [
+    "CLAUSES",
+    "NOISE_DIRECTION",
+    "NOISE_TIE",
+    "RULE",
+    "VERDICTS",
+    "Clause",
+    "decide_verdict",
+    "maxima",
+    "verdicts",
+]
 
 
 @dataclass(frozen=True)
 class Clause:
-    """One prediction: ``quantity`` (a record key of ``measure``) has a lower (``sign`` -1)
-    or higher (+1) maximum with more SGD noise."""
+    """One prediction: ``quantity`` (a record key of ``measure``; None: as
+    :func:`~breakeven.analysis.series` picks it) has a lower (``sign`` -1) or higher (+1)
+    maximum with more SGD noise. ``stderr``: the key (same measure) of the estimate's
+    standard error, for estimates that have one; maxima closer than :data:`NOISE_TIE`
+    combined standard errors are then ties within noise."""
 
     conjecture: int
     quantity: str
-    measure: str
+    measure: str | None
     label: str
     sign: int
+    stderr: str | None = None
 
     @property
     def prediction(self) -> str:
@@ -59,41 +91,79 @@ class Clause:
 
 CLAUSES = (
     Clause(1, "lambda_K_1", "covariance", "lambda_K^1", -1),
-    Clause(1, "lambda_H_1", "hessian", "lambda_H^1", -1),
+    Clause(1, "lambda_H_1", None, "lambda_H^1", -1),
     Clause(2, "condition_K", "covariance", "lambda_K^*/lambda_K^1", +1),
     Clause(2, "trace_K", "covariance", "Tr(K)", -1),
+    Clause(2, "trace_H", "hessian_trace", "Tr(H)", -1, stderr="trace_H_stderr"),
 )
 #: +1: a larger value of the key means more SGD noise; -1: less.
 NOISE_DIRECTION = {"lr": +1, "batch_size": -1, "momentum": +1}
+#: Two maxima with standard errors se_a, se_b tie within noise when
+#: |a - b| <= NOISE_TIE * sqrt(se_a^2 + se_b^2).
+NOISE_TIE = 2.0
+VERDICTS = ("supported", "contradicted", "inconclusive")
 RULE = (
     "maxima over steps >= 1; supported if >= {support:.0%} of at least {min_pairs} untied "
     "run pairs order as predicted, contradicted if <= {against:.0%} do, inconclusive otherwise "
-    "or when a run's maximum is its last measurement"
+    "or when a run's maximum is its last measurement; equal maxima, and maxima within "
+    "{noise:g} combined standard errors (Tr(H)), are ties"
 )
-FIRST_STEP = 1  # maxima are taken over steps >= 1 (after the first update)
 ENDED_OK = "finished"
 
 
+def decide_verdict(
+    ordered: int, pairs: int, *, at_end: bool = False, support: float = 0.8, min_pairs: int = 3
+) -> str:
+    """The verdict rule: ``ordered`` of ``pairs`` untied comparisons order as predicted.
+
+    ``"inconclusive"`` when ``pairs < min_pairs`` or ``at_end`` (some run's maximum is its
+    last measurement); else ``"supported"`` when ``ordered / pairs >= support``,
+    ``"contradicted"`` when ``(pairs - ordered) / pairs >= support`` (i.e. the ordered
+    fraction is <= 1 - ``support``, compared without rounding error), else
+    ``"inconclusive"``. ``support`` must be in (0.5, 1] and ``min_pairs`` >= 1.
+    """
+    if not 0.5 < support <= 1:
+        raise ValueError(f"support must be in (0.5, 1], got {support!r}")
+    if isinstance(min_pairs, bool) or not isinstance(min_pairs, int) or min_pairs < 1:
+        raise ValueError(f"min_pairs must be an integer >= 1, got {min_pairs!r}")
+    if not 0 <= ordered <= pairs:
+        raise ValueError(f"ordered must be in [0, pairs={pairs}], got {ordered!r}")
+    if pairs < min_pairs or at_end:
+        return "inconclusive"
+    if ordered >= support * pairs:
+        return "supported"
+    if pairs - ordered >= support * pairs:
+        return "contradicted"
+    return "inconclusive"
+
+
 def maxima(runs: Runs) -> Any:
-    """Each run's maximum of each clause's quantity over steps >= 1: columns ``run``, the
-    swept keys, ``seed``, ``status``, one column per quantity (NaN where it was not
-    tracked), and ``<quantity>_at_end``: True when the maximum is the run's last measurement
-    of it (still growing: the trajectory may not have reached its maximum)."""
+    """Each run's maximum of each clause's quantity along its trajectory (over steps >= 1,
+    :func:`~breakeven.analysis.trajectory_max`): columns ``run``, the swept keys, ``seed``,
+    ``status``, and per quantity ``max_<quantity>_after_0`` (NaN where it was not tracked),
+    ``max_<quantity>_after_0_step``, ``max_<quantity>_after_0_at_end`` (True when the
+    maximum is the run's last measurement of it: still growing, the trajectory may not have
+    reached its maximum) and, for a clause with a standard error,
+    ``max_<quantity>_after_0_stderr`` (the standard error recorded at that step)."""
     import pandas as pd
 
+    rec = runs.records
     rows = []
     for _, info in runs.table.iterrows():
-        rec = runs.records
-        r = rec[(rec["run"] == info["run"]) & (rec["step"] >= FIRST_STEP)]
+        r = rec[rec["run"] == info["run"]]
         row = {"run": info["run"], **{k: info[k] for k in runs.swept}}
         row.update(seed=info["seed"], status=info["status"])
         for c in CLAUSES:
             s = series(r, c.quantity, c.measure)
-            row[c.quantity] = float(s["value"].max()) if len(s) else math.nan
-            row[f"{c.quantity}_at_end"] = bool(
-                len(s) > 0
-                and s["step"].iloc[int(s["value"].to_numpy().argmax())] == s["step"].max()
-            )
+            m = trajectory_max(s)
+            col = max_column(c.quantity)
+            row[col] = m.value if m else math.nan
+            row[f"{col}_step"] = m.step if m else math.nan
+            row[f"{col}_at_end"] = bool(m and m.at_end)
+            if c.stderr is not None:
+                se = series(r, c.stderr, c.measure)
+                at = se["value"][se["step"] == m.step] if m else se["value"][:0]
+                row[f"{col}_stderr"] = float(at.iloc[-1]) if len(at) else math.nan
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -107,70 +177,70 @@ def verdicts(runs: Runs, *, support: float = 0.8, min_pairs: int = 3) -> Any:
     direction).
 
     Columns: ``conjecture``, ``quantity``, ``prediction``, ``key`` (the swept key),
-    ``maxima`` (per swept value: mean +- standard deviation over seeds, and the number of
-    runs), ``pairs`` (untied comparisons), ``ties``, ``ordered`` (the fraction of ``pairs``
-    ordered as predicted), ``at_end`` (runs whose maximum is their last measurement),
-    ``verdict``, ``rule``, ``left_out`` (runs not used, with their status). Keys swept
+    ``max_after_0`` (each run's maximum over steps >= 1, per swept value: mean +- standard
+    deviation over seeds, and the number of runs); how sure it is: ``pairs`` (untied
+    comparisons), ``ties`` (equal maxima), ``ties_within_noise`` (maxima within
+    :data:`NOISE_TIE` combined standard errors; NaN for quantities without a standard
+    error), ``ordered`` (the fraction of ``pairs`` ordered as predicted), ``at_end`` (the
+    runs whose maximum is their last measurement, comma-separated); ``verdict``
+    (:func:`decide_verdict`), ``rule``, ``left_out`` (runs not used, with their status). Keys swept
     without a predicted direction get no row. See the module docstring for the rule.
     """
     import pandas as pd
 
-    if not 0.5 < support <= 1:
-        raise ValueError(f"support must be in (0.5, 1], got {support!r}")
+    decide_verdict(0, 0, support=support, min_pairs=min_pairs)  # check the rule before reading
     table = maxima(runs)
     ok = table[table["status"] == ENDED_OK]
     left_out = "; ".join(
         f"{r.run} ({r.status})" for r in table[table["status"] != ENDED_OK].itertuples()
     )
-    rule = RULE.format(support=support, min_pairs=min_pairs, against=1 - support)
+    rule = RULE.format(support=support, min_pairs=min_pairs, against=1 - support, noise=NOISE_TIE)
     rows = []
     keys = [k for k in runs.swept if k in NOISE_DIRECTION]
     for c, key in itertools.product(CLAUSES, keys):
         others = [k for k in runs.swept if k != key]
-        data = ok[np.isfinite(ok[c.quantity].to_numpy(dtype=float))]
+        col = max_column(c.quantity)
+        data = ok[np.isfinite(ok[col].to_numpy(dtype=float))]
         if data.empty:
             continue
         summary = []
         for value, g in data.groupby(key, sort=True):
-            v = g[c.quantity].to_numpy(dtype=float)
+            v = g[col].to_numpy(dtype=float)
             spread = float(v.std(ddof=1)) if len(v) > 1 else 0.0
             summary.append(f"{key}={value:g}: {_fmt(v.mean())} ± {_fmt(spread)} (n={len(v)})")
-        pairs = ordered = ties = 0
+        pairs = ordered = ties = noise_ties = 0
         groups = data.groupby(others, sort=False) if others else [((), data)]
         for _, g in groups:
-            for a, b in itertools.combinations(g.itertuples(index=False), 2):
-                va, vb = getattr(a, key), getattr(b, key)
-                if va == vb:
+            for a, b in itertools.combinations(g.to_dict("records"), 2):
+                if a[key] == b[key]:
                     continue
-                if NOISE_DIRECTION[key] * (vb - va) < 0:
+                if NOISE_DIRECTION[key] * (b[key] - a[key]) < 0:
                     a, b = b, a  # b is the run with more noise
-                qa, qb = getattr(a, c.quantity), getattr(b, c.quantity)
+                qa, qb = a[col], b[col]
                 if qa == qb:
                     ties += 1
-                    continue
-                pairs += 1
-                ordered += bool(c.sign * (qb - qa) > 0)
-        fraction = ordered / pairs if pairs else math.nan
-        at_end = ", ".join(data.loc[data[f"{c.quantity}_at_end"], "run"])
-        if pairs < min_pairs or at_end:
-            verdict = "inconclusive"
-        elif fraction >= support:
-            verdict = "supported"
-        elif fraction <= 1 - support:
-            verdict = "contradicted"
-        else:
-            verdict = "inconclusive"
+                elif c.stderr is not None and abs(qa - qb) <= NOISE_TIE * math.hypot(
+                    a[f"{col}_stderr"], b[f"{col}_stderr"]
+                ):
+                    noise_ties += 1
+                else:
+                    pairs += 1
+                    ordered += bool(c.sign * (qb - qa) > 0)
+        at_end = ", ".join(data.loc[data[f"{col}_at_end"], "run"])
         rows.append(
             {
                 "conjecture": c.conjecture,
                 "quantity": c.label,
                 "prediction": c.prediction,
                 "key": key,
-                "maxima": "; ".join(summary),
+                "max_after_0": "; ".join(summary),
                 "pairs": pairs,
                 "ties": ties,
-                "ordered": fraction,
-                "verdict": verdict,
+                "ties_within_noise": noise_ties if c.stderr is not None else math.nan,
+                "ordered": ordered / pairs if pairs else math.nan,
+                "verdict": decide_verdict(
+                    ordered, pairs, at_end=bool(at_end), support=support, min_pairs=min_pairs
+                ),
                 "at_end": at_end,
                 "rule": rule,
                 "left_out": left_out,
@@ -181,9 +251,10 @@ def verdicts(runs: Runs, *, support: float = 0.8, min_pairs: int = 3) -> Any:
         "quantity",
         "prediction",
         "key",
-        "maxima",
+        "max_after_0",
         "pairs",
         "ties",
+        "ties_within_noise",
         "ordered",
         "verdict",
         "at_end",

@@ -14,7 +14,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from ..analysis import DEFAULT_THRESHOLDS, break_even_points, verdicts
+from ..analysis import BREAK_EVEN_NOTE, DEFAULT_THRESHOLDS, VERDICTS, break_even_points, verdicts
 from ..records import atomic_write
 from ._data import RunsLike, as_runs
 from .api import FIGURES, available_figures
@@ -57,11 +57,7 @@ def _cell(v: Any) -> str:
         return f"<td>{text}</td>"
     if isinstance(v, int) and not isinstance(v, bool):
         return f"<td>{v}</td>"
-    cls = (
-        f' class="text {v}"'
-        if v in ("supported", "contradicted", "inconclusive")
-        else ' class="text"'
-    )
+    cls = f' class="text {v}"' if v in VERDICTS else ' class="text"'
     return f"<td{cls}>{html.escape('-' if v is None else str(v))}</td>"
 
 
@@ -139,7 +135,7 @@ def report(
     parts.append("<h2>Break-even points</h2>")
     parts.append(
         '<p class="note">Steps; the training accuracy there is interpolated between '
-        "evaluations; the peaks include the initial point.</p>"
+        f"evaluations. {html.escape(BREAK_EVEN_NOTE)}.</p>"
     )
     parts.append(_table(break_even_points(runs, thresholds)))
 
