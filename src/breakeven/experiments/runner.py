@@ -52,6 +52,7 @@ from ..train import (
     TrainConfig,
     TrainResult,
     prepare_dataset,
+    prepare_model,
     train,
 )
 
@@ -220,6 +221,12 @@ def _check_track(track: Any) -> dict[str, dict[str, Any]]:
     if not isinstance(track, Mapping):
         raise ConfigError(f"track={track!r} is invalid: must be a table of measure tables")
     for name, options in track.items():
+        if name == EVAL_MEASURE:
+            raise ConfigError(
+                f"track.{name}: the name {EVAL_MEASURE!r} is reserved for the training loop's "
+                'evaluation records; give the table another name (measure = "..." in it '
+                "says what it measures)"
+            )
         if not isinstance(options, Mapping):
             raise ConfigError(
                 f"track.{name}={options!r} is invalid: must be a table such as {{ every = 100 }}"
@@ -378,9 +385,12 @@ def run(
     ``scale`` (see :func:`apply_scale`), writing its store to ``out_dir`` (default
     :func:`default_out_dir`).
 
-    Everything is checked before training: config keys and values, the tracker spec (by
-    building the tracker), the dataset, and that ``out_dir`` is writable with enough free
-    disk. Then, holding the directory's lock (see
+    Everything is checked before the run directory is created: config keys and values,
+    reserved names, the tracker spec (by building the tracker), the dataset (finite inputs),
+    the model (built, and run forward on two training examples; see
+    :func:`~breakeven.train.prepare_model`), the measures' options against the model and
+    the data (e.g. the Hessian's ``k`` against its parameter count), and that ``out_dir``
+    is writable with enough free disk. Then, holding the directory's lock (see
     :meth:`~breakeven.tracking.store.RunStore.open`): an existing ``out_dir`` of the same
     config is resumed from its last checkpoint (a different config is refused, naming the
     differing keys, unless the run failed before its first checkpoint: then the new config
@@ -466,6 +476,9 @@ def _run(rc, path, dataset, progress, min_free_bytes, world, rank) -> RunOutcome
         return _ended(rc, path, ended)
 
     ds = prepare_dataset(rc.train, dataset)
+    model = prepare_model(rc.train, ds)  # the checks that need the data, before any file
+    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    del model  # train() builds its own
     sink: list[Callable[[dict[str, Any]], None]] = []
     tracker = None
     if rc.track:
@@ -478,6 +491,11 @@ def _run(rc, path, dataset, progress, min_free_bytes, world, rank) -> RunOutcome
             )
         except (TypeError, ValueError) as e:
             raise ConfigError(str(e)) from e
+        for m, _ in tracker.measures:
+            try:
+                m.check(n_params, ds.n_train, rc.train.batch_size)
+            except ValueError as e:
+                raise ConfigError(f"track.{m.name}: {e}") from e
 
     checkpoint, ended = _from_rank0(
         (store.open(rc.to_dict()), store.ended_) if lead else None, world
