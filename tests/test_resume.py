@@ -163,8 +163,8 @@ def count_lines(path: Path) -> int:
         return 0
 
 
-def kill_when(proc: subprocess.Popen, ready, timeout: float = 60) -> None:
-    """SIGKILL ``proc`` as soon as ``ready()``; fail if it ended before."""
+def kill_when(proc: subprocess.Popen, ready, timeout: float = 60, sig=signal.SIGKILL) -> None:
+    """Send ``sig`` (SIGKILL) to ``proc`` as soon as ``ready()``; fail if it ended before."""
     t0 = time.monotonic()
     while not ready():
         if proc.poll() is not None:
@@ -172,9 +172,10 @@ def kill_when(proc: subprocess.Popen, ready, timeout: float = 60) -> None:
                         f"{proc.stderr.read().decode()[-2000:]}")  # fmt: skip
         assert time.monotonic() - t0 < timeout, "the kill point never came"
         time.sleep(0.002)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    os.kill(proc.pid, sig)
+    proc.wait(timeout=60)
+    if sig == signal.SIGKILL:
+        assert proc.returncode == -signal.SIGKILL
 
 
 def test_sigkill_at_several_points_then_rerun_gives_the_uninterrupted_run(
@@ -211,3 +212,28 @@ def test_sigkill_at_several_points_then_rerun_gives_the_uninterrupted_run(
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 120 and summary["resumed_from"] == 80
+
+
+def test_sigterm_marks_the_run_terminated_and_the_same_command_resumes_it(
+    kill_setup, tmp_path
+) -> None:
+    """SIGTERM, what batch schedulers send, mid-run: exit code 143, one line on stderr (no
+    traceback), status ``failed: terminated``; the same command then resumes to the
+    uninterrupted run's records and parameters."""
+    config, out = kill_setup["config"], tmp_path / "run"
+    proc = cli(config, out)
+    kill_when(proc, lambda: (out / "checkpoint.pt").exists(), sig=signal.SIGTERM)
+    err = proc.stderr.read().decode()
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "error: terminated (SIGTERM); run the same command again to resume" in err
+    assert "Traceback" not in err
+    assert read_status(out) == "failed: terminated"
+
+    proc = cli(config, out)
+    assert proc.wait(timeout=120) == 0, proc.stderr.read().decode()[-2000:]
+    assert read_status(out) == "finished"
+    assert json.loads((out / "summary.json").read_text())["resumed_from"] in (40, 80)
+    assert strip(read_records(out)) == strip(read_records(kill_setup["ref"]))
+    a = torch.load(out / "model.pt", weights_only=True)
+    b = torch.load(kill_setup["ref"] / "model.pt", weights_only=True)
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -14,7 +14,8 @@
 
 Exit codes: 0 finished, 1 the run failed or diverged, 2 invalid config, arguments or output
 directory (nothing was trained), or a run or sweep file that cannot be read or written safely
-(a one-line message naming the file).
+(a one-line message naming the file); 130 / 143 ``breakeven run`` was interrupted (Ctrl-C) /
+terminated (SIGTERM): its status says so, and the same command resumes it.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,7 +38,7 @@ from .analysis import (
 )
 from .data import CorruptDatasetError, DatasetNotFoundError
 from .experiments import list_presets, load_config, run
-from .experiments.runner import EVAL_MEASURE, PRESETS_DIR
+from .experiments.runner import EVAL_MEASURE, PRESETS_DIR, RunTerminated
 from .records import inside
 from .tracking.store import (
     RunStoreError,
@@ -322,9 +324,15 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    outcome = run(
-        args.config, args.out, args.overrides, scale=args.scale, progress=not args.no_progress
-    )
+    try:
+        outcome = run(
+            args.config, args.out, args.overrides, scale=args.scale, progress=not args.no_progress
+        )
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (RunTerminated)
+        terminated = isinstance(e, RunTerminated)
+        what = "terminated (SIGTERM)" if terminated else "interrupted"
+        print(f"error: {what}; run the same command again to resume", file=sys.stderr)
+        return 128 + (signal.SIGTERM if terminated else signal.SIGINT)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun rank 0 reports
         return 0 if outcome.status == "finished" else 1
     if outcome.result is None and outcome.error is None:

@@ -53,7 +53,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .data import _LOADERS as _DATASET_LOADERS
-from .data import Dataset, augment_crop_flip, list_datasets, load_dataset
+from .data import CorruptDatasetError, Dataset, augment_crop_flip, list_datasets, load_dataset
 from .models import build_model, list_models
 from .operators.base import world_and_rank
 
@@ -66,6 +66,7 @@ __all__ = [
     "conv_weight_decay_groups",
     "evaluate",
     "prepare_dataset",
+    "prepare_model",
     "train",
 ]
 
@@ -328,6 +329,77 @@ def prepare_dataset(config: TrainConfig, dataset: Dataset | None = None) -> Data
 _load = prepare_dataset
 
 
+def _check_finite(ds: Dataset) -> None:
+    for split in ("train", "test"):
+        x = getattr(ds, f"x_{split}")
+        if x.is_floating_point():
+            bad = int(x.numel() - torch.isfinite(x).sum())
+            if bad:
+                raise CorruptDatasetError(
+                    ds.source or ds.name,
+                    f"the data are not finite: x_{split} holds {bad} NaN or infinite value(s) "
+                    f"of {x.numel()}; clean the data (training on them would only 'diverge')",
+                )
+
+
+def prepare_model(config: TrainConfig, dataset: Dataset) -> nn.Module:
+    """The model :func:`train` trains on ``dataset`` (the result of :func:`prepare_dataset`),
+    at its initial parameters, after checking what only the data can tell, so that a bad
+    config fails before anything is trained or written:
+
+    - the inputs of both splits are finite (else :class:`~breakeven.data.CorruptDatasetError`
+      naming the split and the count);
+    - ``batch_size`` is at most the number of training examples; ``augment`` has images;
+      ``weight_decay`` has convolution kernels to act on;
+    - ``model`` builds from ``model_kwargs`` for these inputs and classes, with no layer of
+      width 0, and its forward pass and loss run on two training examples (eval mode, no
+      gradient: no parameter, buffer or RNG changes).
+
+    Anything else raises :class:`ConfigError` naming the key. The parameters are drawn from
+    ``init_seed``; the caller's global RNG state is left as it was.
+    """
+    c, ds = config, dataset
+    _check_finite(ds)
+    if c.batch_size > ds.n_train:
+        of = f"n_train={c.n_train}" if c.n_train is not None else f"all of {ds.name}"
+        raise ConfigError(
+            f"batch_size={c.batch_size} is invalid: larger than the {ds.n_train} training "
+            f"examples ({of}); must be at most {ds.n_train}"
+        )
+    what = f"model={c.model!r} with model_kwargs={dict(c.model_kwargs)!r}"
+    with torch.random.fork_rng(devices=[]):  # built on the CPU: its generator alone
+        torch.random.default_generator.manual_seed(c.init_seed)
+        try:
+            model = build_model(c.model, ds.input_shape, ds.num_classes, **c.model_kwargs)
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise ConfigError(f"{what} cannot be built: {e}") from e
+    empty = [name for name, p in model.named_parameters() if p.numel() == 0]
+    if empty:
+        raise ConfigError(f"{what} is invalid: it gives layers of width 0 ({', '.join(empty)})")
+    if c.augment and len(ds.input_shape) != 3:
+        raise ConfigError(f"augment=True needs images (N, C, H, W); {ds.name} has {ds.input_shape}")
+    groups = conv_weight_decay_groups(model, c.weight_decay)
+    if c.weight_decay > 0 and not any(g["weight_decay"] for g in groups):
+        raise ConfigError(
+            f"weight_decay={c.weight_decay} has no effect: {c.model!r} has no convolution "
+            "kernels (weight decay applies to them only, paper App. D); set it to 0"
+        )
+    x, y = ds.x_train[:2], ds.y_train[:2]
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()
+            F.cross_entropy(model(x), y)
+    except Exception as e:
+        raise ConfigError(
+            f"{what} cannot run on the {ds.name} data (inputs {x.dtype} of shape "
+            f"{tuple(ds.input_shape)}, {ds.num_classes} classes): {type(e).__name__}: {e}"
+        ) from e
+    finally:
+        model.train(was_training)
+    return model
+
+
 def train(
     config: TrainConfig,
     tracker: Any = None,
@@ -340,7 +412,8 @@ def train(
     """Train ``config.model`` on ``config.dataset`` with SGD; see the module docstring.
 
     ``dataset`` overrides loading ``config.dataset`` by name (``n_train`` still applies).
-    The caller's global RNG state and torch's thread count are left as they were.
+    The caller's global RNG state and torch's thread count are left as they were. The
+    checks of :func:`prepare_model` run before the first step.
 
     Checkpoints: every ``checkpoint_every`` steps (0: never; not after the last step),
     ``on_checkpoint(state)`` receives the complete training state after that step's update,
@@ -372,14 +445,8 @@ def train(
     try:
         if c.num_threads is not None:
             torch.set_num_threads(c.num_threads)
+        model = prepare_model(c, ds)
         with torch.random.fork_rng(devices=fork_devices):
-            torch.manual_seed(c.init_seed)
-            try:
-                model = build_model(c.model, ds.input_shape, ds.num_classes, **c.model_kwargs)
-            except TypeError as e:
-                raise ConfigError(
-                    f"model_kwargs={c.model_kwargs!r} rejected by {c.model!r}: {e}"
-                ) from e
             torch.manual_seed(c.data_seed)  # dropout noise
             loop = _Loop(c, model, ds, device, tracker, t0)
             return loop.run(checkpoint_every, on_checkpoint, resume)
@@ -428,21 +495,12 @@ class _Loop:
         if c.channels_last and self.x_train.dim() == 4:
             self.x_train = self.x_train.contiguous(memory_format=torch.channels_last)
             self.x_test = self.x_test.contiguous(memory_format=torch.channels_last)
-        if c.augment and self.x_train.dim() != 4:
-            raise ConfigError(
-                f"augment=True needs images (N, C, H, W); {ds.name} has {ds.input_shape}"
-            )
         self.fill = None
         if c.augment and "mean" in ds.meta:  # pad with black pixels of the normalised data
             mean, std = torch.tensor(ds.meta["mean"]), torch.tensor(ds.meta["std"])
             self.fill = (-mean / std).to(device)
 
         groups = conv_weight_decay_groups(model, c.weight_decay)
-        if c.weight_decay > 0 and not any(g["weight_decay"] for g in groups):
-            raise ConfigError(
-                f"weight_decay={c.weight_decay} has no effect: {c.model!r} has no convolution "
-                "kernels (weight decay applies to them only, paper App. D); set it to 0"
-            )
         self.opt = torch.optim.SGD(groups, lr=c.lr, momentum=c.momentum, nesterov=c.nesterov)
         self.n = len(self.y_train)
         self.per_epoch, self.total = c.steps_per_epoch(self.n), c.total_steps(self.n)

@@ -19,13 +19,16 @@ run has ended.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import os
+import signal
 import sys
+import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +52,7 @@ from ..train import (
     TrainConfig,
     TrainResult,
     prepare_dataset,
+    prepare_model,
     train,
 )
 
@@ -61,6 +65,7 @@ __all__ = [
     "PRESETS_DIR",
     "RunConfig",
     "RunOutcome",
+    "RunTerminated",
     "apply_overrides",
     "apply_scale",
     "default_out_dir",
@@ -216,6 +221,12 @@ def _check_track(track: Any) -> dict[str, dict[str, Any]]:
     if not isinstance(track, Mapping):
         raise ConfigError(f"track={track!r} is invalid: must be a table of measure tables")
     for name, options in track.items():
+        if name == EVAL_MEASURE:
+            raise ConfigError(
+                f"track.{name}: the name {EVAL_MEASURE!r} is reserved for the training loop's "
+                'evaluation records; give the table another name (measure = "..." in it '
+                "says what it measures)"
+            )
         if not isinstance(options, Mapping):
             raise ConfigError(
                 f"track.{name}={options!r} is invalid: must be a table such as {{ every = 100 }}"
@@ -334,6 +345,35 @@ class _Hooks:
         self._call("on_end", result)
 
 
+class RunTerminated(KeyboardInterrupt):
+    """SIGTERM (what batch schedulers send) arrived while :func:`run` was running; like
+    Ctrl-C (SIGINT), the run is marked ``failed: terminated`` and resumes when run again."""
+
+
+@contextlib.contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """While the body runs, the first SIGTERM raises :class:`RunTerminated` in the main
+    thread (a second one kills the process, as by default), when SIGTERM still has its
+    default action (which would kill the process with its status ``running``); a handler
+    the caller installed is left alone. The previous handler is restored afterwards."""
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+    ):
+        yield
+        return
+
+    def terminate(signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        raise RunTerminated("terminated (SIGTERM)")
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run(
     config: str | os.PathLike | Mapping[str, Any],
     out_dir: str | os.PathLike | None = None,
@@ -348,13 +388,25 @@ def run(
     ``scale`` (see :func:`apply_scale`), writing its store to ``out_dir`` (default
     :func:`default_out_dir`).
 
-    Everything is checked before training: config keys and values, the tracker spec (by
-    building the tracker), the dataset, and that ``out_dir`` is writable with enough free
-    disk. An existing ``out_dir`` of the same config is resumed from its last checkpoint (a
-    different config is refused, naming the differing keys); one whose run ended is left as
-    it is. An ``OSError`` during training (e.g. a full disk) ends the run with status
-    ``failed: <error>`` and is returned in the outcome, not raised; any other exception
-    also marks the run failed and is raised.
+    Everything is checked before the run directory is created: config keys and values,
+    reserved names, the tracker spec (by building the tracker), the dataset (finite inputs),
+    the model (built, and run forward on two training examples; see
+    :func:`~breakeven.train.prepare_model`), the measures' options against the model and
+    the data (e.g. the Hessian's ``k`` against its parameter count), and that ``out_dir``
+    is writable with enough free disk. Then, holding the directory's lock (see
+    :meth:`~breakeven.tracking.store.RunStore.open`): an existing ``out_dir`` of the same
+    config is resumed from its last checkpoint (a different config is refused, naming the
+    differing keys, unless the run failed before its first checkpoint: then the new config
+    replaces it); one whose run ended is left as it is. An ``OSError`` during training
+    (e.g. a full disk) ends the run with status ``failed: <error>`` and is returned in the
+    outcome, not raised; any other exception also marks the run failed and is raised: Ctrl-C
+    as ``failed: interrupted``, and SIGTERM (raised as :class:`RunTerminated` when SIGTERM
+    has its default action, in the main thread) as ``failed: terminated``.
+
+    Threads: the run uses ``train.num_threads``, else the thread count torch has when it
+    starts; the count is saved in each checkpoint and a resume sets it again for its
+    duration (restoring the caller's afterwards), since a resume is bitwise equal to the
+    uninterrupted run only with the same thread count.
 
     ``dataset`` replaces loading ``train.dataset`` by name. ``progress=True`` shows a
     progress bar on stderr (tqdm if installed).
@@ -375,12 +427,13 @@ def run(
             ov.insert(0, f"scale={scale}")
         out_dir = default_out_dir(raw, ov)
     path = Path(out_dir)
-    world, rank, started = _start_distributed(rc.train.device)
-    try:
-        return _run(rc, path, dataset, progress, min_free_bytes, world, rank)
-    finally:
-        if started:
-            torch.distributed.destroy_process_group()
+    with _sigterm_raises():
+        world, rank, started = _start_distributed(rc.train.device)
+        try:
+            return _run(rc, path, dataset, progress, min_free_bytes, world, rank)
+        finally:
+            if started:
+                torch.distributed.destroy_process_group()
 
 
 def _start_distributed(device: str) -> tuple[int, int, bool]:
@@ -408,20 +461,27 @@ def _from_rank0(obj: Any, world: int) -> Any:
     return box[0]
 
 
+def _ended(rc: RunConfig, path: Path, status: str) -> RunOutcome:
+    """The outcome of a run that had already ended (its config must be ``rc``'s)."""
+    keys = config_diff(read_config(path), json.loads(json.dumps(rc.to_dict())))
+    if keys:
+        raise ConfigMismatchError(path, keys)
+    return RunOutcome(status, path, int((read_summary(path) or {}).get("steps", 0)))
+
+
 def _run(rc, path, dataset, progress, min_free_bytes, world, rank) -> RunOutcome:
     """The body of :func:`run`; under torchrun rank 0 alone writes the run directory."""
     lead = rank == 0
     store = RunStore(path, min_free_bytes=min_free_bytes or DEFAULT_MIN_FREE_BYTES)
-    status = _from_rank0(store.status, world)
-    if status in ("finished", "diverged"):  # ended: nothing to do
-        keys = config_diff(read_config(path), json.loads(json.dumps(rc.to_dict())))
-        if keys:
-            raise ConfigMismatchError(path, keys)
-        return RunOutcome(status, path, int((read_summary(path) or {}).get("steps", 0)))
+    # a final status never changes, so it needs no lock; every other is decided under it
+    ended = _from_rank0(store.final_status() if lead else None, world)
+    if ended is not None:
+        return _ended(rc, path, ended)
 
-    if lead:
-        store.check_writable()
     ds = prepare_dataset(rc.train, dataset)
+    model = prepare_model(rc.train, ds)  # the checks that need the data, before any file
+    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    del model  # train() builds its own
     sink: list[Callable[[dict[str, Any]], None]] = []
     tracker = None
     if rc.track:
@@ -434,19 +494,37 @@ def _run(rc, path, dataset, progress, min_free_bytes, world, rank) -> RunOutcome
             )
         except (TypeError, ValueError) as e:
             raise ConfigError(str(e)) from e
-    bar = _make_progress(progress) if lead else None
+        for m, _ in tracker.measures:
+            try:
+                m.check(n_params, ds.n_train, rc.train.batch_size)
+            except ValueError as e:
+                raise ConfigError(f"track.{m.name}: {e}") from e
+
+    checkpoint, ended = _from_rank0(
+        (store.open(rc.to_dict()), store.ended_) if lead else None, world
+    )
+    if ended is not None:  # it ended while this process was loading its data
+        return _ended(rc, path, ended)
+    resumed_from = None if checkpoint is None else int(checkpoint["step"])
+    threads = int(
+        rc.train.num_threads or (checkpoint or {}).get("num_threads") or torch.get_num_threads()
+    )
+    callers_threads, bar = torch.get_num_threads(), None
 
     def on_record(record: dict[str, Any]) -> None:
         store.append(record)
         if bar is not None:
             bar.record(record)
 
+    def save(state: dict[str, Any]) -> None:
+        if lead:  # every rank builds the state
+            store.save_checkpoint({**state, "num_threads": threads})
+
     sink.append(on_record)
-    checkpoint = _from_rank0(store.open(rc.to_dict()) if lead else None, world)
-    resumed_from = None if checkpoint is None else int(checkpoint["step"])
-    hooks = _Hooks(tracker, store if lead else None, bar, resumed_from or 0)
-    save = store.save_checkpoint if lead else (lambda state: None)  # every rank builds it
     try:
+        torch.set_num_threads(threads)
+        bar = _make_progress(progress) if lead else None
+        hooks = _Hooks(tracker, store if lead else None, bar, resumed_from or 0)
         result = train(
             rc.train,
             hooks,
@@ -463,6 +541,7 @@ def _run(rc, path, dataset, progress, min_free_bytes, world, rank) -> RunOutcome
             "last_loss": result.losses[-1] if result.losses else None,
             "final": result.final,
             "resumed_from": resumed_from,
+            "num_threads": threads,
         }
         if lead:
             store.finish(result.status, summary, result.model.state_dict())
@@ -472,11 +551,17 @@ def _run(rc, path, dataset, progress, min_free_bytes, world, rank) -> RunOutcome
             store.fail(message)
         return RunOutcome(f"failed: {message}", path, 0, None, resumed_from, error=e)
     except BaseException as e:
-        interrupted = isinstance(e, KeyboardInterrupt)
+        if isinstance(e, RunTerminated):
+            reason = "terminated"
+        elif isinstance(e, KeyboardInterrupt):
+            reason = "interrupted"
+        else:
+            reason = f"{type(e).__name__}: {e}"
         if lead:
-            store.fail("interrupted" if interrupted else f"{type(e).__name__}: {e}")
+            store.fail(reason)
         raise
     finally:
+        torch.set_num_threads(callers_threads)
         if lead:
             store.close()
         if bar is not None:

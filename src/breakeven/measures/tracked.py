@@ -86,6 +86,11 @@ class Measure:
     def measure(self, ctx: Context) -> dict[str, Any]:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def check(self, n_params: int, n_train: int, batch_size: int) -> None:
+        """Raise ``ValueError`` naming the option when this measure cannot work for a model
+        of ``n_params`` trainable parameters trained on ``n_train`` examples at batch size
+        ``batch_size`` (called before training; the base class accepts anything)."""
+
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
         return f"{type(self).__name__}({args})"
@@ -130,6 +135,16 @@ class GradientCovariance(Measure):
         if storage not in STORAGES:
             raise ValueError(f"storage={storage!r} is invalid: choose from {list(STORAGES)}")
         self.storage = storage
+
+    def check(self, n_params: int, n_train: int, batch_size: int) -> None:
+        M = self.batch_size or batch_size
+        if M == 1 and self.num_batches > n_train:
+            raise ValueError(
+                f"num_batches={self.num_batches} per-example gradients (batch_size = 1) need "
+                f"as many training examples; there are {n_train}"
+            )
+        if M > n_train:
+            raise ValueError(f"batch_size (M) = {M} is larger than the {n_train} training examples")
 
     def compute(self, ctx: Context) -> CovarianceSpectrum:
         M = self.batch_size or ctx.batch_size
@@ -240,12 +255,18 @@ class HessianTop(Measure):
         check_bn_mode(bn_mode)
         if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol > 0:
             raise ValueError(f"tol must be a positive number, got {tol!r}")
+        if max_iter is not None and max_iter < k:
+            raise ValueError(f"max_iter={max_iter} is smaller than k={k}")
         self.k = k
         self.tol = tol
         self.max_iter = max_iter
         self.chunk_size = chunk_size
         self.bn_mode = bn_mode
         self.warm_start = warm_start
+
+    def check(self, n_params: int, n_train: int, batch_size: int) -> None:
+        if self.k > n_params:
+            raise ValueError(f"k={self.k} is larger than the model's {n_params} parameters")
 
     def compute(self, ctx: Context) -> EigenResult:
         state = ctx.state.setdefault(self.name, {})

@@ -27,6 +27,14 @@ an incomplete last line in ``records.jsonl``: readers ignore it, and :meth:`RunS
 cuts the file back to the records counted in the checkpoint (so a resumed run neither loses
 nor duplicates a record).
 
+Nothing is lost and nothing overwritten: every decision about an existing directory is
+taken while holding its lock, and records are cut only on positive evidence that they lie
+past the last checkpoint (the status says ``running`` or ``failed: ...``, written before any
+record). A run's end is committed by ``summary.json`` (written after ``model.pt``, before
+the final status, with the lock held until the status is final). A directory whose state
+says neither (e.g. a status file missing or unreadable beside records, or ``summary.json``
+beside a status that is not final) is refused with :class:`RunStoreError`, unchanged.
+
 :func:`load_run` returns the records as a tidy pandas DataFrame; :func:`export` writes it
 to Parquet (needs pyarrow) or CSV.
 """
@@ -74,10 +82,15 @@ except ImportError:  # pragma: no cover - not POSIX: no lock
 #: are well below this (the MLP's is 2 MB, ResNet-32's 4 MB).
 DEFAULT_MIN_FREE_BYTES = 64 * 2**20
 FORMAT_VERSION = 1
-RUN_FILES = (CONFIG, RECORDS, STATUS, CHECKPOINT, SUMMARY, MODEL, "lock")
+#: The statuses of a run that has ended (final: never changed again).
+ENDED = ("finished", "diverged")
+RUNNING, FAILED = "running", "failed: "
+#: The files a run writes beside config.json.
+RUN_FILES = (RECORDS, STATUS, CHECKPOINT, SUMMARY, MODEL)
 
 __all__ = [
     "DEFAULT_MIN_FREE_BYTES",
+    "ENDED",
     "ConfigMismatchError",
     "OutputDirError",
     "RunFileError",
@@ -155,17 +168,19 @@ def config_diff(a: Any, b: Any, prefix: str = "") -> list[str]:
 class RunStore:
     """One run's directory (see the module docstring).
 
-    ``RunStore(path)`` only stores its arguments; :meth:`open` checks the directory, writes
-    or checks ``config.json``, cuts ``records.jsonl`` back to the last checkpoint and
-    returns that checkpoint (None for a fresh run). Then :meth:`append` each record,
-    :meth:`save_checkpoint` on a schedule, and :meth:`finish` or :meth:`fail` at the end.
-    ``n_records_`` counts the records in the file.
+    ``RunStore(path)`` only stores its arguments; :meth:`open` takes the directory's lock,
+    checks or writes ``config.json``, decides (under the lock) whether the run starts,
+    resumes or has ended, cuts ``records.jsonl`` back to the last checkpoint and returns
+    that checkpoint (None for a fresh run, or when ``ended_`` says the run has ended). Then
+    :meth:`append` each record, :meth:`save_checkpoint` on a schedule, and :meth:`finish` or
+    :meth:`fail` at the end. ``n_records_`` counts the records in the file.
     """
 
     def __init__(self, path: str | os.PathLike, *, min_free_bytes: int = DEFAULT_MIN_FREE_BYTES):
         self.path = Path(path)
         self.min_free_bytes = min_free_bytes
         self.n_records_ = 0
+        self.ended_: str | None = None
         self._file: Any = None
         self._lock: Any = None
 
@@ -183,7 +198,7 @@ class RunStore:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise OutputDirError(f"cannot create the run directory {self.path}: {e}") from e
-        for name in RUN_FILES:  # a planted link would send a write elsewhere: refuse it now
+        for name in (CONFIG, *RUN_FILES, "lock"):  # a planted link would send a write elsewhere
             self._where(name)
         probe = self.path / ".write-test"
         try:
@@ -205,36 +220,132 @@ class RunStore:
         """The current status, or None before the run was opened."""
         return read_status(self.path)
 
+    def final_status(self) -> str | None:
+        """The status if the status file says the run has ended (one of :data:`ENDED`),
+        else None. Safe without the lock: a final status is never changed."""
+        try:
+            status = self.status
+        except ValueError:  # not text: not a final status
+            return None
+        return status if status in ENDED else None
+
     def open(self, config: Mapping[str, Any]) -> dict[str, Any] | None:
-        """Start or resume the run of ``config`` (a plain nested mapping).
+        """Start or resume the run of ``config`` (a plain nested mapping), deciding under
+        the directory's lock (a second process is refused while one holds it).
 
         A fresh directory gets ``config.json``; an existing one must hold the same config
-        (else :class:`ConfigMismatchError` naming the differing keys). Returns the last
-        checkpoint (None if there is none), with ``records.jsonl`` cut back to the
-        ``n_records`` it counts; the status becomes ``running``.
+        (else :class:`ConfigMismatchError` naming the differing keys), except a run that
+        failed before its first checkpoint, whose config a corrected one replaces. Then:
+
+        - a run that has ended (status ``finished`` or ``diverged``, or status ``running``
+          beside the ``summary.json`` and ``model.pt`` of an end that was being written) is
+          left as it was: ``ended_`` holds its status, the lock is released and None is
+          returned;
+        - a run whose status is ``running`` or ``failed: ...`` resumes: returns its last
+          checkpoint (None if there is none), with ``records.jsonl`` cut back to the
+          ``n_records`` it counts (to none without a checkpoint); the status becomes
+          ``running``;
+        - any other state (run files beside a missing, empty or unknown status;
+          ``summary.json`` beside a status that is not final; run files without
+          ``config.json``) raises :class:`RunStoreError` saying what to do, and nothing is
+          changed.
         """
         self.check_writable()
         self._acquire_lock()
         try:
-            cfg = json.loads(to_json(_plain(config)))  # as it reads back (NaN as null)
-            cfg_path = self._where(CONFIG)
-            if cfg_path.exists():
-                saved = read_config(self.path)
-                keys = config_diff(saved, cfg)
-                if keys:
-                    raise ConfigMismatchError(self.path, keys)
-            else:
-                _atomic_text(cfg_path, to_json(cfg, indent=2, sort_keys=True) + "\n")
+            self._check_config(json.loads(to_json(_plain(config))))  # as it reads back
             for stale in self.path.glob("*.tmp"):  # a kill during an atomic write
                 stale.unlink()
+            self.ended_ = self._ended_under_lock()
+            if self.ended_ is not None:
+                self.close()
+                return None
             checkpoint = self.load_checkpoint()
+            self.set_status(RUNNING)
             self._truncate_records(checkpoint["n_records"] if checkpoint else 0)
             self._file = open_for_writing(self._where(RECORDS), append=True)
-            self.set_status("running")
         except BaseException:
             self.close()
             raise
         return checkpoint
+
+    def _present(self, *names: str) -> list[str]:
+        return [n for n in names if (self.path / n).exists()]
+
+    def _check_config(self, cfg: Any) -> None:
+        """Write config.json in a fresh directory; else check it (see :meth:`open`)."""
+        cfg_path = self._where(CONFIG)
+        if not cfg_path.exists():
+            files = self._present(*RUN_FILES)
+            if files:
+                raise RunStoreError(
+                    f"{self.path} holds {', '.join(files)} of a run but no {CONFIG}: its "
+                    f"config is unknown, so it can be neither resumed nor replaced; restore "
+                    f"{cfg_path} or use another output directory"
+                )
+        else:
+            keys = config_diff(read_config(self.path), cfg)
+            if not keys:
+                return
+            status = self._read_status()
+            failed_early = status is not None and status.startswith(FAILED)
+            if not failed_early or self._present(CHECKPOINT, SUMMARY, MODEL):
+                raise ConfigMismatchError(self.path, keys)
+            # failed before its first checkpoint: a resume would start afresh anyway
+        _atomic_text(cfg_path, to_json(cfg, indent=2, sort_keys=True) + "\n")
+
+    def _read_status(self) -> str | None:
+        try:
+            return self.status
+        except ValueError:  # not text
+            return "<unreadable>"
+
+    def _ended_under_lock(self) -> str | None:
+        """The final status if the run has ended, None if it may resume; raises
+        :class:`RunStoreError` when the directory's state is ambiguous (see :meth:`open`)."""
+        status = self._read_status()
+        if status in ENDED:
+            return status
+        if status is None:
+            what = "is missing"
+        elif status == "":
+            what = "is empty"
+        elif status == RUNNING or status.startswith(FAILED):
+            what = f"says {status!r}"
+        else:
+            what = f"holds {status!r}, not a status"
+        status_path = self.path / STATUS
+        if (self.path / SUMMARY).exists():
+            try:
+                said = read_summary(self.path).get("status")
+            except (ValueError, AttributeError):
+                said = None
+            if status == RUNNING and said in ENDED and (self.path / MODEL).exists():
+                # stopped after committing the end (summary.json), before the status
+                self.set_status(said)
+                (self.path / CHECKPOINT).unlink(missing_ok=True)
+                return said
+            end = f"says the run ended ({said!r})" if said in ENDED else "is unreadable"
+            raise RunStoreError(
+                f"{self.path}: its summary.json {end} but its status file {what}: the run "
+                "was stopped while it was being finished, or a file was changed. Nothing was "
+                f"changed. If the run did end, write its status into {status_path}; to train "
+                "it again from its last checkpoint, remove summary.json and model.pt; or use "
+                "another output directory"
+            )
+        if status == RUNNING or (status is not None and status.startswith(FAILED)):
+            return None
+        files = self._present(RECORDS, CHECKPOINT, MODEL)
+        if status is None and not files:
+            return None  # fresh: nothing was written but config.json
+        since = "its last checkpoint" if CHECKPOINT in files else "the start (no checkpoint)"
+        raise RunStoreError(
+            f"{self.path} holds {', '.join(files) or 'a run'} but its status file {what}: a "
+            "run writes its status before anything else, so the file was lost or changed. "
+            f"Nothing was changed. To resume from {since}, cutting the records written "
+            f"after it, write 'failed: status lost' into {status_path}; else use another "
+            "output directory"
+        )
 
     def _acquire_lock(self) -> None:
         if fcntl is None or self._lock is not None:
@@ -325,29 +436,44 @@ class RunStore:
     def finish(
         self, status: str, summary: Mapping[str, Any], model_state: Mapping[str, Any]
     ) -> None:
-        """End a run that trained to its end (``finished``) or ``diverged``: write
-        summary.json and model.pt, then the status; the checkpoint is removed last."""
-        self.close()
-        _atomic_text(self._where(SUMMARY), to_json(_plain(summary), indent=2) + "\n")
+        """End a run that trained to its end (``finished``) or ``diverged``: write model.pt,
+        then summary.json (with ``status``; from here on the end is committed), then the
+        status; the checkpoint is removed last. The lock is held until the status is final,
+        so no other process can open the run in between."""
+        self._close_records()
         _atomic_write(self._where(MODEL), lambda f: torch.save(dict(model_state), f))
+        text = to_json(_plain({**summary, "status": status}), indent=2) + "\n"
+        _atomic_text(self._where(SUMMARY), text)
         self.set_status(status)
         (self.path / CHECKPOINT).unlink(missing_ok=True)
+        self.close()
 
     def fail(self, message: str) -> None:
-        """Mark the run ``failed: <message>`` (best effort: the disk may be full)."""
-        self.close()
+        """Mark the run ``failed: <message>`` (best effort: the disk may be full), then
+        release the lock. Once :meth:`finish` has written summary.json the end is committed
+        and the status is left alone (the next :meth:`open` completes it)."""
+        self._close_records()
         try:
-            self.set_status(f"failed: {message}")
+            if not (self.path / SUMMARY).exists():
+                self.set_status(f"{FAILED}{message}")
         except OSError:
             pass
+        self.close()
+
+    def _close_records(self) -> None:
+        if self._file is not None:
+            try:
+                self._file.close()
+            except OSError:
+                pass
+            self._file = None
 
     def close(self) -> None:
         """Close the records file and release the lock."""
-        for name in ("_file", "_lock"):
-            f = getattr(self, name)
-            if f is not None:
-                try:
-                    f.close()
-                except OSError:
-                    pass
-                setattr(self, name, None)
+        self._close_records()
+        if self._lock is not None:
+            try:
+                self._lock.close()
+            except OSError:
+                pass
+            self._lock = None
