@@ -404,6 +404,9 @@ def test_a_fifo_or_directory_in_place_of_a_run_file_never_blocks(name, tmp_path,
         assert main([command, str(out)]) == 2
         assert f"{name} is not a regular file" in one_error_line(capsys.readouterr().err)
     if name in ("records.jsonl", "config.json"):  # the writer reads them when it resumes
+        (out / "status").write_text("failed: interrupted\n")  # resumable: records are read
+        for ended in ("summary.json", "model.pt"):
+            (out / ended).unlink()
         with pytest.raises(RunStoreError, match="not a regular file"):
             RunStore(out).open({"name": "run", "train": {"lr": 0.1}, "track": {}})
     (out / name).unlink()
