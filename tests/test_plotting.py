@@ -3,6 +3,7 @@ with known values (no training)."""
 
 import ast
 import base64
+import functools
 import json
 import re
 from pathlib import Path
@@ -694,3 +695,44 @@ def test_embedding_shared_umap_with_nearest_point_background(tmp_path):
     np.testing.assert_allclose(dist, np.sort(full, axis=1)[:, :4], atol=1e-5)
     np.testing.assert_allclose(dist, np.take_along_axis(full, idx, 1), atol=1e-5)
 
+
+def test_cli_embedding_until_accuracy_cuts_each_run_at_its_crossing(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("umap")
+    write_run(tmp_path / "fast", measures=("evaluation", "covariance", "predictions"))
+    slow = [a / 2 for a in ACC]  # never reaches 0.65
+    write_run(
+        tmp_path / "slow", lr=0.01, measures=("evaluation", "covariance", "predictions"), acc=slow
+    )
+    drawn_figs = []
+
+    @functools.wraps(plot_embedding)
+    def spy(*args, **kw):
+        drawn_figs.append(plot_embedding(*args, **kw))
+        return drawn_figs[-1]
+
+    monkeypatch.setitem(FIGURES, "embedding", spy)
+    paths = [str(tmp_path / "fast"), str(tmp_path / "slow")]
+    out = tmp_path / "e.png"
+    for until, fast_steps in ((None, 5), ("0.65", 3)):
+        args = ["plot", "embedding", *paths, "--out", str(out)]
+        with pytest.warns(UserWarning, match="n_neighbors lowered"):
+            assert main(args + (["--until-accuracy", until] if until else [])) == 0
+        assert capsys.readouterr().out.strip() == str(out) and out.exists()
+        ax = drawn_figs[-1].axes[0]
+        # predictions at steps 0, 20, .., 80; "fast" first reaches 0.65 at step 50
+        assert len(lines(ax, "trajectory:fast")["trajectory:fast"].get_xdata()) == fast_steps
+        assert len(lines(ax, "trajectory:slow")["trajectory:slow"].get_xdata()) == 5
+        if until:
+            assert "until training accuracy ≥ 0.65" in ax.get_title()
+            assert "1 of 2 runs never reached it" in ax.get_title()
+        else:
+            assert "until" not in ax.get_title()
+    # the option is the embedding's; without training accuracy it says what is missing
+    assert (
+        main(["plot", "trajectories", paths[0], "--out", str(out), "--until-accuracy", "0.5"]) == 2
+    )
+    assert "no option until_accuracy" in capsys.readouterr().err
+    write_run(tmp_path / "noacc", measures=("covariance", "predictions"))
+    args = ["plot", "embedding", str(tmp_path / "noacc"), "--out", str(out)]
+    assert main([*args, "--until-accuracy", "0.65"]) == 2
+    assert "train_acc" in capsys.readouterr().err
