@@ -3,6 +3,7 @@ with known values (no training)."""
 
 import ast
 import base64
+import functools
 import json
 import re
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from breakeven.analysis import read_runs
+from breakeven.analysis import break_even_points, read_runs
 from breakeven.cli import PLOT_KINDS, main
 from breakeven.plotting import (
     FIGURES,
@@ -61,8 +62,9 @@ def encode(arr):
     }
 
 
-def write_run(path, lr=0.1, seed=0, measures=ALL, stability=None, predictions_every=20):
-    """A run directory with known records; returns {(measure, key): {step: value}}."""
+def write_run(path, lr=0.1, seed=0, measures=ALL, stability=None, predictions_every=20, acc=ACC):
+    """A run directory with known records (training accuracy ``acc`` at STEPS); returns
+    {(measure, key): {step: value}}."""
     rng = np.random.default_rng(int(1000 * lr) + seed)
     path.mkdir(parents=True)
     cfg = {
@@ -89,7 +91,7 @@ def write_run(path, lr=0.1, seed=0, measures=ALL, stability=None, predictions_ev
     lam_h[60] = 40.0  # the peak of lambda_H^1
     for i, s in enumerate(STEPS):
         if "evaluation" in measures:
-            add(s, "evaluation", {"train_acc": ACC[i], "train_loss": 2 - ACC[i], "lr": lr})
+            add(s, "evaluation", {"train_acc": acc[i], "train_loss": 2 - acc[i], "lr": lr})
         if "covariance" in measures:
             eig = np.sort(rng.random(5))[::-1] * lam_k[s] * 0.9
             values = {
@@ -137,6 +139,23 @@ def write_run(path, lr=0.1, seed=0, measures=ALL, stability=None, predictions_ev
     return known
 
 
+def write_series(path, values, lr=0.1, momentum=0.0):
+    """A run directory holding exactly ``values``: {(measure, key): {step: value}}, a record
+    per (step, measure), epoch = step / 40."""
+    path.mkdir(parents=True)
+    train = {"model": "mlp", "dataset": "fashion_mnist", "lr": lr, "momentum": momentum}
+    (path / "config.json").write_text(json.dumps({"name": "s", "train": train}))
+    (path / "status").write_text("finished\n")
+    recs = {}
+    for (measure, key), by_step in values.items():
+        for step, v in by_step.items():
+            r = recs.setdefault((step, measure), {"step": step, "epoch": epoch(step)})
+            r.update(measure=measure, values={**r.get("values", {}), key: v})
+    rows = [recs[k] for k in sorted(recs)]
+    (path / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
 def write_sweep(root, lrs=(0.1, 0.01), seeds=(0, 1), **kw):
     runs, known = [], {}
     for lr in lrs:
@@ -159,8 +178,10 @@ def points(ax, gid):
 
 
 def centred_mean(y, w):
-    h = w // 2
-    return np.array([np.mean(y[max(0, i - h) : i + h + 1]) for i in range(len(y))])
+    """Mean of y[i - w//2 .. i + (w-1)//2], clipped at the ends (an even window: one more
+    value before i than after, as pandas' centred rolling window)."""
+    lo, hi = w // 2, (w - 1) // 2
+    return np.array([np.mean(y[max(0, i - lo) : i + hi + 1]) for i in range(len(y))])
 
 
 @pytest.fixture(scope="module")
@@ -259,7 +280,7 @@ def test_trajectories_of_a_sweep_colour_by_value_and_thin_seeds(sweep):
     assert colour["smooth:lr0.1_s0"] == colour["smooth:lr0.1_s1"]
     assert colour["smooth:lr0.01_s0"] == colour["smooth:lr0.01_s1"]
     assert colour["smooth:lr0.1_s0"] != colour["smooth:lr0.01_s0"]
-    single = plot_trajectory(root / "runs" / "lr0.1_s0", "lambda_K_1").axes[0]
+    single = plot_trajectory(root / "runs" / "lr0.1_s0", "lambda_K_1", smooth=3).axes[0]
     assert (
         sm["smooth:lr0.1_s0"].get_linewidth()
         < lines(single, "smooth:")["smooth:lr0.1_s0"].get_linewidth()
@@ -300,6 +321,139 @@ def test_batchnorm_panel(one, tmp_path):
     write_run(tmp_path / "nobn", measures=("covariance", "alignment"))
     with pytest.raises(ValueError, match=r"gamma_norm_last.*track.batchnorm"):
         plot_batchnorm(tmp_path / "nobn")
+
+
+# ----------------------------------------------------------------------------- never hide data
+
+
+def drawn(ax, run):
+    """The raw and smoothed lines of ``run`` in ``ax`` (smoothed: None when not drawn)."""
+    return lines(ax, "raw:").get(f"raw:{run}"), lines(ax, "smooth:").get(f"smooth:{run}")
+
+
+def test_a_series_of_three_is_drawn_as_recorded_not_flattened(tmp_path):
+    # the quick preset: lambda_H^1 measured 3 times per run; a window of 5 made it a constant
+    rising, falling = {0: 25.0, 40: 40.0, 80: 55.0}, {0: 42.0, 40: 30.0, 80: 19.0}
+    for name, h in (("up", rising), ("down", falling)):
+        write_series(tmp_path / name, {("hessian", "lambda_H_1"): h})
+    runs = read_runs([tmp_path / "up", tmp_path / "down"])
+    for fig in (plot_trajectories(runs), plot_trajectory(runs, "lambda_H_1")):
+        ax = fig.axes[-1]
+        for run, h in (("up", rising), ("down", falling)):
+            raw, smooth = drawn(ax, run)
+            assert smooth is None
+            np.testing.assert_array_equal(raw.get_ydata(), list(h.values()))
+            np.testing.assert_array_equal(raw.get_xdata(), [epoch(s) for s in h])
+            assert raw.get_marker() == "o"  # sparse: each record marked
+            assert raw.get_alpha() is None  # not faint: it is the curve
+        texts = [t.get_text() for t in ax.get_legend().get_texts()]
+        assert not any("moving average" in t for t in texts)
+
+
+def test_smoothing_rule_over_lengths_and_windows(tmp_path):
+    rng = np.random.default_rng(0)
+    for n in (1, 2, 3, 5, 8, 9, 14, 15, 16, 40):
+        steps = [10 * i for i in range(n)]
+        y = rng.normal(size=n).cumsum() + 10
+        path = write_series(tmp_path / f"n{n}", {("covariance", "lambda_K_1"): dict(zip(steps, y))})
+        for w in (0, 1, 2, 3, 5):
+            ax = plot_trajectory(path, "lambda_K_1", smooth=w).axes[0]
+            raw, smooth = drawn(ax, f"n{n}")
+            np.testing.assert_array_equal(raw.get_ydata(), y)  # always the recorded values
+            np.testing.assert_array_equal(raw.get_xdata(), [epoch(s) for s in steps])
+            assert (raw.get_marker() == "o") == (n < 15), (n, w)
+            texts = [t.get_text() for t in ax.get_legend().get_texts()]
+            if w > 1 and n >= 3 * w:
+                np.testing.assert_allclose(smooth.get_ydata(), centred_mean(y, w), rtol=1e-12)
+                assert raw.get_alpha() < 1 and raw.get_linewidth() < smooth.get_linewidth()
+                assert f"moving average of {w}" in texts and "recorded values" in texts
+            else:
+                assert smooth is None, (n, w)
+                assert not any("moving average" in t for t in texts)
+
+
+def test_batchnorm_panel_smooths_long_series_only_and_keeps_the_records(tmp_path):
+    long = [10 * i for i in range(20)]
+    values = {
+        ("alignment", "alignment"): {s: 1 + (s % 7) / 10 for s in long},
+        ("batchnorm", "gamma_norm_last"): {0: 3.0, 100: 3.5, 190: 2.5},
+        ("covariance", "lambda_K_1"): {s: 2 + np.sin(s) for s in long},
+        ("covariance", "condition_K"): {0: 0.1, 190: 0.3},
+    }
+    path = write_series(tmp_path / "bn", values)
+    fig = plot_batchnorm(path)
+    for ax, key in zip(fig.axes, values):
+        raw, smooth = drawn(ax, "bn")
+        y = list(values[key].values())
+        np.testing.assert_array_equal(raw.get_ydata(), y)
+        if len(y) >= 15:
+            np.testing.assert_allclose(smooth.get_ydata(), centred_mean(np.array(y), 5))
+            assert raw.get_alpha() < 1 and raw.get_marker() == "None"
+        else:
+            assert smooth is None and raw.get_marker() == "o"
+
+
+def test_one_smoothing_helper():
+    # every moving average of the figures is _data.moving_average, called from one place
+    calls = []
+    for f in sorted(PLOTTING.glob("*.py")):
+        text = f.read_text()
+        assert ".rolling(" not in text or f.name == "_data.py", f.name
+        calls += [f.name for _ in re.finditer(r"\bmoving_average\(", text)]
+    assert sorted(calls) == ["_data.py", "figures.py"]  # its definition, its one use
+
+
+def test_stability_star_and_its_legend_only_where_a_run_reached_one(tmp_path):
+    cases = {
+        "below": [0.2, 0.5, 0.9],
+        "at_once": [1.0, 0.4, 0.3],
+        "later": [0.5, 0.8, 1.3, 0.9, 1.1],
+        "close": [0.999, 0.9999, 0.99],
+    }
+    for name, st in cases.items():
+        steps = [20 * i for i in range(len(st))]
+        write_series(tmp_path / name, {("stability", "stability"): dict(zip(steps, st))})
+    table = break_even_points(read_runs([tmp_path / n for n in cases]), ())
+    want = dict(zip(table["run"], table["break_even_step"]))
+    assert np.isnan(want["below"]) and np.isnan(want["close"]) and want["later"] == 40
+    for name, st in cases.items():
+        ax = plot_stability(tmp_path / name).axes[0]
+        line = lines(ax, "stability:")[f"stability:{name}"]
+        np.testing.assert_array_equal(line.get_ydata(), st)
+        assert line.get_marker() == "o"
+        stars = lines(ax, "break_even:")
+        texts = [t.get_text() for t in ax.get_legend().get_texts()]
+        if np.isnan(want[name]):
+            assert not stars and "break-even point" not in texts
+        else:
+            assert stars[f"break_even:{name}"].get_xdata()[0] == want[name]
+            assert "break-even point" in texts
+    runs = read_runs([tmp_path / n for n in cases])
+    ax = plot_stability(runs).axes[0]
+    assert set(lines(ax, "break_even:")) == {"break_even:at_once", "break_even:later"}
+
+
+def test_edge_of_stability_names_the_threshold_of_the_configs(tmp_path):
+    for name, momentum in (("plain", 0.0), ("heavy", 0.9)):
+        thr = (2 + 2 * momentum) / 0.1
+        write_series(
+            tmp_path / name,
+            {
+                ("edge_of_stability", "lambda_H_1"): {0: 5.0, 50: 30.0, 100: 12.0},
+                ("edge_of_stability", "eos_threshold"): {0: thr, 50: thr, 100: thr},
+            },
+            momentum=momentum,
+        )
+    ax = plot_edge_of_stability(tmp_path / "plain").axes[0]
+    texts = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert r"$2/\eta$" in ax.get_title() and r"$2/\eta$" in texts
+    assert "beta" not in ax.get_title() + ax.get_ylabel() + "".join(texts)
+    lam = lines(ax, "lambda_H_1:")["lambda_H_1:plain"]
+    np.testing.assert_array_equal(lam.get_ydata(), [5.0, 30.0, 12.0])
+    assert lam.get_marker() == "o"
+    for runs in (tmp_path / "heavy", [tmp_path / "plain", tmp_path / "heavy"]):
+        ax = plot_edge_of_stability(runs).axes[0]
+        assert r"(2 + 2\beta)/\eta" in ax.get_title()
 
 
 # ----------------------------------------------------------------------------- scatters
@@ -394,6 +548,23 @@ def test_spectra_at_the_peaks(one, tmp_path):
     with pytest.raises(ValueError, match="no spectrum recorded"):
         plot_spectra(tmp_path / "e")
     assert "no spectrum recorded" in available_figures(tmp_path / "e")["spectra"]
+
+
+def test_spectra_titles_name_what_is_drawn_and_where(one, tmp_path):
+    fig = plot_spectra(one[0])
+    ax_k, ax_h = fig.axes
+    assert (ax_k.get_gid(), ax_h.get_gid()) == ("K", "H-density")
+    assert "at max" in ax_k.get_title()
+    # lambda_H^1 peaks at step 60, the nearest density record is at 70
+    assert "nearest the step of max" in ax_h.get_title()
+    assert r"$\mathbf{K}$ and $\mathbf{H}$" in fig.get_suptitle()
+    write_run(tmp_path / "c", measures=("covariance",))
+    fig = plot_spectra(tmp_path / "c")
+    assert [ax.get_gid() for ax in fig.axes] == ["K"]
+    assert "H" not in fig.get_suptitle().replace(r"\mathbf", "")
+    write_run(tmp_path / "h", measures=("hessian",))
+    (ax,) = plot_spectra(tmp_path / "h").axes
+    assert ax.get_gid() == "H-top" and "at max" in ax.get_title()
 
 
 # ----------------------------------------------------------------------------- stability
@@ -523,3 +694,45 @@ def test_embedding_shared_umap_with_nearest_point_background(tmp_path):
     np.fill_diagonal(full, 0)
     np.testing.assert_allclose(dist, np.sort(full, axis=1)[:, :4], atol=1e-5)
     np.testing.assert_allclose(dist, np.take_along_axis(full, idx, 1), atol=1e-5)
+
+
+def test_cli_embedding_until_accuracy_cuts_each_run_at_its_crossing(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("umap")
+    write_run(tmp_path / "fast", measures=("evaluation", "covariance", "predictions"))
+    slow = [a / 2 for a in ACC]  # never reaches 0.65
+    write_run(
+        tmp_path / "slow", lr=0.01, measures=("evaluation", "covariance", "predictions"), acc=slow
+    )
+    drawn_figs = []
+
+    @functools.wraps(plot_embedding)
+    def spy(*args, **kw):
+        drawn_figs.append(plot_embedding(*args, **kw))
+        return drawn_figs[-1]
+
+    monkeypatch.setitem(FIGURES, "embedding", spy)
+    paths = [str(tmp_path / "fast"), str(tmp_path / "slow")]
+    out = tmp_path / "e.png"
+    for until, fast_steps in ((None, 5), ("0.65", 3)):
+        args = ["plot", "embedding", *paths, "--out", str(out)]
+        with pytest.warns(UserWarning, match="n_neighbors lowered"):
+            assert main(args + (["--until-accuracy", until] if until else [])) == 0
+        assert capsys.readouterr().out.strip() == str(out) and out.exists()
+        ax = drawn_figs[-1].axes[0]
+        # predictions at steps 0, 20, .., 80; "fast" first reaches 0.65 at step 50
+        assert len(lines(ax, "trajectory:fast")["trajectory:fast"].get_xdata()) == fast_steps
+        assert len(lines(ax, "trajectory:slow")["trajectory:slow"].get_xdata()) == 5
+        if until:
+            assert "until training accuracy ≥ 0.65" in ax.get_title()
+            assert "1 of 2 runs never reached it" in ax.get_title()
+        else:
+            assert "until" not in ax.get_title()
+    # the option is the embedding's; without training accuracy it says what is missing
+    assert (
+        main(["plot", "trajectories", paths[0], "--out", str(out), "--until-accuracy", "0.5"]) == 2
+    )
+    assert "no option until_accuracy" in capsys.readouterr().err
+    write_run(tmp_path / "noacc", measures=("covariance", "predictions"))
+    args = ["plot", "embedding", str(tmp_path / "noacc"), "--out", str(out)]
+    assert main([*args, "--until-accuracy", "0.65"]) == 2
+    assert "train_acc" in capsys.readouterr().err

@@ -13,9 +13,10 @@ import pytest
 
 from breakeven.analysis import BREAK_EVEN_NOTE, break_even_points, read_runs, verdicts
 from breakeven.cli import main
-from breakeven.plotting import FIGURES, available_figures
+from breakeven.plotting import FIGURES, api, available_figures
+from breakeven.plotting.captions import caption
 from breakeven.plotting.report import report
-from test_plotting import ALL, write_sweep
+from test_plotting import ALL, write_run, write_sweep
 
 MEASURES = tuple(m for m in ALL if m != "predictions")  # no UMAP here: it is slow to start
 
@@ -159,3 +160,81 @@ def test_tables_name_the_maxima_convention_and_the_break_even_crossing(made):
     for column in ("max_after_0", "pairs", "ties", "ties_within_noise", "at_end", "verdict"):
         assert column in header
     assert len(rows) == len(verdicts(runs))
+
+
+def captions(page):
+    return dict(re.findall(r"<figcaption><b>([\w-]+)</b>: ([^<]*)</figcaption>", page))
+
+
+def test_captions_state_what_the_figures_draw(made):
+    _, page = made
+    found = captions(page)
+    assert set(found) == set(images(page))
+    # 10 records a run: a window of 5 needs 15, so nothing is smoothed
+    assert "unsmoothed: no series has the 15 records" in found["trajectories"]
+    assert "moving average" not in found["trajectories"].replace("a moving average over", "")
+    assert "first evaluation with training accuracy ≥ 0.5, 0.65" in found["trajectories"]
+    assert "no run reached 1: no break-even point" in found["stability"]  # stays at 0.5
+    assert "star" not in found["stability"]
+    assert (
+        html.escape("The eigenvalues of K by rank and the SLQ spectral density of H")
+        in (found["spectra"])
+    )
+    assert "M = 1 against M = 64" in found["m1-vs-m128"]
+    assert "(2 + 2 beta)/eta" in found["edge-of-stability"]  # momentum not in the configs
+
+
+def test_captions_of_records_without_h_or_a_break_even_point(tmp_path):
+    write_run(tmp_path / "k", measures=("evaluation", "covariance"))
+    runs = read_runs(tmp_path / "k")
+    fig = FIGURES["spectra"](runs)
+    text = caption("spectra", fig, runs)
+    assert text.startswith("The eigenvalues of K by rank,") and " H" not in text
+    write_run(tmp_path / "h", measures=("hessian",))
+    runs = read_runs(tmp_path / "h")
+    text = caption("spectra", FIGURES["spectra"](runs), runs)
+    assert text.startswith("The top eigenvalues of H") and " K" not in text
+    # stability reached by one run of two; trajectories smoothed; thresholds never reached
+    write_run(tmp_path / "s", stability=[0.5, 1.2] + [0.8] * 8)
+    write_run(tmp_path / "n", stability=[0.5] * 10, acc=[0.1] * 10)
+    runs = read_runs([tmp_path / "s", tmp_path / "n"])
+    text = caption("stability", FIGURES["stability"](runs), runs)
+    assert "break-even point (as in the table above) of 1 of 2 runs" in text
+    options = {"smooth": 3, "thresholds": [0.65, 0.99]}
+    text = caption("trajectories", FIGURES["trajectories"](runs, **options), runs, options)
+    assert "bold: the centred moving average over 3 records of each series of at least 9" in text
+    assert "shorter series: their recorded values alone, with markers" in text  # lambda_H_1
+    assert "training accuracy ≥ 0.65" in text and "no run reached training accuracy 0.99" in text
+    runs = read_runs(tmp_path / "k")
+    text = caption("trajectories", FIGURES["trajectories"](runs, smooth=1), runs, {"smooth": 1})
+    assert "the recorded values, unsmoothed" in text
+    write_run(tmp_path / "noacc", measures=("covariance",))
+    runs = read_runs(tmp_path / "noacc")
+    assert "no training accuracy recorded" in caption(
+        "trajectories", FIGURES["trajectories"](runs), runs
+    )
+
+
+def test_report_embeds_fig1_until_65_percent_training_accuracy(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    calls = []
+
+    def fake_embedding(runs, color="lambda_K_1", **options):  # UMAP is slow; the figure's
+        calls.append(options)  # cut-off is tested in test_plotting
+        return Figure(figsize=(1, 1))
+
+    monkeypatch.setitem(FIGURES, "embedding", fake_embedding)
+    monkeypatch.setitem(api._CHECKS, "embedding", lambda runs: None)
+    write_sweep(tmp_path / "acc", lrs=(0.1,), seeds=(0,), measures=("evaluation", "covariance"))
+    write_run(tmp_path / "slow", acc=[0.1] * 10, measures=("evaluation", "covariance"))
+    page = report([tmp_path / "acc", tmp_path / "slow"], tmp_path / "a.html").read_text()
+    assert calls == [{"until_accuracy": 0.65}]
+    text = captions(page)["embedding"]
+    assert "steps up to its first evaluation with training accuracy ≥ 0.65" in text
+    assert "1 of 2 runs never reached it: all their steps" in text
+    write_run(tmp_path / "noacc", measures=("covariance",))
+    page = report(tmp_path / "noacc", tmp_path / "n.html").read_text()
+    assert calls[-1] == {}
+    text = captions(page)["embedding"]
+    assert "every step with recorded predictions (no training accuracy recorded" in text

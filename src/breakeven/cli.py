@@ -142,8 +142,20 @@ def _parser() -> argparse.ArgumentParser:
         metavar="ACC",
         help="trajectories, batchnorm: training accuracy marked by dashed lines (repeat)",
     )
-    f.add_argument("--smooth", type=int, help="trajectories, batchnorm: moving-average window")
+    f.add_argument(
+        "--smooth",
+        type=int,
+        help="trajectories, batchnorm: moving-average window (a series of fewer than 3 windows "
+        "of records is drawn unsmoothed)",
+    )
     f.add_argument("--x", choices=["epoch", "step"], help="the x axis of curves over training")
+    f.add_argument(
+        "--until-accuracy",
+        type=float,
+        metavar="ACC",
+        help="embedding: embed each run's steps up to its first evaluation with training "
+        "accuracy >= ACC (the paper's Fig. 1: 0.65); default: all steps",
+    )
     return p
 
 
@@ -398,7 +410,12 @@ def _report(args: argparse.Namespace) -> int:
 def _plot(args: argparse.Namespace) -> int:
     from .plotting import plot
 
-    given = {"thresholds": args.threshold, "smooth": args.smooth, "x": args.x}
+    given = {
+        "thresholds": args.threshold,
+        "smooth": args.smooth,
+        "x": args.x,
+        "until_accuracy": args.until_accuracy,
+    }
     options = {k: v for k, v in given.items() if v is not None}
     try:
         print(plot(args.kind, args.paths, args.out, keys=args.key, **options))

@@ -4,8 +4,9 @@ stability): matplotlib figures of run and sweep directories, never a model or to
 Each ``plot_*`` function takes a :class:`breakeven.analysis.Runs` or run/sweep directories
 and returns a :class:`matplotlib.figure.Figure`; :func:`plot` writes a figure kind to a
 PNG/PDF/SVG file (``breakeven plot``), :func:`available_figures` says which kinds the
-records allow and why not the others, and :func:`report` writes one self-contained HTML
-page of them all (``breakeven report``). The embedding needs umap-learn
+records allow and why not the others, :func:`caption` describes a drawn figure from what
+it holds, and :func:`report` writes one self-contained HTML page of them all
+(``breakeven report``). The embedding needs umap-learn
 (``pip install 'breakeven[plot]'``).
 """
 
@@ -15,6 +16,7 @@ except ImportError as e:  # pragma: no cover - matplotlib is an optional depende
     raise ImportError("breakeven.plotting needs matplotlib: pip install 'breakeven[plot]'") from e
 
 from .api import FIGURES, FORMATS, available_figures, plot
+from .captions import caption
 from .embedding import embed_predictions, exact_knn, plot_embedding
 from .figures import (
     DEFAULT_KEYS,
@@ -37,6 +39,7 @@ __all__ = [
     "FIGURES",
     "FORMATS",
     "available_figures",
+    "caption",
     "embed_predictions",
     "exact_knn",
     "label_of",

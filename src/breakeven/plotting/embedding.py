@@ -28,10 +28,19 @@ from ._data import (
 )
 from .figures import _legend, _title, label_of
 
-__all__ = ["MIN_POINTS", "embed_predictions", "exact_knn", "nearest_image", "plot_embedding"]
+__all__ = [
+    "FIG1_UNTIL_ACCURACY",
+    "MIN_POINTS",
+    "embed_predictions",
+    "exact_knn",
+    "nearest_image",
+    "plot_embedding",
+]
 
 #: UMAP needs n_neighbors >= 2 and n_neighbors < number of points.
 MIN_POINTS = 3
+#: The paper's Fig. 1 embeds each run's steps up to 65% training accuracy.
+FIG1_UNTIL_ACCURACY = 0.65
 
 
 def _umap() -> Any:
@@ -84,7 +93,9 @@ def embed_predictions(
     """The predictions of every ``measure`` record of every run, each array flattened to one
     vector, embedded in one 2-D UMAP (euclidean; ``random_state`` fixed, so the embedding is
     reproducible). Returns a DataFrame with columns ``run, step, epoch, x, y`` (by run and
-    step) and a dict of the UMAP settings used (``n_neighbors``, ``init``, ``n_points``).
+    step) and a dict of the settings used (``n_neighbors``, ``init``, ``n_points``,
+    ``random_state``, ``until_accuracy``, and ``cut``: {run: the step of its first
+    evaluation with training accuracy >= ``until_accuracy``} of the runs that reached it).
 
     With fewer points than ``n_neighbors + 1``, ``n_neighbors`` is lowered to ``n_points - 1``
     (with a warning); fewer than 8 points use a random initial layout (the spectral one needs
@@ -98,12 +109,14 @@ def embed_predictions(
     acc = None
     if until_accuracy is not None:
         acc = resolve(runs, accuracy_key)
-    rows, vectors = [], []
+    rows, vectors, cut = [], [], {}
     for run, items in preds.items():
         stop = None
         if acc is not None:
             hit = crossings(runs, run, [until_accuracy], acc)
             stop = hit[float(until_accuracy)][0] if hit else None
+        if stop is not None and items:
+            cut[run] = stop
         for step, epoch, arr in items:
             if stop is not None and step > stop:
                 continue
@@ -151,7 +164,14 @@ def embed_predictions(
         xy = reducer.fit_transform(X)
     df = pd.DataFrame(rows, columns=["run", "step", "epoch"])
     df["x"], df["y"] = xy[:, 0].astype(float), xy[:, 1].astype(float)
-    return df, {"n_neighbors": k, "init": init, "n_points": n, "random_state": random_state}
+    return df, {
+        "n_neighbors": k,
+        "init": init,
+        "n_points": n,
+        "random_state": random_state,
+        "until_accuracy": until_accuracy,
+        "cut": cut,
+    }
 
 
 def _colour_values(runs: Runs, points: Any, measure: str, key: str) -> np.ndarray:
@@ -183,6 +203,19 @@ def nearest_image(
     return values[ok][j].reshape(resolution, resolution)
 
 
+def _cut_off(info: dict[str, Any], embedded: Sequence[str]) -> str:
+    """The title's line on the cut-off of :func:`embed_predictions` (``""`` without one);
+    ``embedded``: the runs drawn."""
+    until = info["until_accuracy"]
+    if until is None:
+        return ""
+    text = f"\nsteps until training accuracy ≥ {until:g}"
+    never = sum(run not in info["cut"] for run in embedded)
+    if never:
+        text += f" ({never} of {len(embedded)} runs never reached it: all their steps)"
+    return text
+
+
 def plot_embedding(
     runs: RunsLike,
     color: str = "lambda_K_1",
@@ -205,7 +238,10 @@ def plot_embedding(
     ``"condition_K"``, ``"trace_K"``, ``"lambda_H_1"`` for Fig. 8) at the nearest embedded
     point; each point's value is its run's record of that key at the nearest step. The image
     (``gid="background"``) is ``resolution`` pixels square; its colour scale is logarithmic
-    when the values span decades (``log="auto"``)."""
+    when the values span decades (``log="auto"``). ``until_accuracy``: embed each run's
+    steps up to its first evaluation with training accuracy >= this (Fig. 1:
+    :data:`FIG1_UNTIL_ACCURACY`); the title then states the cut-off and how many runs never
+    reached it (those keep all their steps)."""
     runs = as_runs(runs)
     cm, ck = resolve(runs, color, color_measure)
     points, info = embed_predictions(
@@ -270,6 +306,7 @@ def plot_embedding(
     ax.set_ylabel("UMAP 2")
     ax.set_title(
         _title("Trajectories of the validation predictions", runs)
+        + _cut_off(info, list(points["run"].unique()))
         + f"\nUMAP of {info['n_points']} points, n_neighbors={info['n_neighbors']}, "
         f"random_state={info['random_state']}; background: nearest point",
         fontsize="medium",

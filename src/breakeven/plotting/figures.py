@@ -5,17 +5,24 @@ shown, nothing global is kept). Records only; no torch.
 
 Every drawn artist that holds data carries a ``gid`` naming it, so that its data can be read
 back (``fig.axes[i].lines``, ``.collections``): ``raw:<run>`` / ``smooth:<run>`` (a
-trajectory's values and their moving average), ``threshold:<run>:<t>`` (the first epoch of
-training accuracy >= t), ``points:<run>`` (a scatter), ``K:<run>`` / ``H:<run>`` (spectra),
+trajectory's recorded values and their moving average), ``threshold:<run>:<t>`` (the first
+epoch of training accuracy >= t), ``points:<run>`` (a scatter), ``K:<run>`` / ``H:<run>``
+(spectra; the axes' own gid says what they show: ``K``, ``H-density`` or ``H-top``),
 ``stability:<run>``, ``break_even:<run>``, ``unit`` (the line at 1), ``lambda_H_1:<run>``,
 ``eos_threshold:<run>``. When the records lack what a figure needs, it raises ``ValueError``
 naming the missing measure or key and the setting that tracks it.
+
+No curve hides its data: a series is smoothed only when it has at least
+:data:`MIN_WINDOWS` windows of records, and then its recorded values stay drawn beside the
+moving average; a series of fewer than :data:`SPARSE` records is drawn with a marker at
+each record. Titles and legends name only what is drawn.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -24,7 +31,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-from ..analysis import Runs
+from ..analysis import Runs, break_even_points, trajectory_max
 from ._data import (
     KEY_MEASURE,
     PREFERRED,
@@ -32,10 +39,10 @@ from ._data import (
     RunsLike,
     as_runs,
     crossings,
-    first_at_least,
     groups,
     has_key,
     keys_of,
+    match_nearest,
     missing,
     moving_average,
     paired,
@@ -63,6 +70,10 @@ __all__ = [
 DEFAULT_KEYS = ("lambda_K_1", "condition_K", "trace_K", "lambda_H_1")
 #: The figure's thresholds of training accuracy (dashed vertical lines), as in Fig. 4.
 DEFAULT_THRESHOLDS = (0.65,)
+#: A series is smoothed only when it holds at least this many windows of records.
+MIN_WINDOWS = 3
+#: A series of fewer records than this is drawn with a marker at each record.
+SPARSE = 15
 
 LABELS = {
     "lambda_K_1": r"$\lambda_K^1$",
@@ -176,6 +187,39 @@ def _set_log(ax: Axes, which: str, log: bool | str, values: Sequence[float]) -> 
         (ax.set_yscale if which == "y" else ax.set_xscale)("log")
 
 
+def smooths(n: int, window: int) -> bool:
+    """Whether a series of ``n`` records is smoothed with a moving average over ``window``:
+    only when ``window > 1`` and ``n >= MIN_WINDOWS * window`` (a shorter series would be
+    flattened towards its mean)."""
+    return window > 1 and n >= MIN_WINDOWS * window
+
+
+def _draw_series(
+    ax: Axes,
+    xs: np.ndarray,
+    ys: np.ndarray,
+    run: str,
+    *,
+    color: Any,
+    lw: float,
+    smooth: int = 0,
+    name: str = "raw",
+    ls: str = "-",
+) -> bool:
+    """Draw one run's series, the one way every curve over training is drawn: the recorded
+    values as a line (gid ``<name>:<run>``; a marker at each record when there are fewer
+    than :data:`SPARSE`) and, when :func:`smooths` (``len(ys)``, ``smooth``), their centred
+    moving average (:func:`moving_average`, gid ``smooth:<run>``) in bold over them, the
+    recorded values then thin and faint. Returns whether the average was drawn."""
+    marker = {"marker": "o", "ms": 3} if len(ys) < SPARSE else {}
+    if smooths(len(ys), smooth):
+        ax.plot(xs, ys, color=color, lw=0.8, ls=ls, alpha=0.4, gid=f"{name}:{run}", **marker)
+        ax.plot(xs, moving_average(ys, smooth), color=color, lw=lw, ls=ls, gid=f"smooth:{run}")
+        return True
+    ax.plot(xs, ys, color=color, lw=lw, ls=ls, gid=f"{name}:{run}", **marker)
+    return False
+
+
 # ----------------------------------------------------------------------------- trajectories
 
 
@@ -200,21 +244,21 @@ def _draw_trajectory(
     thresholds: Sequence[float],
     accuracy: tuple[str, str] | None,
     log: bool | str,
-) -> None:
+) -> tuple[bool, set[float]]:
+    """Draw ``key`` of each run (:func:`_draw_series`) and its threshold lines; returns
+    whether some series was smoothed, and the thresholds some run reached (those drawn)."""
     all_values: list[float] = []
+    smoothed, reached = False, set()
     for run in runs.table["run"]:
         df = series(runs, measure, key, run=run)
         if len(df) == 0:
             continue
         xs, ys = df[x].to_numpy(dtype=float), df["value"].to_numpy()
         all_values += list(ys)
-        colour, lw = g.color[run], g.linewidth(run)
-        if smooth and smooth > 1:
-            ax.plot(xs, ys, color=colour, lw=0.8, alpha=0.25, gid=f"raw:{run}")
-            ax.plot(xs, moving_average(ys, smooth), color=colour, lw=lw, gid=f"smooth:{run}")
-        else:
-            ax.plot(xs, ys, color=colour, lw=lw, gid=f"raw:{run}")
+        colour = g.color[run]
+        smoothed |= _draw_series(ax, xs, ys, run, color=colour, lw=g.linewidth(run), smooth=smooth)
         for t, (step, epoch) in crossings(runs, run, thresholds, accuracy).items():
+            reached.add(t)
             ax.axvline(
                 epoch if x == "epoch" else step,
                 color=colour,
@@ -226,14 +270,23 @@ def _draw_trajectory(
     _set_log(ax, "y", log, all_values)
     ax.set_xlabel(_xlabel(x))
     ax.set_ylabel(label_of(key, measure))
+    return smoothed, reached
 
 
-def _threshold_handle(thresholds: Sequence[float], accuracy: tuple[str, str] | None) -> list:
-    if not thresholds or accuracy is None:
-        return []
-    what = "training accuracy" if accuracy[1] == "train_acc" else accuracy[1]
-    ts = ", ".join(f"{t:g}" for t in thresholds)
-    return [Line2D([], [], color="grey", ls="--", lw=0.9, label=f"{what} first ≥ {ts}")]
+def _extra_handles(smoothed: bool, smooth: int, reached: set[float], accuracy: Any) -> list:
+    """Legend entries of what was drawn: the recorded values and their moving average when
+    some series was smoothed, the threshold lines that some run reached."""
+    out = []
+    if reached and accuracy is not None:
+        what = "training accuracy" if accuracy[1] == "train_acc" else accuracy[1]
+        ts = ", ".join(f"{t:g}" for t in sorted(reached))
+        out.append(Line2D([], [], color="grey", ls="--", lw=0.9, label=f"{what} first ≥ {ts}"))
+    if smoothed:
+        out += [
+            Line2D([], [], color="grey", lw=0.8, alpha=0.4, label="recorded values"),
+            Line2D([], [], color="grey", lw=2, label=f"moving average of {smooth}"),
+        ]
+    return out
 
 
 def plot_trajectory(
@@ -250,10 +303,14 @@ def plot_trajectory(
     ax: Axes | None = None,
 ) -> Figure:
     """One tracked key over training (paper Figs. 4, 5, 10-26): a curve per run, coloured by
-    the swept value (seeds of one value share a colour, thinner), the centred moving average
-    over ``smooth`` records drawn over the raw values (faint; ``smooth <= 1``: raw only), and
-    dashed vertical lines at the first evaluation where training accuracy (``accuracy_key``,
-    default the evaluation's ``train_acc``; None: no lines) is >= each of ``thresholds``.
+    the swept value (seeds of one value share a colour, thinner), and dashed vertical lines
+    at the first evaluation where training accuracy (``accuracy_key``, default the
+    evaluation's ``train_acc``; None: no lines) is >= each of ``thresholds``. A run's series
+    of at least 3 x ``smooth`` records is drawn as its centred moving average over
+    ``smooth`` records (bold) over its recorded values (thin, faint); a shorter one (or any,
+    with ``smooth <= 1``) as its recorded values alone, with markers when it has fewer than
+    :data:`SPARSE` records. The legend names the thresholds that some run reached and, when
+    some series was smoothed, the moving average's window.
 
     ``key``: ``"lambda_K_1"`` or ``"measure:key"`` (e.g. ``"covariance_m1:lambda_K_1"``); a
     bare key is read from its usual measure. ``x``: ``"epoch"`` or ``"step"``. ``log``:
@@ -267,7 +324,7 @@ def plot_trajectory(
         fig = Figure(figsize=(5.5, 4), layout="constrained")
         ax = fig.add_subplot()
     accuracy = _accuracy(runs, accuracy_key)
-    _draw_trajectory(
+    smoothed, reached = _draw_trajectory(
         ax,
         runs,
         g,
@@ -280,7 +337,7 @@ def plot_trajectory(
         log=log,
     )
     ax.set_title(_title(label_of(key, measure), runs))
-    _legend(ax, g, _threshold_handle(thresholds, accuracy))
+    _legend(ax, g, _extra_handles(smoothed, smooth, reached, accuracy))
     return ax.figure
 
 
@@ -300,8 +357,9 @@ def _panel(
     g = groups(runs, by)
     accuracy = _accuracy(runs, accuracy_key)
     fig, axes = _grid(len(specs), ncols)
+    smoothed, reached = False, set()
     for ax, (measure, key) in zip(axes, specs):
-        _draw_trajectory(
+        drawn = _draw_trajectory(
             ax,
             runs,
             g,
@@ -313,8 +371,10 @@ def _panel(
             accuracy=accuracy,
             log=log,
         )
+        smoothed |= drawn[0]
+        reached |= drawn[1]
         ax.set_title(label_of(key, measure))
-    _legend(axes[0], g, _threshold_handle(thresholds, accuracy))
+    _legend(axes[0], g, _extra_handles(smoothed, smooth, reached, accuracy))
     fig.suptitle(_title(title, runs))
     return fig
 
@@ -604,10 +664,9 @@ def _row(runs: Runs, run: str, measure: str, step: int) -> dict[str, float]:
 
 
 def _peak_step(runs: Runs, run: str, measure: str, key: str) -> int | None:
-    df = series(runs, measure, key, run=run)
-    if len(df) == 0:
-        return None
-    return int(df["step"].iloc[int(np.argmax(df["value"].to_numpy()))])
+    """The step of the run's maximum of ``key``, by the one convention of the tables."""
+    peak = trajectory_max(series(runs, measure, key, run=run))
+    return None if peak is None else peak.step
 
 
 def _nearest_step(runs: Runs, run: str, measure: str, key: str, step: int) -> int | None:
@@ -666,6 +725,7 @@ def plot_spectra(
                     f"the K spectrum needs the eigenvalues eig_K_i of measure {covariance!r}: "
                     f"track them with --set track.{covariance}.spectrum=true"
                 )
+            exact = True
             for run in runs.table["run"]:
                 peak = _peak_step(runs, run, covariance, "lambda_K_1")
                 if peak is None:
@@ -673,6 +733,7 @@ def plot_spectra(
                 step = _nearest_step(runs, run, covariance, "eig_K_0", peak or 0)
                 if step is None:
                     continue
+                exact &= step == peak
                 eig = _indexed(_row(runs, run, covariance, step), "eig_K_")[:-1]
                 ax.plot(
                     np.arange(1, len(eig) + 1),
@@ -686,12 +747,19 @@ def plot_spectra(
             ax.set_xlabel("rank $i$")
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_ylabel(r"$\lambda_K^i$")
-            ax.set_title(r"Spectrum of $\mathbf{K}$ at max $\lambda_K^1$")
+            ax.set_title(r"Spectrum of $\mathbf{K}$ " + _at_peak(exact, r"$\lambda_K^1$"))
+            ax.set_gid("K")
         else:
             _draw_hessian_spectrum(ax, runs, g, present, hessian, density, sigma2)
         _legend(ax, g)
-    fig.suptitle(_title("Spectra", runs))
+    what = r" and ".join(rf"$\mathbf{{{p}}}$" for p in parts)
+    fig.suptitle(_title(f"Spectra of {what}" if len(parts) > 1 else f"Spectrum of {what}", runs))
     return fig
+
+
+def _at_peak(exact: bool, name: str) -> str:
+    """Where a spectrum was taken: at each run's step of max ``name``, or the nearest one."""
+    return f"at max {name}" if exact else f"nearest the step of max {name}"
 
 
 def _has_k_spectrum(present: Any, covariance: str) -> bool:
@@ -726,7 +794,7 @@ def _draw_hessian_spectrum(ax, runs, g, present, hessian, density, sigma2) -> No
         lam = resolve(runs, "lambda_H_1", hessian)
     except ValueError:
         pass
-    any_density = False
+    any_density, exact = False, True
     for run in runs.table["run"]:
         peak = _peak_step(runs, run, *lam) if lam else None
         if has_density:
@@ -740,6 +808,7 @@ def _draw_hessian_spectrum(ax, runs, g, present, hessian, density, sigma2) -> No
             step = _nearest_step(runs, run, density, "node_0", peak)
             if step is None:
                 continue
+            exact &= step == peak
             row = _row(runs, run, density, step)
             t, d = spectral_density(_indexed(row, "node_"), _indexed(row, "weight_"), sigma2=sigma2)
             ax.plot(t, d, color=g.color[run], lw=g.linewidth(run, 1.2, 0.8), gid=f"H:{run}")
@@ -748,9 +817,11 @@ def _draw_hessian_spectrum(ax, runs, g, present, hessian, density, sigma2) -> No
             step = peak if peak is not None else _peak_step(runs, run, *top_k)
             if step is None:
                 continue
-            step = _nearest_step(runs, run, top_k[0], "lambda_H_1", step)
-            if step is None:
+            near = _nearest_step(runs, run, top_k[0], "lambda_H_1", step)
+            if near is None:
                 continue
+            exact &= near == step
+            step = near
             eig = _indexed(_row(runs, run, top_k[0], step), "lambda_H_")
             ax.plot(
                 np.arange(1, len(eig) + 1),
@@ -767,14 +838,17 @@ def _draw_hessian_spectrum(ax, runs, g, present, hessian, density, sigma2) -> No
         ax.set_ylim(top * 1e-7, top * 3)
         ax.set_xlabel(r"eigenvalue of $\mathbf{H}$")
         ax.set_ylabel("density (log scale)")
-        ax.set_title(r"Spectral density of $\mathbf{H}$ at max $\lambda_H^1$")
+        where = _at_peak(exact, r"$\lambda_H^1$") if lam else "at its largest SLQ node"
+        ax.set_title(r"Spectral density of $\mathbf{H}$ " + where)
+        ax.set_gid("H-density")
     else:
         vals = np.concatenate([ln.get_ydata() for ln in ax.lines]) if ax.lines else []
         _set_log(ax, "y", "auto", vals)
         ax.set_xlabel("rank $i$")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(r"$\lambda_H^i$")
-        ax.set_title(r"Top eigenvalues of $\mathbf{H}$ at max $\lambda_H^1$")
+        ax.set_title(r"Top eigenvalues of $\mathbf{H}$ " + _at_peak(exact, r"$\lambda_H^1$"))
+        ax.set_gid("H-top")
 
 
 # ----------------------------------------------------------------------------- stability
@@ -789,8 +863,10 @@ def plot_stability(
     by: Sequence[str] | str | None = None,
 ) -> Figure:
     """The left side of Eq. 1 along e_H^1, (1 - eta lambda_H^1)^2 + s^2 eta^2 (N-S)/(S(N-1)),
-    over training (a curve per run), a horizontal line at 1, and the break-even point (the
-    first record where it is >= 1) marked by a star and a dotted vertical line."""
+    over training (a curve per run, its recorded values: never smoothed), a horizontal line
+    at 1, and each run's break-even point as :func:`breakeven.analysis.break_even_points`
+    defines it (of the records of ``measure``) marked by a star and a dotted vertical line.
+    The legend has a "break-even point" entry only when some run has one."""
     runs = as_runs(runs)
     _xlabel(x)  # checks x
     if not has_key(runs, measure, "stability"):
@@ -799,6 +875,7 @@ def plot_stability(
     fig = Figure(figsize=(6, 4.2), layout="constrained")
     ax = fig.add_subplot()
     values: list[float] = []
+    points = _break_even(runs, measure)
     for run in runs.table["run"]:
         df = series(runs, measure, "stability", run=run)
         if len(df) == 0:
@@ -806,9 +883,9 @@ def plot_stability(
         xs, ys = df[x].to_numpy(dtype=float), df["value"].to_numpy()
         values += list(ys)
         colour = g.color[run]
-        ax.plot(xs, ys, color=colour, lw=g.linewidth(run), gid=f"stability:{run}")
-        i = first_at_least(df["step"], ys, 1.0)
-        if i is not None:
+        _draw_series(ax, xs, ys, run, color=colour, lw=g.linewidth(run), name="stability")
+        if run in points:
+            i = int(match_nearest(df["step"], [points[run]])[0])
             ax.plot(
                 [xs[i]],
                 [ys[i]],
@@ -829,8 +906,22 @@ def plot_stability(
     star = Line2D(
         [], [], marker="*", ms=10, ls="", color="grey", mec="black", label="break-even point"
     )
-    _legend(ax, g, [star])
+    _legend(ax, g, [star] if points else [])
     return fig
+
+
+def _break_even(runs: Runs, measure: str) -> dict[str, int]:
+    """{run: step} of the break-even point of each run that has one, as
+    :func:`breakeven.analysis.break_even_points` finds it in the records of ``measure``
+    (read as the ``stability`` measure it looks at)."""
+    rec = runs.records
+    rec = rec[rec["measure"] == measure].assign(measure="stability")
+    table = break_even_points(replace(runs, records=rec), ())
+    return {
+        run: int(step)
+        for run, step in zip(table["run"], table["break_even_step"])
+        if np.isfinite(step)
+    }
 
 
 def plot_edge_of_stability(
@@ -843,7 +934,9 @@ def plot_edge_of_stability(
 ) -> Figure:
     """lambda_H^1 (solid) against the edge-of-stability threshold 2/eta ((2 + 2 beta)/eta
     with momentum beta; dashed, same colour) over training, from the ``edge_of_stability``
-    records: gradient descent is unstable along e_H^1 where the solid line is above."""
+    records: gradient descent is unstable along e_H^1 where the solid line is above. The
+    recorded values are drawn, never smoothed (markers on sparse series); the labels name
+    the threshold as 2/eta when no run used momentum, else as (2 + 2 beta)/eta."""
     runs = as_runs(runs)
     _xlabel(x)  # checks x
     for key in ("lambda_H_1", "eos_threshold"):
@@ -860,21 +953,25 @@ def plot_edge_of_stability(
             if len(df) == 0:
                 continue
             values += list(df["value"])
-            ax.plot(
-                df[x].to_numpy(dtype=float),
-                df["value"],
-                color=colour,
-                lw=lw,
-                ls=ls,
-                gid=f"{key}:{run}",
-            )
+            xs, ys = df[x].to_numpy(dtype=float), df["value"].to_numpy()
+            _draw_series(ax, xs, ys, run, color=colour, lw=lw, name=key, ls=ls)
+    threshold = eos_threshold_label(runs)
     _set_log(ax, "y", log, values)
     ax.set_xlabel(_xlabel(x))
-    ax.set_ylabel(r"$\lambda_H^1$ and $(2 + 2\beta)/\eta$")
-    ax.set_title(_title(r"Edge of stability: $\lambda_H^1$ against $2/\eta$", runs))
+    ax.set_ylabel(rf"$\lambda_H^1$ and {threshold}")
+    ax.set_title(_title(rf"Edge of stability: $\lambda_H^1$ against {threshold}", runs))
     extra = [
         Line2D([], [], color="grey", ls="-", label=r"$\lambda_H^1$"),
-        Line2D([], [], color="grey", ls="--", label=r"$(2 + 2\beta)/\eta$"),
+        Line2D([], [], color="grey", ls="--", label=threshold),
     ]
     _legend(ax, g, extra)
     return fig
+
+
+def eos_threshold_label(runs: Runs) -> str:
+    """The edge-of-stability threshold as the runs' configs make it: ``$2/\\eta$`` when every
+    run's config says momentum 0, else (some momentum, or one not recorded)
+    ``$(2 + 2\\beta)/\\eta$``."""
+    momenta = runs.table["momentum"] if "momentum" in runs.table else [None]
+    plain = all(m is not None and m == 0 for m in momenta)
+    return r"$2/\eta$" if plain else r"$(2 + 2\beta)/\eta$"

@@ -14,29 +14,21 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from ..analysis import BREAK_EVEN_NOTE, DEFAULT_THRESHOLDS, VERDICTS, break_even_points, verdicts
-from ..records import atomic_write
-from ._data import RunsLike, as_runs
+from ..analysis import (
+    BREAK_EVEN_NOTE,
+    DEFAULT_THRESHOLDS,
+    VERDICTS,
+    Runs,
+    break_even_points,
+    verdicts,
+)
+from ..records import EVAL_MEASURE, atomic_write
+from ._data import RunsLike, as_runs, has_key
 from .api import FIGURES, available_figures
+from .captions import caption
+from .embedding import FIG1_UNTIL_ACCURACY
 
 __all__ = ["report"]
-
-#: What each figure shows (the report's captions).
-CAPTIONS = {
-    "trajectories": "Trajectories over training (raw values faint, moving average bold); "
-    "dashed lines: first epoch at each training-accuracy threshold (paper Fig. 4, 5).",
-    "hessian-vs-covariance": "lambda_H^1 against lambda_K^1 at the same steps (paper Fig. 2).",
-    "loss-change": "The loss change Delta L of a step against lambda_K^1 (paper Fig. 2).",
-    "spectra": "Spectra of K and H at each run's largest top eigenvalue (paper Fig. 3).",
-    "embedding": "Test-set predictions of every measured step in one UMAP embedding, "
-    "background coloured by lambda_K^1 at the nearest point (paper Fig. 1).",
-    "m1-vs-m128": "lambda_K^1 from per-example gradients (M = 1) against M = 128 (paper Fig. 9).",
-    "batchnorm": "||g||/||g_5||, ||gamma|| of the last BatchNorm layer, lambda_K^1 and its "
-    "conditioning (paper Fig. 7).",
-    "stability": "Stability of Eq. 1 along e_H^1; the break-even point is the first step "
-    "where it reaches 1.",
-    "edge-of-stability": "lambda_H^1 against the edge-of-stability threshold (2 + 2 beta)/eta.",
-}
 
 CSS = """
 body { font-family: sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
@@ -76,6 +68,18 @@ def _png(fig: Any) -> str:
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
     return base64.b64encode(buf.getvalue()).decode()
+
+
+def figure_options(kind: str, runs: Runs, thresholds: Sequence[float]) -> dict[str, Any]:
+    """The options the report draws the figure ``kind`` with: the report's accuracy
+    thresholds for the trajectories; for the embedding, each run's steps up to 65% training
+    accuracy (:data:`FIG1_UNTIL_ACCURACY`, as the paper's Fig. 1) when the evaluation
+    recorded ``train_acc``."""
+    if kind == "trajectories":
+        return {"thresholds": list(thresholds)}
+    if kind == "embedding" and has_key(runs, EVAL_MEASURE, "train_acc"):
+        return {"until_accuracy": FIG1_UNTIL_ACCURACY}
+    return {}
 
 
 def _version() -> str:
@@ -146,15 +150,16 @@ def report(
             missing.append((kind, reason))
             continue
         try:
-            options = {"thresholds": list(thresholds)} if kind == "trajectories" else {}
-            data = _png(FIGURES[kind](runs, **options))
+            options = figure_options(kind, runs, thresholds)
+            fig = FIGURES[kind](runs, **options)
+            text = html.escape(caption(kind, fig, runs, options))
+            data = _png(fig)
         except Exception as e:  # one broken figure must not lose the report
             missing.append((kind, f"could not be drawn: {type(e).__name__}: {e}"))
             continue
-        caption = html.escape(CAPTIONS.get(kind, ""))
         parts.append(
             f'<figure id="fig-{kind}"><img alt="{kind}" src="data:image/png;base64,{data}">'
-            f"<figcaption><b>{kind}</b>: {caption}</figcaption></figure>"
+            f"<figcaption><b>{kind}</b>: {text}</figcaption></figure>"
         )
     if missing:
         parts.append("<h2>Not measured</h2><ul>")
