@@ -416,6 +416,7 @@ def test_stability_star_and_its_legend_only_where_a_run_reached_one(tmp_path):
     table = break_even_points(read_runs([tmp_path / n for n in cases]), ())
     want = dict(zip(table["run"], table["break_even_step"]))
     assert np.isnan(want["below"]) and np.isnan(want["close"]) and want["later"] == 40
+    assert np.isnan(want["at_once"])  # unstable at initialisation: no crossing from below
     for name, st in cases.items():
         ax = plot_stability(tmp_path / name).axes[0]
         line = lines(ax, "stability:")[f"stability:{name}"]
@@ -430,7 +431,7 @@ def test_stability_star_and_its_legend_only_where_a_run_reached_one(tmp_path):
             assert "break-even point" in texts
     runs = read_runs([tmp_path / n for n in cases])
     ax = plot_stability(runs).axes[0]
-    assert set(lines(ax, "break_even:")) == {"break_even:at_once", "break_even:later"}
+    assert set(lines(ax, "break_even:")) == {"break_even:later"}
 
 
 def test_edge_of_stability_names_the_threshold_of_the_configs(tmp_path):
