@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
 
 from breakeven.analysis import read_runs, verdicts
 from breakeven.cli import main
-from breakeven.experiments import parse_grid, plan_sweep, sweep
+from breakeven.experiments import SweepBusyError, parse_grid, plan_sweep, sweep
 from breakeven.records import read_records
 from breakeven.train import ConfigError
 from cases import write_tiny_npz
@@ -220,3 +221,37 @@ def test_cli_sweep_then_verdict(preset, tmp_path, capsys):
     assert main(["sweep", str(preset), "--grid", "lr=", "--out", str(out)]) == 2
     assert "must be key=v1,v2" in capsys.readouterr().err
     assert main(["sweep", str(preset), "--address", "x:1", "--out", str(tmp_path / "z")]) == 2
+
+
+# ------------------------------------------- one sweep per directory, dead workers, dead parent
+
+
+@pytest.mark.parametrize(("backend", "workers"), [("local", 1), ("local", 2), ("ray", 2)])
+def test_a_sweep_stops_at_once_when_another_holds_its_directory(
+    preset, tmp_path, monkeypatch, backend, workers
+):
+    fcntl = pytest.importorskip("fcntl")
+    sweep_module = sys.modules["breakeven.experiments.sweep"]  # the name sweep is the function
+
+    def no_worker(*args):
+        raise AssertionError("a worker was started")
+
+    for fn in ("run_one", "_run_pool", "_run_ray"):
+        monkeypatch.setattr(sweep_module, fn, no_worker)
+    out = tmp_path / "s"
+    out.mkdir()
+    with open(out / "sweep.lock", "a+b") as held:  # another sweep's lock
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(SweepBusyError, match=r"another sweep is running in .*sweep\.lock"):
+            sweep(preset, seeds=1, workers=workers, backend=backend, out=out)
+    assert os.listdir(out) == ["sweep.lock"]  # no sweep.json, no run directory
+
+
+def test_a_sweep_releases_its_directory_when_it_ends(preset, tmp_path):
+    fcntl = pytest.importorskip("fcntl")
+    out = tmp_path / "s"
+    sweep(preset, scale="quick", seeds=1, out=out)
+    with pytest.raises(ConfigError, match="holds another sweep"):  # raised while holding it
+        sweep(preset, scale="quick", seeds=[5], out=out)
+    with open(out / "sweep.lock", "a+b") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)  # free after both

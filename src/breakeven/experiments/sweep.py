@@ -19,6 +19,9 @@ Resumable: running the same sweep into the same directory skips finished and div
 and resumes interrupted ones from their last checkpoint. A diverged or failed run is
 reported in the outcome, never fatal; a dataset that cannot be found stops the sweep (every
 run would fail the same way).
+
+One sweep at a time per directory: a sweep holds ``<out>/sweep.lock`` while it runs, and a
+second one stops at once (:class:`SweepBusyError`).
 """
 
 from __future__ import annotations
@@ -35,9 +38,11 @@ from typing import Any
 from ..data import CorruptDatasetError, DatasetNotFoundError
 from ..records import (
     SWEEP_FILE,
+    RunStoreError,
     atomic_write,
     inside,
     name_problem,
+    open_for_writing,
     read_sweep_spec,
     short_key,
     to_json,
@@ -54,8 +59,14 @@ from .runner import (
     run,
 )
 
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX: no lock
+    fcntl = None  # type: ignore[assignment]
+
 __all__ = [
     "BACKENDS",
+    "SweepBusyError",
     "SweepOutcome",
     "SweepPlan",
     "SweepRun",
@@ -68,6 +79,11 @@ __all__ = [
 BACKENDS = ("local", "ray")
 FIXED_M = 128  # K's mini-batch size when the batch size is swept (paper Sec. 4)
 FAILED_DATASET = "dataset"
+LOCK_FILE = "sweep.lock"  # held (flock) by the process running the sweep
+
+
+class SweepBusyError(RunStoreError):
+    """Another process runs a sweep in this directory (it holds ``sweep.lock``)."""
 
 
 @dataclass(frozen=True)
@@ -317,6 +333,9 @@ def sweep(
     cluster at ``address`` (None: a local Ray instance with ``workers`` CPUs); the output
     directory must then be on a filesystem that every node sees. ``on_done(name, status,
     seconds)`` is called as each run ends.
+
+    Raises :class:`SweepBusyError`, before writing anything or starting any run, when
+    another sweep runs in the output directory.
     """
     if backend not in BACKENDS:
         raise ConfigError(f"backend={backend!r} is invalid: must be one of {list(BACKENDS)}")
@@ -336,6 +355,16 @@ def sweep(
         (r.name, r.config, os.path.abspath(inside(path, "runs", r.name)), plan.threads)
         for r in plan.runs
     ]
+    lock = _lock_sweep(path)
+    try:
+        return _sweep(plan, path, jobs, workers, backend, address, on_done)
+    finally:
+        if lock is not None:
+            lock.close()
+
+
+def _sweep(plan, path, jobs, workers, backend, address, on_done) -> SweepOutcome:
+    """The body of :func:`sweep`, run while this process holds the sweep's lock."""
     _write_spec(path, plan.spec())
     results: dict[str, tuple[str, float]] = {}
     outcome = SweepOutcome(path)
@@ -364,6 +393,26 @@ def sweep(
 
 
 Done = Callable[[str, str, float, "str | None"], bool]
+
+
+def _lock_sweep(path: Path) -> Any:
+    """Hold ``<path>/sweep.lock`` for this process (released when the returned file is
+    closed or the process dies; None where ``flock`` does not exist); raise
+    :class:`SweepBusyError` if another process holds it."""
+    path.mkdir(parents=True, exist_ok=True)
+    if fcntl is None:  # pragma: no cover - not POSIX
+        return None
+    where = inside(path, LOCK_FILE)
+    lock = open_for_writing(where, append=True)  # never through a link
+    try:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        lock.close()
+        raise SweepBusyError(
+            f"another sweep is running in {path} (it holds {where}): wait for it to end, or "
+            "use another output directory"
+        ) from e
+    return lock
 
 
 def _run_pool(jobs: list, workers: int, done: Done) -> None:
