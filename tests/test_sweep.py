@@ -464,6 +464,21 @@ def test_a_killed_sweep_takes_its_workers_along_and_its_rerun_resumes_it(slow, t
 
 
 @linux_only
+def test_a_sweep_resumed_with_other_workers_keeps_each_runs_threads(slow, tmp_path):
+    """Killed under --workers 2 (cpus // 2 threads per run), resumed with --workers 1 in a
+    process whose default is one thread more: the run resumes with its own thread count, so
+    its records are those of the uninterrupted sweep."""
+    out = tmp_path / "s"
+    _kill_the_sweep(_start(_sweep_cmd(slow["config"], out, 2, runs="one")), out, runs=1)
+    again = _start(_sweep_cmd(slow["config"], out, 1, runs="one"), slow["threads"] + 1)
+    code, text = _finish(again)
+    assert code == 0 and "1 finished" in text, text
+    name = SLOW_RUNS[0]
+    assert read_summary(out / "runs" / name)["resumed_from"] > 0
+    assert _values(out / "runs" / name) == slow["records"][name]
+
+
+@linux_only
 def test_a_killed_worker_fails_only_its_own_run(slow, tmp_path):
     out = tmp_path / "s"
     proc = _start(_sweep_cmd(slow["config"], out, workers=2))

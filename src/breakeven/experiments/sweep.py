@@ -175,9 +175,10 @@ def plan_sweep(
     """The runs of a sweep, every config validated (keys, values, tracker spec) before any
     training. ``grid``/``seeds`` default to the preset's ``[sweep]`` table (``grid`` given
     replaces the preset's whole grid); ``scale`` defaults to ``"full"``. With ``workers``
-    > 1, runs whose config leaves ``train.num_threads`` unset get ``cpus // workers``
-    threads each (set in the worker; not part of the run's config, so a resume with other
-    workers is the same run)."""
+    > 1, runs whose config leaves ``train.num_threads`` unset start with ``cpus // workers``
+    threads each: set in the worker before the run starts and never after, so a resumed run
+    keeps the count it started with (:func:`~breakeven.experiments.run` saves it in its
+    checkpoints) and a resume with other workers is the same run."""
     raw = load_config(preset)
     name = str(raw.get("name", "sweep"))
     table = raw.get("sweep", {})
@@ -227,7 +228,7 @@ def plan_sweep(
     threads = None
     if workers > 1 and base.get("train", {}).get("num_threads") is None:
         # set in each worker, not in the run's config: a resume with other workers or on
-        # another machine is the same run
+        # another machine is the same run (and gets back its own count from its checkpoint)
         threads = max(1, (os.cpu_count() or 1) // workers)
         notes.append(f"{workers} workers: {threads} torch thread(s) per run")
     runs = []
