@@ -18,6 +18,7 @@ from .runner import (
 )
 from .sweep import (
     BACKENDS,
+    SweepBusyError,
     SweepOutcome,
     SweepPlan,
     SweepRun,
@@ -34,6 +35,7 @@ __all__ = [
     "RunConfig",
     "RunOutcome",
     "RunTerminated",
+    "SweepBusyError",
     "SweepOutcome",
     "SweepPlan",
     "SweepRun",

@@ -19,6 +19,14 @@ Resumable: running the same sweep into the same directory skips finished and div
 and resumes interrupted ones from their last checkpoint. A diverged or failed run is
 reported in the outcome, never fatal; a dataset that cannot be found stops the sweep (every
 run would fail the same way).
+
+Workers: the local backend runs the runs in worker processes, one run at a time each. A
+worker that dies (killed, out of memory) fails only the run it was running, reported with
+the signal or exit code, and is replaced. A worker ends with the sweep's process (on Linux
+at once, by ``PR_SET_PDEATHSIG``; elsewhere it starts no run once the sweep's process is
+gone), so a killed sweep leaves no worker behind holding a run's lock, and a rerun resumes
+every run. One sweep at a time per directory: a sweep holds ``<out>/sweep.lock`` while it
+runs, and a second one stops at once (:class:`SweepBusyError`).
 """
 
 from __future__ import annotations
@@ -26,6 +34,8 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import signal
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -35,9 +45,11 @@ from typing import Any
 from ..data import CorruptDatasetError, DatasetNotFoundError
 from ..records import (
     SWEEP_FILE,
+    RunStoreError,
     atomic_write,
     inside,
     name_problem,
+    open_for_writing,
     read_sweep_spec,
     short_key,
     to_json,
@@ -54,8 +66,14 @@ from .runner import (
     run,
 )
 
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX: no lock
+    fcntl = None  # type: ignore[assignment]
+
 __all__ = [
     "BACKENDS",
+    "SweepBusyError",
     "SweepOutcome",
     "SweepPlan",
     "SweepRun",
@@ -68,6 +86,11 @@ __all__ = [
 BACKENDS = ("local", "ray")
 FIXED_M = 128  # K's mini-batch size when the batch size is swept (paper Sec. 4)
 FAILED_DATASET = "dataset"
+LOCK_FILE = "sweep.lock"  # held (flock) by the process running the sweep
+
+
+class SweepBusyError(RunStoreError):
+    """Another process runs a sweep in this directory (it holds ``sweep.lock``)."""
 
 
 @dataclass(frozen=True)
@@ -152,9 +175,10 @@ def plan_sweep(
     """The runs of a sweep, every config validated (keys, values, tracker spec) before any
     training. ``grid``/``seeds`` default to the preset's ``[sweep]`` table (``grid`` given
     replaces the preset's whole grid); ``scale`` defaults to ``"full"``. With ``workers``
-    > 1, runs whose config leaves ``train.num_threads`` unset get ``cpus // workers``
-    threads each (set in the worker; not part of the run's config, so a resume with other
-    workers is the same run)."""
+    > 1, runs whose config leaves ``train.num_threads`` unset start with ``cpus // workers``
+    threads each: set in the worker before the run starts and never after, so a resumed run
+    keeps the count it started with (:func:`~breakeven.experiments.run` saves it in its
+    checkpoints) and a resume with other workers is the same run."""
     raw = load_config(preset)
     name = str(raw.get("name", "sweep"))
     table = raw.get("sweep", {})
@@ -204,7 +228,7 @@ def plan_sweep(
     threads = None
     if workers > 1 and base.get("train", {}).get("num_threads") is None:
         # set in each worker, not in the run's config: a resume with other workers or on
-        # another machine is the same run
+        # another machine is the same run (and gets back its own count from its checkpoint)
         threads = max(1, (os.cpu_count() or 1) // workers)
         notes.append(f"{workers} workers: {threads} torch thread(s) per run")
     runs = []
@@ -312,11 +336,14 @@ def sweep(
     ``preset`` may be a :class:`SweepPlan` made by :func:`plan_sweep` (its grid, seeds, scale
     and overrides are then used, and those arguments must be left out).
 
-    ``backend="local"`` runs ``workers`` runs at a time in a process pool (in this process
-    when ``workers == 1``); ``"ray"`` submits each run as a Ray task of one CPU to the
-    cluster at ``address`` (None: a local Ray instance with ``workers`` CPUs); the output
-    directory must then be on a filesystem that every node sees. ``on_done(name, status,
-    seconds)`` is called as each run ends.
+    ``backend="local"`` runs ``workers`` runs at a time in worker processes (in this
+    process when ``workers == 1``; see the module docstring); ``"ray"`` submits each
+    run as a Ray task of one CPU to the cluster at ``address`` (None: a local Ray instance
+    with ``workers`` CPUs); the output directory must then be on a filesystem that every
+    node sees. ``on_done(name, status, seconds)`` is called as each run ends.
+
+    Raises :class:`SweepBusyError`, before writing anything or starting any run, when
+    another sweep runs in the output directory.
     """
     if backend not in BACKENDS:
         raise ConfigError(f"backend={backend!r} is invalid: must be one of {list(BACKENDS)}")
@@ -336,6 +363,16 @@ def sweep(
         (r.name, r.config, os.path.abspath(inside(path, "runs", r.name)), plan.threads)
         for r in plan.runs
     ]
+    lock = _lock_sweep(path)
+    try:
+        return _sweep(plan, path, jobs, workers, backend, address, on_done)
+    finally:
+        if lock is not None:
+            lock.close()
+
+
+def _sweep(plan, path, jobs, workers, backend, address, on_done) -> SweepOutcome:
+    """The body of :func:`sweep`, run while this process holds the sweep's lock."""
     _write_spec(path, plan.spec())
     results: dict[str, tuple[str, float]] = {}
     outcome = SweepOutcome(path)
@@ -356,7 +393,7 @@ def sweep(
             if done(name, *run_one(cfg, run_dir)):
                 break
     else:
-        _run_pool(jobs, workers, done)
+        _run_processes(jobs, workers, done)
     for name, *_ in jobs:
         status, seconds = results.get(name, ("skipped", 0.0))
         outcome.runs.append((name, status, seconds))
@@ -366,27 +403,120 @@ def sweep(
 Done = Callable[[str, str, float, "str | None"], bool]
 
 
-def _run_pool(jobs: list, workers: int, done: Done) -> None:
+def _lock_sweep(path: Path) -> Any:
+    """Hold ``<path>/sweep.lock`` for this process (released when the returned file is
+    closed or the process dies; None where ``flock`` does not exist); raise
+    :class:`SweepBusyError` if another process holds it."""
+    path.mkdir(parents=True, exist_ok=True)
+    if fcntl is None:  # pragma: no cover - not POSIX
+        return None
+    where = inside(path, LOCK_FILE)
+    lock = open_for_writing(where, append=True)  # never through a link
+    try:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        lock.close()
+        raise SweepBusyError(
+            f"another sweep is running in {path} (it holds {where}): wait for it to end, or "
+            "use another output directory"
+        ) from e
+    return lock
+
+
+def _end_with_parent() -> None:
+    """In a worker: have the OS kill this process when its parent dies (Linux:
+    ``prctl(PR_SET_PDEATHSIG, SIGKILL)``; elsewhere nothing, and :func:`_work`'s check of
+    the parent before each run remains)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # 1: SET_PDEATHSIG
+        except (OSError, AttributeError):  # pragma: no cover - no prctl
+            pass
+
+
+def _work(conn: Any, parent: int) -> None:
+    """A worker process's body: receive jobs ``(config, out_dir, threads)`` on ``conn`` and
+    send back :func:`run_one`'s result of each, one at a time, until the end of ``conn``.
+    A job received after the parent (pid ``parent``) died is not started."""
+    _end_with_parent()
+    while True:
+        try:
+            job = conn.recv()
+        except EOFError:
+            return
+        if os.getppid() != parent:  # checked after _end_with_parent(): no gap between them
+            return
+        conn.send(run_one(*job))
+
+
+def _how_it_died(exitcode: int | None) -> str:
+    """``killed by signal 9 (SIGKILL)`` or ``exit code 3`` from a process's exit code."""
+    if exitcode is not None and exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            return f"killed by signal {-exitcode}"
+        return f"killed by signal {-exitcode} ({name})"
+    return f"exit code {exitcode}"
+
+
+def _run_processes(jobs: list, workers: int, done: Done) -> None:
+    """Run the jobs in at most ``workers`` spawned worker processes, one run at a time each.
+    A worker that dies fails only the run it was running (``failed: the worker process died:
+    <how>``) and is replaced while runs remain; a stop asked by ``done`` starts no further
+    run. The workers end with this function: when the runs are done, or killed at once if
+    it is left early (an exception, Ctrl-C)."""
     import multiprocessing as mp
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from multiprocessing.connection import wait
 
     ctx = mp.get_context("spawn")  # no fork of a process that holds torch threads
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        futures = {pool.submit(run_one, *job[1:]): job[0] for job in jobs}
-        pending = set(futures)
-        while pending:
-            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-            stop = False
-            for f in finished:
+    queue = list(jobs)
+    idle: list[tuple[Any, Any]] = []  # (connection, process) of the workers waiting
+    busy: dict[Any, tuple[Any, str, float]] = {}  # connection -> (process, run, start)
+    stop = False
+    try:
+        while busy or (queue and not stop):
+            while queue and not stop and len(busy) < workers:
+                if idle:
+                    conn, proc = idle.pop()
+                    if not proc.is_alive():  # it died while it waited: start another
+                        conn.close()
+                        proc.join()
+                        continue
+                else:
+                    conn, child = ctx.Pipe()
+                    proc = ctx.Process(target=_work, args=(child, os.getpid()))
+                    proc.start()
+                    child.close()  # the worker's end: EOF here when the worker dies
+                name, *job = queue.pop(0)
+                busy[conn] = (proc, name, time.perf_counter())
                 try:
-                    result = f.result()
-                except Exception as e:  # the worker process died (out of memory, a crash)
-                    result = (f"failed: the worker died ({type(e).__name__}: {e})", 0.0, "error")
-                stop = done(futures[f], *result) or stop
-            if stop:
-                for f in pending:
-                    f.cancel()
-                pending = {f for f in pending if not f.cancelled()}
+                    conn.send(job)
+                except OSError:  # it died just now: seen below as the end of conn
+                    pass
+            for conn in wait(list(busy)):
+                proc, name, t0 = busy.pop(conn)
+                try:
+                    result = conn.recv()
+                    idle.append((conn, proc))
+                except (EOFError, OSError):  # the worker died during the run
+                    conn.close()
+                    proc.join()
+                    how = _how_it_died(proc.exitcode)
+                    result = (
+                        f"failed: the worker process died: {how}",
+                        time.perf_counter() - t0,
+                        "error",
+                    )
+                stop = done(name, *result) or stop
+    finally:
+        for proc, _, _ in busy.values():
+            proc.kill()
+        for conn, proc in [*idle, *((c, p) for c, (p, _, _) in busy.items())]:
+            conn.close()  # an idle worker sees the end of its connection and returns
+            proc.join()
 
 
 def _run_ray(jobs: list, workers: int, address: str | None, done: Done) -> None:
