@@ -348,6 +348,16 @@ def test_k_below_the_precision_of_its_gradients_is_unresolved():
     assert spec64.resolution == pytest.approx(2.220446e-16 * spec64.top)
 
 
+@pytest.mark.parametrize("storage", ["memory", "cpu", "disk"])
+def test_k_resolution_is_the_same_wherever_the_gradients_are_kept(storage):
+    c = make_case("cnn")
+    model = c.model.float()
+    batches = [(c.x[i : i + 3].float(), c.y[i : i + 3]) for i in range(0, 12, 3)]
+    spec = be.gradient_covariance(model, c.loss_fn, batches, storage=storage)
+    assert spec.resolution == pytest.approx(1.1920929e-07 * spec.top)
+    assert spec.numerical_rank == 3 and spec.resolved
+
+
 def test_the_covariance_record_marks_an_unresolved_lambda_k_star():
     c = make_case("mlp_ce", n=64)
     model, (x, y) = c.model.float(), (c.x.float(), c.y)

@@ -126,6 +126,7 @@ class StoredColumns:
         self.store, self.start, self.stop = store, start, stop
         self.shape = (store.shape[0], stop - start)
         self.ndim = 2
+        self.dtype = store.dtype
 
     def load(self) -> Tensor:
         return self.store.read(self.start, self.stop)
