@@ -268,3 +268,18 @@ def test_disk_storage_keeps_bfloat16_gradients():
     cpu = GradientCovarianceOperator(m, loss, batches, storage="cpu")
     assert disk.gradients.dtype == torch.bfloat16
     assert torch.equal(disk.gradients, cpu.gradients) and torch.equal(disk.gram(), cpu.gram())
+
+
+def test_k_of_convolutional_and_recurrent_models_is_computed_by_a_loop():
+    """vmap over the batches pays for matrix products only; convolutions and recurrent
+    modules take the loop of plain backward passes (the training loop's own cost). Both
+    paths are checked against dense gradients on the catalogue (test_measures)."""
+    from breakeven.operators.covariance import _vmap_pays, gradient_blocks, stored_gradient_blocks
+
+    assert _vmap_pays(make_case("mlp_ce").model) and _vmap_pays(make_case("linear_mse").model)
+    assert not _vmap_pays(make_case("cnn").model) and not _vmap_pays(make_case("lstm").model)
+    c = make_case("cnn")
+    xs, ys = c.x.reshape(4, 3, 1, 6, 6), c.y.reshape(4, 3)
+    looped = stored_gradient_blocks(c.model, c.loss_fn, xs, ys, bn_mode="train", storage="memory")
+    vmapped = gradient_blocks(c.model, c.loss_fn, xs, ys, bn_mode="train", per_pass=None)
+    torch.testing.assert_close(torch.cat(looped, 1), torch.cat(vmapped, 1), rtol=1e-12, atol=1e-14)
