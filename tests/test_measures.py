@@ -274,6 +274,8 @@ def _exact_stability(model, probe, bn_mode, chunk):
         ({}, {"bn_mode": "train", "chunk_size": 8}, "train", 8),  # its own operator
         ({"bn_mode": "train", "chunk_size": 8}, {"bn_mode": "eval"}, "eval", 8),
         (None, {"bn_mode": "train", "chunk_size": 16}, "train", 16),  # no hessian measure
+        (None, {"bn_mode": "train"}, "train", 8),  # the SGD step's: chunks of the batch size
+        ({"bn_mode": "train"}, {}, "train", None),  # follows the hessian measure, whole probe
     ],
 )
 def test_stability_takes_lambda_e_and_s2_from_one_operator(hessian, stability, mode, chunk):

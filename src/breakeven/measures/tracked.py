@@ -368,8 +368,8 @@ class Stability(Measure):
     and chunking. ``bn_mode`` and ``chunk_size`` default to those of the ``hessian`` measure
     of the same step (eval mode and the whole probe when it did not run). For a network with
     BatchNorm, the stability *of the SGD step* is the one of the train-mode operator whose
-    chunks are training batches: ``bn_mode="train"``, ``chunk_size`` = the training batch
-    size (what the BatchNorm presets track); eval mode measures another matrix (the one of
+    chunks are training batches: ``bn_mode="train"`` given here without a ``chunk_size``
+    takes chunks of the training batch size (what the BatchNorm presets track); eval mode measures another matrix (the one of
     the running statistics), and the two can differ by orders of magnitude.
 
     s^2 depends on the eigenvector, which an eigenvalue tolerance does not control: the
@@ -406,6 +406,8 @@ class Stability(Measure):
             if self.chunk_size is not None
             else (cached.chunk_size if cached is not None else None)
         )
+        if self.bn_mode == "train" and chunk is None:  # the SGD step's: training batches
+            chunk = ctx.batch_size
         same = cached is not None and (cached.bn_mode, cached.chunk_size) == (bn_mode, chunk)
         if same and self._accurate(cached):
             return cached
