@@ -36,6 +36,7 @@ import json
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -282,11 +283,12 @@ def run_one(
     config: dict[str, Any], out_dir: str, threads: int | None = None
 ) -> tuple[str, float, str | None]:
     """Run one sweep member (in a worker): ``(status, seconds, error kind)``, never raising.
-    ``threads``: torch threads of this worker process."""
-    t0 = time.perf_counter()
-    if threads is not None:
-        import torch
+    ``threads``: torch threads of this run (the caller's count is given back after it)."""
+    import torch
 
+    t0 = time.perf_counter()
+    callers_threads = torch.get_num_threads()
+    if threads is not None:
         torch.set_num_threads(threads)
     try:
         outcome = run(config, out_dir)
@@ -296,6 +298,8 @@ def run_one(
         status, kind = f"failed: {e}", FAILED_DATASET
     except Exception as e:  # reported, never fatal to the sweep
         status, kind = f"failed: {type(e).__name__}: {e}", "error"
+    finally:
+        torch.set_num_threads(callers_threads)
     return status, time.perf_counter() - t0, kind
 
 
@@ -527,6 +531,8 @@ def _run_ray(jobs: list, workers: int, address: str | None, done: Done) -> None:
             "the ray backend needs Ray: pip install 'breakeven[ray]' (or use --backend local)"
         ) from e
     started = not ray.is_initialized()
+    # ray.init installs its own SIGTERM handler; a sweep that started Ray gives it back
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
     if started:
         kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
         if address is None:
@@ -550,3 +556,7 @@ def _run_ray(jobs: list, workers: int, address: str | None, done: Done) -> None:
     finally:
         if started:
             ray.shutdown()
+            if threading.current_thread() is threading.main_thread():
+                for sig, handler in handlers.items():
+                    if handler is not None:
+                        signal.signal(sig, handler)

@@ -281,8 +281,8 @@ def check_loss_fn(loss_fn: object) -> None:
     if isinstance(loss_fn, nn.Module) and reduction != "mean":
         raise ValueError(
             f"{type(loss_fn).__name__}(reduction={reduction!r}) is refused: breakeven measures "
-            "the mean loss over the examples (H and K would be off by N and M^2); use "
-            "reduction='mean'"
+            "the mean loss over the examples, a scalar (H and K would be off by N and M^2); "
+            "use reduction='mean'"
         )
 
 
