@@ -369,8 +369,9 @@ class Stability(Measure):
     of the same step (eval mode and the whole probe when it did not run). For a network with
     BatchNorm, the stability *of the SGD step* is the one of the train-mode operator whose
     chunks are training batches: ``bn_mode="train"`` given here without a ``chunk_size``
-    takes chunks of the training batch size (what the BatchNorm presets track); eval mode measures another matrix (the one of
-    the running statistics), and the two can differ by orders of magnitude.
+    takes chunks of the training batch size (what the BatchNorm presets track); eval mode
+    measures another matrix (the one of the running statistics), and the two can differ by
+    orders of magnitude.
 
     s^2 depends on the eigenvector, which an eigenvalue tolerance does not control: the
     eigenpair is taken from the ``hessian`` measure only when its residual is at most
