@@ -191,6 +191,24 @@ def open_for_writing(path: str | os.PathLike, *, append: bool = False) -> Binary
         raise
 
 
+def hold_lock(path: str | os.PathLike) -> BinaryIO:
+    """``path`` opened for appending (:func:`open_for_writing`: never through a link) with an
+    exclusive, non-blocking ``flock`` on it, held until the file is closed or the process dies
+    (where ``flock`` does not exist: the open file, no lock). Raises ``BlockingIOError`` when
+    another process holds it."""
+    lock = open_for_writing(path, append=True)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX: no lock
+        return lock
+    try:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        lock.close()
+        raise BlockingIOError(f"{path} is locked by another process") from e
+    return lock
+
+
 def _fsync_dir(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)

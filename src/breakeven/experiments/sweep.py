@@ -48,9 +48,9 @@ from ..records import (
     SWEEP_FILE,
     RunStoreError,
     atomic_write,
+    hold_lock,
     inside,
     name_problem,
-    open_for_writing,
     read_sweep_spec,
     short_key,
     to_json,
@@ -66,11 +66,6 @@ from .runner import (
     resolve_config,
     run,
 )
-
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - not POSIX: no lock
-    fcntl = None  # type: ignore[assignment]
 
 __all__ = [
     "BACKENDS",
@@ -409,22 +404,17 @@ Done = Callable[[str, str, float, "str | None"], bool]
 
 def _lock_sweep(path: Path) -> Any:
     """Hold ``<path>/sweep.lock`` for this process (released when the returned file is
-    closed or the process dies; None where ``flock`` does not exist); raise
+    closed or the process dies; not held where ``flock`` does not exist); raise
     :class:`SweepBusyError` if another process holds it."""
     path.mkdir(parents=True, exist_ok=True)
-    if fcntl is None:  # pragma: no cover - not POSIX
-        return None
     where = inside(path, LOCK_FILE)
-    lock = open_for_writing(where, append=True)  # never through a link
     try:
-        fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as e:
-        lock.close()
+        return hold_lock(where)
+    except BlockingIOError as e:
         raise SweepBusyError(
             f"another sweep is running in {path} (it holds {where}): wait for it to end, or "
             "use another output directory"
         ) from e
-    return lock
 
 
 def _end_with_parent() -> None:

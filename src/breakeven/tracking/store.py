@@ -62,6 +62,7 @@ from ..records import (
     UnsafePathError,
     atomic_write,
     export,
+    hold_lock,
     inside,
     load_run,
     open_for_reading,
@@ -72,11 +73,6 @@ from ..records import (
     read_summary,
     to_json,
 )
-
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - not POSIX: no lock
-    fcntl = None  # type: ignore[assignment]
 
 #: Free disk space a run needs before it starts (bytes); checkpoints of the paper's models
 #: are well below this (the MLP's is 2 MB, ResNet-32's 4 MB).
@@ -348,13 +344,11 @@ class RunStore:
         )
 
     def _acquire_lock(self) -> None:
-        if fcntl is None or self._lock is not None:
+        if self._lock is not None:
             return
-        lock = open_for_writing(self._where("lock"), append=True)
         try:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            lock.close()
+            lock = hold_lock(self._where("lock"))
+        except BlockingIOError as e:
             raise RunStoreError(
                 f"{self.path} is being written by another process (its lock is held): wait "
                 "for it to end, or use another output directory"
