@@ -77,6 +77,11 @@ def _int_at_least(value: Any, minimum: int, what: str, optional: bool = False) -
         raise ValueError(f"{what} must be an integer >= {minimum}, got {value!r}")
 
 
+def _positive(value: Any, what: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"{what} must be a positive number, got {value!r}")
+
+
 class Measure:
     """Base class: ``name`` identifies the measure in records and configs. Constructors
     check their arguments, so a bad config fails before training starts."""
@@ -253,8 +258,7 @@ class HessianTop(Measure):
         _int_at_least(max_iter, 1, "max_iter", optional=True)
         _int_at_least(chunk_size, 1, "chunk_size", optional=True)
         check_bn_mode(bn_mode)
-        if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol > 0:
-            raise ValueError(f"tol must be a positive number, got {tol!r}")
+        _positive(tol, "tol")
         if max_iter is not None and max_iter < k:
             raise ValueError(f"max_iter={max_iter} is smaller than k={k}")
         self.k = k
@@ -392,8 +396,7 @@ class Stability(Measure):
         _int_at_least(chunk_size, 1, "chunk_size", optional=True)
         if bn_mode is not None:
             check_bn_mode(bn_mode)
-        if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol > 0:
-            raise ValueError(f"tol must be a positive number, got {tol!r}")
+        _positive(tol, "tol")
         self.chunk_size = chunk_size
         self.bn_mode = bn_mode
         self.tol = tol
