@@ -1,5 +1,6 @@
 """Break-even detection and conjecture verdicts on synthetic run and sweep directories."""
 
+import itertools
 import json
 import math
 
@@ -74,7 +75,8 @@ def write_run(
 
 
 def write_sweep(root, lrs, seeds, values, statuses=None, grow=False, trace=None):
-    """``values[(lr, seed)] = (peak_k, peak_h)``, ``trace[(lr, seed)] = (peak, stderr)``."""
+    """``values[(lr, seed)] = (peak_k, peak_h)``, ``trace[(lr, seed)] = (peak, stderr)``;
+    ``grow``: True (every run) or the (lr, seed) keys whose lambda_K^1 grows to its end."""
     runs = []
     for lr in lrs:
         for s in seeds:
@@ -88,7 +90,7 @@ def write_sweep(root, lrs, seeds, values, statuses=None, grow=False, trace=None)
                 status,
                 peak_k=k,
                 peak_h=h,
-                grow=grow,
+                grow=grow is True or (lr, s) in (grow or ()),
                 trace_h=(trace or {}).get((lr, s)),
             )
             runs.append({"name": name, "params": {"train.lr": lr}, "seed": s})
@@ -370,14 +372,67 @@ def test_crossing_from_below_against_brute_force():
         (2, 2, {}, "inconclusive"),  # too few untied pairs
         (0, 0, {}, "inconclusive"),
         (2, 2, {"min_pairs": 2}, "supported"),
-        (9, 9, {"at_end": True}, "inconclusive"),
-        (0, 9, {"at_end": True}, "inconclusive"),
+        (9, 9, {"open_ordered": 2}, "inconclusive"),  # 7/9 < 80% if both flipped
+        (9, 9, {"open_ordered": 1}, "supported"),  # 8/9 even if it flipped
+        (0, 9, {"open_against": 2}, "inconclusive"),
+        (2, 10, {"open_ordered": 2}, "contradicted"),  # flips would only help the prediction
         (8, 10, {"support": 0.9}, "inconclusive"),
         (1, 10, {"support": 0.9}, "contradicted"),
     ],
 )
 def test_decide_verdict(ordered, pairs, options, want):
     assert decide_verdict(ordered, pairs, **options) == want
+
+
+@pytest.mark.parametrize(
+    "options", [{"open_ordered": 4}, {"open_against": 2}, {"open_ordered": -1}]
+)
+def test_decide_verdict_refuses_open_counts_outside_their_pairs(options):
+    with pytest.raises(ValueError, match="open_ordered"):
+        decide_verdict(3, 4, **options)
+
+
+def test_a_censored_maximum_that_is_already_the_higher_one_settles_its_pairs(tmp_path):
+    # lr 0.01's lambda_K^1 still grows at its end, but is already above lr 0.1's: it can only
+    # grow, so every pair is settled (the paper's small learning rate, stopped early)
+    values = {(0.01, s): (10.0 + s, 5.0) for s in range(2)}
+    values.update({(0.1, s): (3.0 + s, 2.0) for s in range(2)})
+    grow = {(0.01, 0), (0.01, 1)}
+    v = verdicts(read_runs(write_sweep(tmp_path / "a", LRS, [0, 1], values, grow=grow)))
+    row = v.set_index("quantity").loc["lambda_K^1"]
+    assert (row["pairs"], row["open"], row["verdict"]) == (4, 0, "supported")
+    assert row["at_end"] == "lr=0.01_seed=0, lr=0.01_seed=1"
+    # the same runs with the *lower* run censored: every pair open, no verdict
+    grow = {(0.1, 0), (0.1, 1)}
+    v = verdicts(read_runs(write_sweep(tmp_path / "b", LRS, [0, 1], values, grow=grow)))
+    row = v.set_index("quantity").loc["lambda_K^1"]
+    assert (row["pairs"], row["open"], row["verdict"]) == (4, 4, "inconclusive")
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_a_verdict_with_censored_maxima_holds_for_every_completion(tmp_path, seed):
+    # a censored maximum is a lower bound; whatever the censored runs' true maxima, the plain
+    # rule on the completed (uncensored) sweep gives the same supported/contradicted verdict
+    rng = np.random.default_rng(seed)
+    lrs, seeds = [0.01, 0.03, 0.1], [0, 1]
+    keys = [(lr, s) for lr in lrs for s in seeds]
+    trend = rng.choice([-1.0, 1.0])  # mostly as predicted, or mostly against
+    values = {
+        (lr, s): (float(np.exp(trend * -np.log(lr) + rng.normal(0, 0.6))), 1.0) for lr, s in keys
+    }
+    censored = [keys[i] for i in rng.choice(len(keys), size=rng.integers(1, 4), replace=False)]
+    got = verdicts(read_runs(write_sweep(tmp_path / "c", lrs, seeds, values, grow=set(censored))))
+    got = got.set_index("quantity").loc["lambda_K^1"]
+    assert got["at_end"].count("seed=") == len(censored)
+    for i, raised in enumerate(itertools.product([1.0, 1.4, 1e3], repeat=len(censored))):
+        done = dict(values)
+        for key, factor in zip(censored, raised):
+            done[key] = (values[key][0] * factor, 1.0)
+        plain = verdicts(read_runs(write_sweep(tmp_path / f"d{i}", lrs, seeds, done)))
+        plain = plain.set_index("quantity").loc["lambda_K^1"]
+        assert plain["open"] == 0 and plain["at_end"] == ""
+        if got["verdict"] != "inconclusive":
+            assert plain["verdict"] == got["verdict"], (values, censored, raised)
 
 
 def test_decide_verdict_equals_the_rule_in_exact_arithmetic():

@@ -25,10 +25,14 @@ Diverged, failed and unfinished runs are left out, and said so in the table.
 
 The verdict rule is :func:`decide_verdict`: with at least ``min_pairs`` untied comparisons,
 *supported* when a fraction >= ``support`` of them order as predicted, *contradicted* when a
-fraction >= ``support`` order the other way, *inconclusive* otherwise, with fewer
-comparisons, or when some run's maximum is its last measurement (the run may have stopped
-before its maximum, e.g. a small learning rate at a quick scale; such runs are named in
-``at_end``).
+fraction >= ``support`` order the other way, *inconclusive* otherwise or with fewer
+comparisons. A maximum at a run's last measurement is censored: the run may have stopped
+before its maximum (e.g. a small learning rate at a quick scale), so its true maximum is
+only known to be at least the measured one. Such runs are named in ``at_end``, and a pair
+whose *lower* maximum is censored is *open*: its order could still flip (a pair whose higher
+maximum is censored cannot flip: that maximum can only grow). A verdict holds in the worst
+case: supported only when the pairs ordered as predicted reach ``support`` with every open
+one of them counted against, and likewise for contradicted.
 
 Not tested: Conjecture 2's lambda_H^*/lambda_H^1, lambda_H^* being "the smallest non-zero
 eigenvalue" of H. For K it is well defined (K is positive semi-definite with L - 1 non-zero
@@ -104,22 +108,31 @@ NOISE_TIE = 2.0
 VERDICTS = ("supported", "contradicted", "inconclusive")
 RULE = (
     "maxima over steps >= 1; supported if >= {support:.0%} of at least {min_pairs} untied "
-    "run pairs order as predicted, contradicted if <= {against:.0%} do, inconclusive otherwise "
-    "or when a run's maximum is its last measurement; equal maxima, and maxima within "
-    "{noise:g} combined standard errors (Tr(H)), are ties"
+    "run pairs order as predicted, contradicted if <= {against:.0%} do, inconclusive otherwise; "
+    "a pair whose lower maximum is its run's last measurement is open (it could still flip) "
+    "and counts against either verdict; equal maxima, and maxima within {noise:g} combined "
+    "standard errors (Tr(H)), are ties"
 )
 ENDED_OK = "finished"
 
 
 def decide_verdict(
-    ordered: int, pairs: int, *, at_end: bool = False, support: float = 0.8, min_pairs: int = 3
+    ordered: int,
+    pairs: int,
+    *,
+    open_ordered: int = 0,
+    open_against: int = 0,
+    support: float = 0.8,
+    min_pairs: int = 3,
 ) -> str:
-    """The verdict rule: ``ordered`` of ``pairs`` untied comparisons order as predicted.
+    """The verdict rule: ``ordered`` of ``pairs`` untied comparisons order as predicted;
+    ``open_ordered`` of the ordered ones and ``open_against`` of the others are open (their
+    lower maximum is its run's last measurement, so their order could still flip).
 
-    ``"inconclusive"`` when ``pairs < min_pairs`` or ``at_end`` (some run's maximum is its
-    last measurement); else ``"supported"`` when ``ordered / pairs >= support``,
-    ``"contradicted"`` when ``(pairs - ordered) / pairs >= support`` (i.e. the ordered
-    fraction is <= 1 - ``support``, compared without rounding error), else
+    ``"inconclusive"`` when ``pairs < min_pairs``; else ``"supported"`` when
+    ``(ordered - open_ordered) / pairs >= support``, ``"contradicted"`` when
+    ``(pairs - ordered - open_against) / pairs >= support`` (the ordered fraction is <= 1 -
+    ``support``, compared without rounding error, even if every open pair flipped), else
     ``"inconclusive"``. ``support`` must be in (0.5, 1] and ``min_pairs`` >= 1.
     """
     if not 0.5 < support <= 1:
@@ -128,11 +141,16 @@ def decide_verdict(
         raise ValueError(f"min_pairs must be an integer >= 1, got {min_pairs!r}")
     if not 0 <= ordered <= pairs:
         raise ValueError(f"ordered must be in [0, pairs={pairs}], got {ordered!r}")
-    if pairs < min_pairs or at_end:
+    if not (0 <= open_ordered <= ordered and 0 <= open_against <= pairs - ordered):
+        raise ValueError(
+            f"open_ordered must be in [0, ordered={ordered}] and open_against in "
+            f"[0, pairs - ordered={pairs - ordered}], got {open_ordered!r}, {open_against!r}"
+        )
+    if pairs < min_pairs:
         return "inconclusive"
-    if ordered >= support * pairs:
+    if ordered - open_ordered >= support * pairs:
         return "supported"
-    if pairs - ordered >= support * pairs:
+    if pairs - ordered - open_against >= support * pairs:
         return "contradicted"
     return "inconclusive"
 
@@ -181,8 +199,9 @@ def verdicts(runs: Runs, *, support: float = 0.8, min_pairs: int = 3) -> Any:
     deviation over seeds, and the number of runs); how sure it is: ``pairs`` (untied
     comparisons), ``ties`` (equal maxima), ``ties_within_noise`` (maxima within
     :data:`NOISE_TIE` combined standard errors; NaN for quantities without a standard
-    error), ``ordered`` (the fraction of ``pairs`` ordered as predicted), ``at_end`` (the
-    runs whose maximum is their last measurement, comma-separated); ``verdict``
+    error), ``ordered`` (the fraction of ``pairs`` ordered as predicted), ``open`` (the pairs
+    whose lower maximum is its run's last measurement: their order could still flip),
+    ``at_end`` (the runs whose maximum is their last measurement, comma-separated); ``verdict``
     (:func:`decide_verdict`), ``rule``, ``left_out`` (runs not used, with their status). Keys swept
     without a predicted direction get no row. See the module docstring for the rule.
     """
@@ -208,7 +227,7 @@ def verdicts(runs: Runs, *, support: float = 0.8, min_pairs: int = 3) -> Any:
             v = g[col].to_numpy(dtype=float)
             spread = float(v.std(ddof=1)) if len(v) > 1 else 0.0
             summary.append(f"{key}={value:g}: {_fmt(v.mean())} ± {_fmt(spread)} (n={len(v)})")
-        pairs = ordered = ties = noise_ties = 0
+        pairs = ordered = ties = noise_ties = open_ordered = open_against = 0
         groups = data.groupby(others, sort=False) if others else [((), data)]
         for _, g in groups:
             for a, b in itertools.combinations(g.to_dict("records"), 2):
@@ -225,7 +244,12 @@ def verdicts(runs: Runs, *, support: float = 0.8, min_pairs: int = 3) -> Any:
                     noise_ties += 1
                 else:
                     pairs += 1
-                    ordered += bool(c.sign * (qb - qa) > 0)
+                    agrees = bool(c.sign * (qb - qa) > 0)
+                    ordered += agrees
+                    lower = a if qa < qb else b
+                    if lower[f"{col}_at_end"]:  # censored: its maximum may lie beyond
+                        open_ordered += agrees
+                        open_against += not agrees
         at_end = ", ".join(data.loc[data[f"{col}_at_end"], "run"])
         rows.append(
             {
@@ -238,8 +262,14 @@ def verdicts(runs: Runs, *, support: float = 0.8, min_pairs: int = 3) -> Any:
                 "ties": ties,
                 "ties_within_noise": noise_ties if c.stderr is not None else math.nan,
                 "ordered": ordered / pairs if pairs else math.nan,
+                "open": open_ordered + open_against,
                 "verdict": decide_verdict(
-                    ordered, pairs, at_end=bool(at_end), support=support, min_pairs=min_pairs
+                    ordered,
+                    pairs,
+                    open_ordered=open_ordered,
+                    open_against=open_against,
+                    support=support,
+                    min_pairs=min_pairs,
                 ),
                 "at_end": at_end,
                 "rule": rule,
@@ -256,6 +286,7 @@ def verdicts(runs: Runs, *, support: float = 0.8, min_pairs: int = 3) -> Any:
         "ties",
         "ties_within_noise",
         "ordered",
+        "open",
         "verdict",
         "at_end",
         "rule",
