@@ -164,11 +164,15 @@ def apply_overrides(
     return cfg
 
 
-def _leaves(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+def _leaves(table: Mapping[str, Any], base: Any, prefix: str = "") -> dict[str, Any]:
+    """``table``'s values as dotted keys, descending only where ``base`` (the config the
+    values go into) also holds a table: a table given for a value that is not one (a
+    schedule ``{ at = [...] }`` replacing ``[{ every = 60 }]``) replaces it whole."""
     out: dict[str, Any] = {}
     for k, v in table.items():
-        if isinstance(v, Mapping) and v:
-            out.update(_leaves(v, f"{prefix}{k}."))
+        below = base.get(k) if isinstance(base, Mapping) else None
+        if isinstance(v, Mapping) and v and isinstance(below, Mapping):
+            out.update(_leaves(v, below, f"{prefix}{k}."))
         else:
             out[f"{prefix}{k}"] = v
     return out
@@ -195,7 +199,7 @@ def apply_scale(config: Mapping[str, Any], scale: str | None = None) -> dict[str
     cfg = {k: v for k, v in config.items() if k not in SWEEP_TABLES}
     if scale is None or scale == FULL:
         return json.loads(json.dumps(cfg))
-    return apply_overrides(cfg, _leaves(config["scale"][scale]))
+    return apply_overrides(cfg, _leaves(config["scale"][scale], cfg))
 
 
 @dataclass(frozen=True)
