@@ -548,3 +548,23 @@ def test_verdicts_name_the_runs_whose_maximum_is_the_last_measurement(tmp_path):
     assert v.loc["lambda_K^1", "at_end"] == "" and v.loc["lambda_K^1", "verdict"] == "supported"
     cols = ["pairs", "ties", "ties_within_noise", "ordered", "verdict", "at_end"]
     assert set(cols) <= set(v.columns)
+
+
+def test_verdicts_count_unresolved_measurements_and_never_use_them(tmp_path):
+    values = {(lr, s): (10.0 / lr + s, 5.0 / lr + s) for lr in LRS for s in (0, 1)}
+    root = write_sweep(tmp_path, LRS, [0, 1], values)
+    before = verdicts(read_runs(root)).set_index("quantity").loc["lambda_K^*/lambda_K^1"]
+    # below K's resolution at steps 0, 10 and 40 (not at its peak, step 20); step 0 is
+    # not counted: maxima are over steps >= 1
+    path = root / "runs" / "lr=0.01_seed=0" / "records.jsonl"
+    recs = [json.loads(line) for line in path.read_text().splitlines()]
+    for rec in recs:
+        if rec["measure"] == "covariance" and rec["step"] in (0, 10, 40):
+            rec["values"]["condition_K"] = None
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    m = maxima(read_runs(root)).set_index("run")
+    assert m.loc["lr=0.01_seed=0", "max_condition_K_after_0_unresolved"] == 2
+    assert m.loc["lr=0.1_seed=0", "max_condition_K_after_0_unresolved"] == 0
+    row = verdicts(read_runs(root)).set_index("quantity").loc["lambda_K^*/lambda_K^1"]
+    assert row["unresolved"] == 2 and before["unresolved"] == 0
+    assert (row["pairs"], row["verdict"]) == (before["pairs"], before["verdict"])

@@ -30,6 +30,8 @@ from breakeven.plotting import (
     plot_trajectories,
     plot_trajectory,
 )
+from breakeven.plotting.captions import caption
+from breakeven.plotting.figures import UNRESOLVED_LABEL
 
 PLOTTING = Path(__file__).parents[1] / "src" / "breakeven" / "plotting"
 STEPS = list(range(0, 100, 10))  # 0, 10, ..., 90
@@ -737,3 +739,46 @@ def test_cli_embedding_until_accuracy_cuts_each_run_at_its_crossing(tmp_path, mo
     args = ["plot", "embedding", str(tmp_path / "noacc"), "--out", str(out)]
     assert main([*args, "--until-accuracy", "0.65"]) == 2
     assert "train_acc" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_unresolved_values_are_marked_along_the_bottom_never_drawn_as_data(tmp_path, seed):
+    # lambda_K^* below K's resolution is recorded as NaN (null): the figures mark the step
+    # and draw no value there, and the axes' data limits come from the resolved values only
+    rng = np.random.default_rng(seed)
+    steps = list(range(0, 200, 10))
+    values = {s: float(0.01 + rng.random()) for s in steps}
+    nan_steps = sorted(
+        int(s) for s in rng.choice(steps[1:], size=rng.integers(1, 6), replace=False)
+    )
+    recorded = {s: (None if s in nan_steps else v) for s, v in values.items()}
+    k1 = {s: 1.0 + s for s in steps}
+    write_series(
+        tmp_path / "r", {("covariance", "condition_K"): recorded, ("covariance", "lambda_K_1"): k1}
+    )
+    fig = plot_trajectory(tmp_path / "r", "condition_K", x="step", smooth=1, log=False)
+    ax = fig.axes[0]
+    (raw,) = lines(ax, "raw:").values()
+    kept = [s for s in steps if s not in nan_steps]
+    assert list(raw.get_xdata()) == kept
+    assert list(raw.get_ydata()) == [values[s] for s in kept]
+    (marks,) = lines(ax, "unresolved:").values()
+    assert list(marks.get_xdata()) == nan_steps
+    assert ax.dataLim.y0 == pytest.approx(min(values[s] for s in kept))
+    assert UNRESOLVED_LABEL in [t.get_text() for t in ax.get_legend().get_texts()]
+    runs = read_runs(tmp_path / "r")
+    panel = plot_trajectories(runs, ["condition_K", "lambda_K_1"], x="step")
+    text = caption("trajectories", panel, runs, {"keys": ["condition_K", "lambda_K_1"]})
+    assert "recorded as NaN, not resolved" in text
+
+
+def test_a_figure_without_unresolved_values_says_nothing_of_them(tmp_path):
+    write_series(
+        tmp_path / "r", {("covariance", "condition_K"): {s: 0.5 for s in range(0, 90, 10)}}
+    )
+    runs = read_runs(tmp_path / "r")
+    fig = plot_trajectories(runs, ["condition_K"], x="step")
+    assert not lines(fig.axes[0], "unresolved:")
+    legend = fig.axes[0].get_legend()
+    assert legend is None or UNRESOLVED_LABEL not in [t.get_text() for t in legend.get_texts()]
+    assert "not resolved" not in caption("trajectories", fig, runs, {"keys": ["condition_K"]})

@@ -66,10 +66,11 @@ BREAK_EVEN_NOTE = (
 )
 
 
-def series(records: Any, key: str, measure: str | None = None) -> Any:
+def series(records: Any, key: str, measure: str | None = None, *, dropna: bool = True) -> Any:
     """The values of ``key`` (of ``measure``, or of whichever measure records it first in
     the order ``covariance``, ``hessian``, then any) as a DataFrame ``run, step, epoch,
-    value`` sorted by run and step, NaN values dropped."""
+    value`` sorted by run and step, NaN values (not resolved) dropped unless ``dropna`` is
+    False."""
     df = records[records["key"] == key]
     if measure is None and len(df):
         found = list(dict.fromkeys(df["measure"]))
@@ -77,7 +78,8 @@ def series(records: Any, key: str, measure: str | None = None) -> Any:
         measure = preferred[0] if preferred else found[0]
     if measure is not None:
         df = df[df["measure"] == measure]
-    df = df[np.isfinite(df["value"].to_numpy(dtype=float))]
+    if dropna:
+        df = df[np.isfinite(df["value"].to_numpy(dtype=float))]
     return df[["run", "step", "epoch", "value"]].sort_values(["run", "step"]).reset_index(drop=True)
 
 

@@ -57,7 +57,7 @@ from typing import Any
 
 import numpy as np
 
-from .breakeven import max_column, series, trajectory_max
+from .breakeven import FIRST_STEP, max_column, series, trajectory_max
 from .runs import Runs
 
 __all__ = [
@@ -161,7 +161,9 @@ def maxima(runs: Runs) -> Any:
     ``status``, and per quantity ``max_<quantity>_after_0`` (NaN where it was not tracked),
     ``max_<quantity>_after_0_step``, ``max_<quantity>_after_0_at_end`` (True when the
     maximum is the run's last measurement of it: still growing, the trajectory may not have
-    reached its maximum) and, for a clause with a standard error,
+    reached its maximum), ``max_<quantity>_after_0_unresolved`` (its measurements at steps
+    >= 1 recorded as NaN, not resolved: lambda_K^* below the resolution of K's gradients;
+    they never make a maximum) and, for a clause with a standard error,
     ``max_<quantity>_after_0_stderr`` (the standard error recorded at that step)."""
     import pandas as pd
 
@@ -172,12 +174,14 @@ def maxima(runs: Runs) -> Any:
         row = {"run": info["run"], **{k: info[k] for k in runs.swept}}
         row.update(seed=info["seed"], status=info["status"])
         for c in CLAUSES:
-            s = series(r, c.quantity, c.measure)
+            s = series(r, c.quantity, c.measure, dropna=False)
             m = trajectory_max(s)
             col = max_column(c.quantity)
             row[col] = m.value if m else math.nan
             row[f"{col}_step"] = m.step if m else math.nan
             row[f"{col}_at_end"] = bool(m and m.at_end)
+            after = s[s["step"] >= FIRST_STEP]["value"].to_numpy(dtype=float)
+            row[f"{col}_unresolved"] = int(np.isnan(after).sum())
             if c.stderr is not None:
                 se = series(r, c.stderr, c.measure)
                 at = se["value"][se["step"] == m.step] if m else se["value"][:0]
@@ -201,7 +205,9 @@ def verdicts(runs: Runs, *, support: float = 0.8, min_pairs: int = 3) -> Any:
     :data:`NOISE_TIE` combined standard errors; NaN for quantities without a standard
     error), ``ordered`` (the fraction of ``pairs`` ordered as predicted), ``open`` (the pairs
     whose lower maximum is its run's last measurement: their order could still flip),
-    ``at_end`` (the runs whose maximum is their last measurement, comma-separated); ``verdict``
+    ``unresolved`` (measurements at steps >= 1 recorded as NaN, not resolved, in the finished
+    runs; a run with none resolved has no maximum and takes no part), ``at_end`` (the runs
+    whose maximum is their last measurement, comma-separated); ``verdict``
     (:func:`decide_verdict`), ``rule``, ``left_out`` (runs not used, with their status). Keys swept
     without a predicted direction get no row. See the module docstring for the rule.
     """
@@ -222,6 +228,7 @@ def verdicts(runs: Runs, *, support: float = 0.8, min_pairs: int = 3) -> Any:
         data = ok[np.isfinite(ok[col].to_numpy(dtype=float))]
         if data.empty:
             continue
+        n_unresolved = int(ok[f"{col}_unresolved"].sum())
         summary = []
         for value, g in data.groupby(key, sort=True):
             v = g[col].to_numpy(dtype=float)
@@ -263,6 +270,7 @@ def verdicts(runs: Runs, *, support: float = 0.8, min_pairs: int = 3) -> Any:
                 "ties_within_noise": noise_ties if c.stderr is not None else math.nan,
                 "ordered": ordered / pairs if pairs else math.nan,
                 "open": open_ordered + open_against,
+                "unresolved": n_unresolved,
                 "verdict": decide_verdict(
                     ordered,
                     pairs,
@@ -287,6 +295,7 @@ def verdicts(runs: Runs, *, support: float = 0.8, min_pairs: int = 3) -> Any:
         "ties_within_noise",
         "ordered",
         "open",
+        "unresolved",
         "verdict",
         "at_end",
         "rule",

@@ -163,6 +163,22 @@ def series(runs: Runs, measure: str, key: str, run: str | None = None) -> Any:
     return df.sort_values(["run", "step"], kind="stable").reset_index(drop=True)
 
 
+def unresolved(runs: Runs, measure: str, key: str, run: str | None = None) -> Any:
+    """The records of ``key`` of ``measure`` whose value is NaN (recorded, but not resolved:
+    e.g. lambda_K^* below the resolution of K's float gradients), as :func:`series`'s
+    columns ``run, step, epoch``; a step that also has a finite record is left out."""
+    rec = runs.records
+    sel = (rec["measure"] == measure) & (rec["key"] == key)
+    if run is not None:
+        sel &= rec["run"] == run
+    df = rec.loc[sel, ["run", "step", "epoch", "value"]]
+    finite = np.isfinite(df["value"].to_numpy(dtype=float))
+    done = set(zip(df["run"][finite], df["step"][finite]))
+    df = df[~finite & [(r, s) not in done for r, s in zip(df["run"], df["step"])]]
+    df = df.drop_duplicates(["run", "step"], keep="last")
+    return df[["run", "step", "epoch"]].sort_values(["run", "step"]).reset_index(drop=True)
+
+
 def moving_average(values: Sequence[float], window: int) -> np.ndarray:
     """Centred moving average over ``window`` consecutive values, over fewer at the ends
     (pandas ``rolling(window, center=True, min_periods=1).mean()``); ``window <= 1``: the

@@ -56,6 +56,13 @@ def _over_training(kind: str, fig: Figure, runs: Runs, options: dict[str, Any]) 
         )
     else:
         text = "the recorded values, unsmoothed"
+    n_nan = sum(g.startswith("unresolved:") for g in gids)
+    if n_nan:
+        text += (
+            "; ▾ along the bottom: steps where a value was recorded as NaN, not resolved "
+            "(lambda_K^* and its ratio: below the resolution of K's float gradients), "
+            "drawn as no value"
+        )
     thresholds = list(_option(kind, options, "thresholds") or ())
     if not thresholds:
         return text

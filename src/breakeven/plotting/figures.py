@@ -48,6 +48,7 @@ from ._data import (
     paired,
     resolve,
     series,
+    unresolved,
     wants_log,
 )
 
@@ -74,6 +75,8 @@ DEFAULT_THRESHOLDS = (0.65,)
 MIN_WINDOWS = 3
 #: A series of fewer records than this is drawn with a marker at each record.
 SPARSE = 15
+#: The legend entry of the marks of values recorded as NaN (not resolved).
+UNRESOLVED_LABEL = "not resolved (recorded as NaN)"
 
 LABELS = {
     "lambda_K_1": r"$\lambda_K^1$",
@@ -245,18 +248,34 @@ def _draw_trajectory(
     accuracy: tuple[str, str] | None,
     log: bool | str,
 ) -> tuple[bool, set[float]]:
-    """Draw ``key`` of each run (:func:`_draw_series`) and its threshold lines; returns
-    whether some series was smoothed, and the thresholds some run reached (those drawn)."""
+    """Draw ``key`` of each run (:func:`_draw_series`), a marker along the bottom (gid
+    ``unresolved:<run>``) at each step where it was recorded as NaN (not resolved), and its
+    threshold lines; returns whether some series was smoothed, the thresholds some run
+    reached (those drawn) and the number of unresolved records marked."""
     all_values: list[float] = []
-    smoothed, reached = False, set()
+    smoothed, reached, n_unresolved = False, set(), 0
     for run in runs.table["run"]:
         df = series(runs, measure, key, run=run)
-        if len(df) == 0:
+        if len(df) == 0 and len(unresolved(runs, measure, key, run=run)) == 0:
             continue
         xs, ys = df[x].to_numpy(dtype=float), df["value"].to_numpy()
         all_values += list(ys)
         colour = g.color[run]
         smoothed |= _draw_series(ax, xs, ys, run, color=colour, lw=g.linewidth(run), smooth=smooth)
+        nan_rows = unresolved(runs, measure, key, run=run)
+        if len(nan_rows):  # recorded as NaN: a mark along the bottom, never a value
+            n_unresolved += len(nan_rows)
+            ax.plot(
+                nan_rows[x].to_numpy(dtype=float),
+                np.full(len(nan_rows), 0.02),
+                transform=ax.get_xaxis_transform(),
+                ls="none",
+                marker="v",
+                ms=5,
+                color=colour,
+                clip_on=False,
+                gid=f"unresolved:{run}",
+            )
         for t, (step, epoch) in crossings(runs, run, thresholds, accuracy).items():
             reached.add(t)
             ax.axvline(
@@ -270,13 +289,20 @@ def _draw_trajectory(
     _set_log(ax, "y", log, all_values)
     ax.set_xlabel(_xlabel(x))
     ax.set_ylabel(label_of(key, measure))
-    return smoothed, reached
+    return smoothed, reached, n_unresolved
 
 
-def _extra_handles(smoothed: bool, smooth: int, reached: set[float], accuracy: Any) -> list:
+def _extra_handles(
+    smoothed: bool, smooth: int, reached: set[float], accuracy: Any, unresolved: int = 0
+) -> list:
     """Legend entries of what was drawn: the recorded values and their moving average when
-    some series was smoothed, the threshold lines that some run reached."""
+    some series was smoothed, the threshold lines that some run reached, the marks of
+    unresolved records."""
     out = []
+    if unresolved:
+        out.append(
+            Line2D([], [], color="grey", ls="none", marker="v", ms=5, label=UNRESOLVED_LABEL)
+        )
     if reached and accuracy is not None:
         what = "training accuracy" if accuracy[1] == "train_acc" else accuracy[1]
         ts = ", ".join(f"{t:g}" for t in sorted(reached))
@@ -324,7 +350,7 @@ def plot_trajectory(
         fig = Figure(figsize=(5.5, 4), layout="constrained")
         ax = fig.add_subplot()
     accuracy = _accuracy(runs, accuracy_key)
-    smoothed, reached = _draw_trajectory(
+    smoothed, reached, n_unresolved = _draw_trajectory(
         ax,
         runs,
         g,
@@ -337,7 +363,7 @@ def plot_trajectory(
         log=log,
     )
     ax.set_title(_title(label_of(key, measure), runs))
-    _legend(ax, g, _extra_handles(smoothed, smooth, reached, accuracy))
+    _legend(ax, g, _extra_handles(smoothed, smooth, reached, accuracy, n_unresolved))
     return ax.figure
 
 
@@ -357,7 +383,7 @@ def _panel(
     g = groups(runs, by)
     accuracy = _accuracy(runs, accuracy_key)
     fig, axes = _grid(len(specs), ncols)
-    smoothed, reached = False, set()
+    smoothed, reached, n_unresolved = False, set(), 0
     for ax, (measure, key) in zip(axes, specs):
         drawn = _draw_trajectory(
             ax,
@@ -373,8 +399,9 @@ def _panel(
         )
         smoothed |= drawn[0]
         reached |= drawn[1]
+        n_unresolved += drawn[2]
         ax.set_title(label_of(key, measure))
-    _legend(axes[0], g, _extra_handles(smoothed, smooth, reached, accuracy))
+    _legend(axes[0], g, _extra_handles(smoothed, smooth, reached, accuracy, n_unresolved))
     fig.suptitle(_title(title, runs))
     return fig
 
