@@ -269,6 +269,7 @@ def _report_cli(args, terminal):
     import fcntl
     import os
     import pty
+    import select
     import struct
     import sys
     import termios
@@ -284,6 +285,9 @@ def _report_cli(args, terminal):
     os.close(slave)
     err = b""
     while True:
+        if not select.select([master], [], [], 120)[0]:  # a hung report must not hang the test
+            proc.kill()
+            pytest.fail(f"breakeven report wrote nothing for 120 s; so far: {err!r}")
         try:
             chunk = os.read(master, 4096)
         except OSError:  # EIO: the child closed the terminal
