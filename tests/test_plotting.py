@@ -29,6 +29,7 @@ from breakeven.plotting import (
     plot_stability,
     plot_trajectories,
     plot_trajectory,
+    report,
 )
 from breakeven.plotting.captions import caption
 from breakeven.plotting.figures import UNRESOLVED_LABEL
@@ -782,3 +783,227 @@ def test_a_figure_without_unresolved_values_says_nothing_of_them(tmp_path):
     legend = fig.axes[0].get_legend()
     assert legend is None or UNRESOLVED_LABEL not in [t.get_text() for t in legend.get_texts()]
     assert "not resolved" not in caption("trajectories", fig, runs, {"keys": ["condition_K"]})
+
+
+# ----------------------------------------------------------------------------- embedding cache
+
+
+def count_fits(monkeypatch, fake=False):
+    """The number of points of each UMAP fit, as a list that grows with every fit. ``fake``:
+    the fit replaced by a quick layout of the points (the cache keeps whatever the fit
+    returned, so its tests need not wait for UMAP)."""
+    umap = pytest.importorskip("umap")
+    calls, real = [], umap.UMAP.fit
+
+    def fit(self, X, *args, **kw):
+        calls.append(len(X))
+        if not fake:
+            return real(self, X, *args, **kw)
+        X = np.asarray(X, dtype=np.float64)
+        xy = np.column_stack([X[:, 0] * (1 + self.min_dist), X[:, 1] + self.random_state])
+        self.embedding_ = xy.astype(np.float32)
+        return self
+
+    monkeypatch.setattr(umap.UMAP, "fit", fit)
+    return calls
+
+
+def cache_files(root):
+    return sorted((Path(root) / ".breakeven-cache").glob("embedding-*.npz"))
+
+
+def coordinates(df):
+    return df[["run", "step"]].to_numpy(), df[["x", "y"]].to_numpy()
+
+
+def figure_data(fig):
+    ax = fig.axes[0]
+    data = [(ln.get_gid(), ln.get_xydata().tolist()) for ln in ax.lines]
+    return data, [np.asarray(im.get_array()).tolist() for im in ax.images], ax.get_title()
+
+
+def test_embedding_reuses_the_umap_of_unchanged_records(tmp_path, monkeypatch):
+    fits = count_fits(monkeypatch)  # the real UMAP
+    measures = ("evaluation", "covariance", "predictions")  # predictions at 0, 20, .., 80
+    write_sweep(tmp_path, lrs=(0.1, 0.01), seeds=(0,), measures=measures)
+    first = plot_embedding(tmp_path, n_neighbors=5, resolution=20)
+    assert fits == [10]
+    (kept,) = cache_files(tmp_path)
+    again = plot_embedding(tmp_path, n_neighbors=5, resolution=20)
+    assert fits == [10]  # not fitted again
+    assert figure_data(again) == figure_data(first)
+    df, info = embed_predictions(tmp_path, n_neighbors=5)
+    assert info["reused"] and info["cache_file"] == kept and fits == [10]
+    fresh, info = embed_predictions(tmp_path, n_neighbors=5, cache=False)
+    assert fits == [10, 10] and not info["reused"] and info["cache_file"] is None
+    for a, b in zip(coordinates(df), coordinates(fresh), strict=True):
+        np.testing.assert_array_equal(a, b)  # the kept coordinates are UMAP's, bit for bit
+    assert cache_files(tmp_path) == [kept]
+    # the report and `breakeven plot embedding` share it (Fig. 1's cut-off: 3 points a run)
+    with pytest.warns(UserWarning, match="n_neighbors lowered"):
+        report(tmp_path, tmp_path / "r.html", progress=False)
+    assert fits == [10, 10, 6]
+    out = tmp_path / "e.png"
+    with pytest.warns(UserWarning, match="n_neighbors lowered"):
+        argv = ["plot", "embedding", str(tmp_path), "--out", str(out)]
+        assert main([*argv, "--until-accuracy", "0.65"]) == 0
+    assert fits == [10, 10, 6] and out.exists()
+    assert len(cache_files(tmp_path)) == 2
+    # runs given as a Runs keep their directories; a Runs built by hand has none: no cache
+    runs = read_runs(tmp_path)
+    assert embed_predictions(runs, n_neighbors=5)[1]["reused"]
+    bare = type(runs)(runs.table, runs.records, runs.swept, runs.sweeps, runs.configs)
+    assert embed_predictions(bare, n_neighbors=5)[1]["cache_file"] is None
+
+
+def test_embedding_cache_misses_whenever_what_determines_it_changes(tmp_path, monkeypatch):
+    from breakeven.plotting import embedding as module
+
+    fits = count_fits(monkeypatch, fake=True)
+    write_sweep(tmp_path, lrs=(0.1, 0.01), seeds=(0,))  # predictions at 0, 20, .., 80
+
+    def twice(expect_fit, **options):
+        """Embed twice: the first fits (or not), the second always reuses it."""
+        n = len(fits)
+        df, info = embed_predictions(tmp_path, **{"n_neighbors": 4, **options})
+        assert len(fits) == n + expect_fit and info["reused"] != expect_fit, options
+        again, info = embed_predictions(tmp_path, **{"n_neighbors": 4, **options})
+        assert len(fits) == n + expect_fit and info["reused"], options
+        for a, b in zip(coordinates(df), coordinates(again), strict=True):
+            np.testing.assert_array_equal(a, b)
+        return df
+
+    twice(True)
+    for changed in ({"n_neighbors": 3}, {"min_dist": 0.2}, {"random_state": 1}):
+        twice(True, **changed)
+    assert len(twice(True, until_accuracy=0.65)) == 6  # cut at step 50: 3 points a run
+    # a cut-off that keeps every point (0.9 first at step 90) embeds the same points
+    assert len(twice(False, until_accuracy=0.9)) == 10
+    assert len(cache_files(tmp_path)) == 5
+    # another version of umap-learn
+    real = module.version
+    monkeypatch.setattr(module, "version", lambda n: "0.0" if n == "umap-learn" else real(n))
+    twice(True)
+    monkeypatch.setattr(module, "version", real)
+    twice(False)
+    # one more predictions record appended, then one array changed in place
+    path = tmp_path / "runs" / "lr0.1_s0" / "records.jsonl"
+    recs = [json.loads(line) for line in path.read_text().splitlines()]
+    last = [r for r in recs if r["measure"] == "predictions"][-1]
+    path.write_text(path.read_text() + json.dumps({**last, "step": 85}) + "\n")
+    assert len(twice(True)) == 11
+    arr = np.frombuffer(base64.b64decode(last["arrays"]["predictions"]["data"]), np.float16)
+    arr = arr.copy()
+    arr[0] += np.float16(0.125)
+    last["arrays"]["predictions"]["data"] = base64.b64encode(arr.tobytes()).decode()
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    assert len(twice(True)) == 10  # the array of step 80 changed
+    assert len(fits) == 8 and len(cache_files(tmp_path)) == 8
+
+
+def _npz(xy, key):
+    import io
+
+    buf = io.BytesIO()
+    np.savez(buf, xy=xy, key=np.array(key))
+    return buf.getvalue()
+
+
+def test_embedding_ignores_a_corrupt_or_foreign_cache_file_and_replaces_it(tmp_path, monkeypatch):
+    import os
+
+    fits = count_fits(monkeypatch, fake=True)
+    run = tmp_path / "run"
+    write_run(run)
+    good, _ = embed_predictions(run, n_neighbors=4)
+    (kept,) = cache_files(run)
+    data, xy = kept.read_bytes(), good[["x", "y"]].to_numpy()
+    bad = {
+        "empty": b"",
+        "truncated": data[: len(data) // 2],
+        "one byte short": data[:-1],
+        "not a zip": b"garbage " * 20,
+        "written under another name": _npz(xy + 1, "embedding-0"),
+        "fewer points": _npz(xy[:3] + 1, kept.stem),
+        "three columns": _npz(np.zeros((5, 3)), kept.stem),
+        "not finite": _npz(np.where(xy > xy.min(), xy, np.nan), kept.stem),
+        "integers": _npz(np.zeros((5, 2), dtype=int), kept.stem),
+        "objects (pickled)": _npz(np.array([[None, 1]] * 5, dtype=object), kept.stem),
+        "a FIFO": None,
+    }
+    for what, content in bad.items():
+        kept.unlink()
+        if content is None:
+            os.mkfifo(kept)
+        else:
+            kept.write_bytes(content)
+        n = len(fits)
+        df, info = embed_predictions(run, n_neighbors=4)
+        assert len(fits) == n + 1 and not info["reused"], what
+        np.testing.assert_array_equal(df[["x", "y"]].to_numpy(), xy)
+        assert kept.is_file() and kept.read_bytes() == data, what  # replaced by a good one
+        assert embed_predictions(run, n_neighbors=4)[1]["reused"], what
+        assert len(fits) == n + 1
+    assert not list(kept.parent.glob("*.tmp"))
+
+
+def test_embedding_without_a_writable_cache_is_computed_each_time(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    from breakeven.plotting import embedding as module
+
+    fits = count_fits(monkeypatch, fake=True)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+
+    def embed_twice(run):
+        n = len(fits)
+        for _ in range(2):
+            df, info = embed_predictions(run, n_neighbors=4)
+            assert not info["reused"]
+        assert len(fits) == n + 2
+        return df, info
+
+    # the cache folder is a symbolic link: nothing is read or written through it
+    run = tmp_path / "link"
+    write_run(run)
+    (run / ".breakeven-cache").symlink_to(elsewhere, target_is_directory=True)
+    assert embed_twice(run)[1]["cache_file"] is None
+    assert list(elsewhere.iterdir()) == []
+    # the cache file is a symbolic link to a file holding other coordinates: never read
+    run = tmp_path / "file-link"
+    write_run(run)
+    df, info = embed_predictions(run, n_neighbors=4)
+    kept = info["cache_file"]
+    planted = elsewhere / "planted.npz"
+    planted.write_bytes(_npz(df[["x", "y"]].to_numpy() + 1, kept.stem))
+    kept.unlink()
+    kept.symlink_to(planted)
+    again, _ = embed_twice(run)
+    np.testing.assert_array_equal(again[["x", "y"]], df[["x", "y"]])
+    assert kept.is_symlink() and planted.read_bytes() == _npz(
+        df[["x", "y"]].to_numpy() + 1, kept.stem
+    )
+    # a file where the cache folder would be
+    run = tmp_path / "file"
+    write_run(run)
+    (run / ".breakeven-cache").write_text("mine")
+    embed_twice(run)
+    assert (run / ".breakeven-cache").read_text() == "mine"
+    # a directory that cannot be written (read-only; root writes anyway) or a full disk
+    run = tmp_path / "readonly"
+    write_run(run)
+    if os.geteuid() != 0:
+        run.chmod(0o555)
+        try:
+            embed_twice(run)
+        finally:
+            run.chmod(0o755)
+        assert not (run / ".breakeven-cache").exists()
+
+    def full(path, write):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(module, "atomic_write", full)
+    embed_twice(run)

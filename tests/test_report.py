@@ -16,7 +16,7 @@ from breakeven.cli import main
 from breakeven.plotting import FIGURES, api, available_figures
 from breakeven.plotting.captions import caption
 from breakeven.plotting.report import report
-from test_plotting import ALL, write_run, write_sweep
+from test_plotting import ALL, cache_files, count_fits, write_run, write_sweep
 
 MEASURES = tuple(m for m in ALL if m != "predictions")  # no UMAP here: it is slow to start
 
@@ -238,3 +238,94 @@ def test_report_embeds_fig1_until_65_percent_training_accuracy(tmp_path, monkeyp
     assert calls[-1] == {}
     text = captions(page)["embedding"]
     assert "every step with recorded predictions (no training accuracy recorded" in text
+
+
+def test_report_progress_names_each_figure_and_the_umap_step(tmp_path, monkeypatch, capsys):
+    fits = count_fits(monkeypatch, fake=True)
+    write_sweep(tmp_path, lrs=(0.1, 0.01), seeds=(0,), measures=("evaluation", "covariance"))
+    write_run(tmp_path / "p", measures=("evaluation", "covariance", "predictions"))
+    paths = [tmp_path, tmp_path / "p"]
+    drawn = [kind for kind, reason in available_figures(read_runs(paths)).items() if not reason]
+    assert drawn == ["trajectories", "spectra", "embedding"]
+    # Fig. 1: each run until step 50; the second report reuses the first one's embedding
+    for step in ("embedding: UMAP on 3 points", "embedding: reusing the cached UMAP of 3 points"):
+        with pytest.warns(UserWarning, match="n_neighbors lowered"):
+            page = report(paths, tmp_path / "r.html", progress=True).read_text()
+        err = capsys.readouterr().err
+        assert set(images(page)) == set(drawn) and fits == [3]
+        for kind in drawn:
+            assert f"{kind}:" in err
+        assert f"{len(drawn)}/{len(drawn)}" in err and "figure" in err and step in err
+    assert len(cache_files(tmp_path)) == 1  # in the first directory read
+    for progress in (False, None):  # None: only on a terminal (pytest's stderr is not)
+        with pytest.warns(UserWarning):
+            report(paths, tmp_path / "r.html", progress=progress)
+        assert capsys.readouterr().err == ""
+
+
+def _report_cli(args, terminal):
+    """``breakeven report ARGS`` through the real command line, its stderr a terminal (a
+    pseudo-terminal 100 columns wide) or a pipe: (exit code, stdout, stderr)."""
+    import fcntl
+    import os
+    import pty
+    import select
+    import struct
+    import sys
+    import termios
+
+    cmd = [sys.executable, "-m", "breakeven.cli", "report", *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    if not terminal:
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+        return done.returncode, done.stdout, done.stderr
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=slave)
+    os.close(slave)
+    err = b""
+    while True:
+        if not select.select([master], [], [], 120)[0]:  # a hung report must not hang the test
+            proc.kill()
+            pytest.fail(f"breakeven report wrote nothing for 120 s; so far: {err!r}")
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        err += chunk
+    os.close(master)
+    out = proc.stdout.read()
+    proc.stdout.close()
+    return proc.wait(timeout=120), out.decode(), err.decode(errors="replace")
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    root = tmp_path_factory.mktemp("small")
+    write_sweep(root, lrs=(0.1,), seeds=(0,), measures=("evaluation", "covariance"))
+    return root
+
+
+@pytest.mark.parametrize(
+    "terminal, flag, shown",
+    [
+        (True, None, True),
+        (False, None, False),
+        (False, "--progress", True),
+        (True, "--no-progress", False),
+    ],
+)
+def test_cli_report_shows_its_bar_on_a_terminal_or_when_asked(
+    small, tmp_path, terminal, flag, shown
+):
+    out = tmp_path / "r.html"
+    rc, stdout, stderr = _report_cli(
+        [str(small), "--out", str(out), *([flag] if flag else [])], terminal
+    )
+    assert rc == 0 and stdout.strip() == str(out) and out.exists(), stderr
+    if shown:  # trajectories and spectra
+        assert "trajectories:" in stderr and "spectra:" in stderr and "2/2" in stderr
+    else:
+        assert stderr == ""

@@ -10,6 +10,7 @@
     breakeven show RUN_DIR
     breakeven export RUN_OR_SWEEP [--to tensorboard|parquet|csv] [--out PATH]
     breakeven report RUN_OR_SWEEP... [--out report.html] [--thresholds a,b,...]
+                     [--progress | --no-progress]
     breakeven plot KIND RUN_OR_SWEEP... --out FILE.png|pdf|svg [--key KEY ...] [--threshold T ...]
 
 Exit codes: 0 finished, 1 the run failed or diverged, 2 invalid config, arguments or output
@@ -123,6 +124,11 @@ def _parser() -> argparse.ArgumentParser:
         "--thresholds",
         default=",".join(f"{t:g}" for t in DEFAULT_THRESHOLDS),
         help="training accuracies to report crossings of",
+    )
+    rp.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        help="a progress bar on stderr over the figures drawn (default: when stderr is a terminal)",
     )
     f = sub.add_parser("plot", help="draw a figure of runs and sweeps (PNG, PDF or SVG)")
     f.add_argument("kind", metavar="KIND", help="one of: " + ", ".join(PLOT_KINDS))
@@ -403,7 +409,7 @@ def _report(args: argparse.Namespace) -> int:
     from .plotting import report
 
     out = args.out or inside(args.paths[0], "report.html")
-    print(report(args.paths, out, thresholds=_thresholds(args.thresholds)))
+    print(report(args.paths, out, thresholds=_thresholds(args.thresholds), progress=args.progress))
     return 0
 
 

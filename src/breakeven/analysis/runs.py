@@ -43,6 +43,7 @@ class Runs:
     config, and one column per swept key (its :func:`short_key`). ``records``: the tidy
     records of all runs (:func:`breakeven.load_run` columns), ``run`` matching ``table``.
     ``swept``: the short keys swept (in grid order); ``sweeps``: each sweep's ``sweep.json``.
+    ``sources``: the run and sweep directories read, as given (empty when built otherwise).
     """
 
     table: Any
@@ -50,6 +51,7 @@ class Runs:
     swept: list[str] = field(default_factory=list)
     sweeps: list[dict[str, Any]] = field(default_factory=list)
     configs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    sources: list[Path] = field(default_factory=list)
 
 
 def _run_row(name: str, path: Path, sweep: str | None, seed: Any, params: dict) -> dict:
@@ -114,4 +116,4 @@ def read_runs(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> Runs:
             df["run"] = run
             frames.append(df)
     records = pd.concat(frames, ignore_index=True) if frames else load_run([])
-    return Runs(pd.DataFrame(rows), records, swept, sweeps, configs)
+    return Runs(pd.DataFrame(rows), records, swept, sweeps, configs, [Path(p) for p in items])

@@ -1,11 +1,19 @@
 """The trajectory embedding of paper Fig. 1 (and Fig. 8): each tracked step's predictions on
 the validation set, of all runs, embedded in one shared 2-D UMAP (umap-learn), a line per
-run, over a background coloured by a measure at the nearest embedded point. Records only."""
+run, over a background coloured by a measure at the nearest embedded point. Records only.
+
+UMAP takes most of a report's time, so its coordinates are kept in the first run or sweep
+directory read (``.breakeven-cache/embedding-<hash>.npz``) and reused while the records and
+settings that determine them are unchanged (see :func:`embed_predictions`)."""
 
 from __future__ import annotations
 
+import hashlib
+import io
 import warnings
 from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,6 +22,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from ..analysis import Runs
+from ..records import RunStoreError, atomic_write, inside, open_for_reading, to_json
 from ._data import (
     RunsLike,
     as_runs,
@@ -26,9 +35,11 @@ from ._data import (
     series,
     wants_log,
 )
+from ._progress import status
 from .figures import _legend, _title, label_of
 
 __all__ = [
+    "CACHE_DIR",
     "FIG1_UNTIL_ACCURACY",
     "MIN_POINTS",
     "embed_predictions",
@@ -41,6 +52,12 @@ __all__ = [
 MIN_POINTS = 3
 #: The paper's Fig. 1 embeds each run's steps up to 65% training accuracy.
 FIG1_UNTIL_ACCURACY = 0.65
+#: The folder, inside the first run or sweep directory read, that keeps embeddings.
+CACHE_DIR = ".breakeven-cache"
+#: Bump when what this module hands UMAP changes (exact_knn, the parameters it passes).
+_CACHE_FORMAT = 1
+#: The packages whose versions may change UMAP's output for the same input.
+_CACHE_PACKAGES = ("umap-learn", "numba", "numpy", "scipy", "scikit-learn")
 
 
 def _umap() -> Any:
@@ -80,6 +97,63 @@ def exact_knn(X: np.ndarray, k: int, chunk: int = 256) -> tuple[np.ndarray, np.n
     return idx, dist
 
 
+def _versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for name in _CACHE_PACKAGES:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def _cache_file(runs: Runs, X: np.ndarray, settings: dict[str, Any]) -> Path | None:
+    """``<first directory read>/.breakeven-cache/embedding-<sha256>.npz``, the hash of exactly
+    what determines UMAP's output: the embedded vectors (``X``, float32, in order), the
+    ``settings`` passed to UMAP, :data:`_CACHE_FORMAT` and the versions of
+    :data:`_CACHE_PACKAGES`. None when ``runs`` was not read from directories or a symbolic
+    link is in the way (:func:`~breakeven.records.inside`)."""
+    if not runs.sources:
+        return None
+    head = {"format": _CACHE_FORMAT, "settings": settings, "versions": _versions()}
+    h = hashlib.sha256(to_json({**head, "shape": list(X.shape)}, sort_keys=True).encode())
+    h.update(np.ascontiguousarray(X, dtype=np.float32).tobytes())
+    try:
+        return inside(runs.sources[0], CACHE_DIR, f"embedding-{h.hexdigest()}.npz")
+    except RunStoreError:
+        return None
+
+
+def _read_cache(path: Path, n: int) -> np.ndarray | None:
+    """The (n, 2) coordinates kept at ``path``; None when there is no file there or it is
+    not a complete cache file of ``n`` points written under this name (truncated, corrupt,
+    copied from another name, non-finite values): then the embedding is recomputed."""
+    try:
+        f = open_for_reading(path)
+        if f is None:
+            return None
+        with f:
+            data = f.read()
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            xy, key = npz["xy"], str(npz["key"])
+    except Exception:  # any unreadable file (not a zip, truncated, a FIFO): recompute it
+        return None
+    if key != path.stem or xy.shape != (n, 2) or xy.dtype.kind != "f":
+        return None
+    return xy if np.isfinite(xy).all() else None
+
+
+def _write_cache(path: Path, xy: np.ndarray) -> None:
+    """Keep ``xy`` at ``path`` (atomically, never through a symbolic link:
+    :func:`~breakeven.records.atomic_write`); a directory that cannot be written (read-only,
+    full, a link or a file in the way) keeps nothing, and nothing else changes."""
+    try:
+        path.parent.mkdir(exist_ok=True)
+        atomic_write(path, lambda f: np.savez(f, xy=xy, key=np.array(path.stem)))
+    except (OSError, RunStoreError):
+        pass
+
+
 def embed_predictions(
     runs: RunsLike,
     *,
@@ -89,19 +163,34 @@ def embed_predictions(
     random_state: int = 0,
     until_accuracy: float | None = None,
     accuracy_key: str = "train_acc",
+    cache: bool = True,
 ) -> tuple[Any, dict[str, Any]]:
     """The predictions of every ``measure`` record of every run, each array flattened to one
     vector, embedded in one 2-D UMAP (euclidean; ``random_state`` fixed, so the embedding is
     reproducible). Returns a DataFrame with columns ``run, step, epoch, x, y`` (by run and
     step) and a dict of the settings used (``n_neighbors``, ``init``, ``n_points``,
-    ``random_state``, ``until_accuracy``, and ``cut``: {run: the step of its first
-    evaluation with training accuracy >= ``until_accuracy``} of the runs that reached it).
+    ``random_state``, ``until_accuracy``, ``cut``: {run: the step of its first evaluation
+    with training accuracy >= ``until_accuracy``} of the runs that reached it,
+    ``cache_file``: the cache file's path or None, ``reused``: whether the coordinates came
+    from it).
 
     With fewer points than ``n_neighbors + 1``, ``n_neighbors`` is lowered to ``n_points - 1``
     (with a warning); fewer than 8 points use a random initial layout (the spectral one needs
     more); fewer than :data:`MIN_POINTS` raise ``ValueError``. ``until_accuracy``: keep each
     run's steps up to its first evaluation with training accuracy >= this (Fig. 1 stops at
-    65%; a run that never reaches it keeps all its steps)."""
+    65%; a run that never reaches it keeps all its steps).
+
+    ``cache``: keep the coordinates in ``<first directory read>/.breakeven-cache/
+    embedding-<sha256>.npz`` and reuse them. The hash covers exactly what determines them:
+    the embedded vectors (the prediction arrays left after the cut-off, in order), the UMAP
+    settings (``n_neighbors``, ``min_dist``, ``init``, ``random_state``, metric) and the
+    versions of umap-learn, numba, numpy, scipy and scikit-learn; a change in any of them (a
+    record appended or changed, another cut-off, seed or setting) computes a new embedding.
+    Only for runs read from directories (``Runs.sources``) with an integer
+    ``random_state``. A cache file that cannot be read back as these points' coordinates
+    (truncated, corrupt) is ignored and replaced; a directory that cannot be written keeps
+    nothing (the embedding is computed each time). Before fitting, the status of
+    :mod:`breakeven.plotting._progress` says ``"embedding: UMAP on N points"``."""
     import pandas as pd
 
     runs = as_runs(runs)
@@ -146,22 +235,35 @@ def embed_predictions(
             stacklevel=2,
         )
     init = "spectral" if n >= 8 else "random"
-    umap = _umap()
     X = np.stack(vectors)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*n_jobs.*overridden.*")
-        warnings.filterwarnings("ignore", message=".*graph is not fully connected.*")
-        warnings.filterwarnings("ignore", message=".*knn_search_index.*")
-        reducer = umap.UMAP(
-            n_components=2,
-            n_neighbors=k,
-            min_dist=min_dist,
-            random_state=random_state,
-            init=init,
-            metric="euclidean",
-            precomputed_knn=(*exact_knn(X, k), None),
-        )
-        xy = reducer.fit_transform(X)
+    if isinstance(random_state, np.integer):
+        random_state = int(random_state)
+    settings = {
+        "n_components": 2,
+        "n_neighbors": k,
+        "min_dist": float(min_dist),
+        "random_state": random_state,
+        "init": init,
+        "metric": "euclidean",
+    }
+    where = None
+    if cache and isinstance(random_state, int):
+        where = _cache_file(runs, X, settings)
+    xy = _read_cache(where, n) if where is not None else None
+    reused = xy is not None
+    if reused:
+        status(f"embedding: reusing the cached UMAP of {n} points")
+    else:
+        umap = _umap()
+        status(f"embedding: UMAP on {n} points")
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*n_jobs.*overridden.*")
+            warnings.filterwarnings("ignore", message=".*graph is not fully connected.*")
+            warnings.filterwarnings("ignore", message=".*knn_search_index.*")
+            reducer = umap.UMAP(**settings, precomputed_knn=(*exact_knn(X, k), None))
+            xy = reducer.fit_transform(X)
+        if where is not None:
+            _write_cache(where, xy)
     df = pd.DataFrame(rows, columns=["run", "step", "epoch"])
     df["x"], df["y"] = xy[:, 0].astype(float), xy[:, 1].astype(float)
     return df, {
@@ -171,6 +273,8 @@ def embed_predictions(
         "random_state": random_state,
         "until_accuracy": until_accuracy,
         "cut": cut,
+        "cache_file": where,
+        "reused": reused,
     }
 
 
@@ -230,6 +334,7 @@ def plot_embedding(
     log: bool | str = "auto",
     cmap: str = "viridis",
     by: Sequence[str] | str | None = None,
+    cache: bool = True,
 ) -> Figure:
     """Fig. 1: the trajectories of all runs in one 2-D UMAP of their validation predictions
     (:func:`embed_predictions`), a line per run (coloured by the swept value, a circle at
@@ -241,7 +346,8 @@ def plot_embedding(
     when the values span decades (``log="auto"``). ``until_accuracy``: embed each run's
     steps up to its first evaluation with training accuracy >= this (Fig. 1:
     :data:`FIG1_UNTIL_ACCURACY`); the title then states the cut-off and how many runs never
-    reached it (those keep all their steps)."""
+    reached it (those keep all their steps). ``cache``: reuse the coordinates of an
+    embedding already computed for the same records and settings (:func:`embed_predictions`)."""
     runs = as_runs(runs)
     cm, ck = resolve(runs, color, color_measure)
     points, info = embed_predictions(
@@ -251,6 +357,7 @@ def plot_embedding(
         min_dist=min_dist,
         random_state=random_state,
         until_accuracy=until_accuracy,
+        cache=cache,
     )
     values = _colour_values(runs, points, cm, ck)
     if not np.isfinite(values).any():

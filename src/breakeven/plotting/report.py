@@ -9,6 +9,7 @@ import datetime as _dt
 import html
 import io
 import os
+import sys
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -24,6 +25,7 @@ from ..analysis import (
 )
 from ..records import EVAL_MEASURE, atomic_write
 from ._data import RunsLike, as_runs, has_key
+from ._progress import listening
 from .api import FIGURES, available_figures
 from .captions import caption
 from .embedding import FIG1_UNTIL_ACCURACY
@@ -89,18 +91,37 @@ def _version() -> str:
         return "unknown"
 
 
+def _bar(total: int, progress: bool | None) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(
+        total=total,
+        unit="figure",
+        file=sys.stderr,
+        dynamic_ncols=True,
+        disable=None if progress is None else not progress,
+    )
+
+
 def report(
     paths: RunsLike,
     out: str | os.PathLike,
     *,
     thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
     title: str | None = None,
+    progress: bool | None = None,
 ) -> Path:
     """Write the HTML report of run and sweep directories (or a :class:`~breakeven.analysis.Runs`)
     to ``out`` (atomically, never through a symbolic link: see
     :func:`breakeven.records.atomic_write`) and return its path. Figures that the records do
     not allow are listed with the reason and the setting that would measure them; a figure
-    that fails to draw is listed with its error instead of stopping the report."""
+    that fails to draw is listed with its error instead of stopping the report.
+
+    ``progress``: a tqdm bar on stderr over the figures drawn, naming the figure being drawn
+    and what a long step inside it is doing (``embedding: UMAP on N points``); ``None``
+    (default): shown when stderr is a terminal, ``True``: always, ``False``: never. The
+    embedding reuses the coordinates kept in the first directory read when its records are
+    unchanged (:func:`~breakeven.plotting.embed_predictions`)."""
     runs = as_runs(paths)
     names = ", ".join(sorted({str(s.get("preset")) for s in runs.sweeps})) or ", ".join(
         runs.table["run"]
@@ -144,24 +165,29 @@ def report(
     parts.append(_table(break_even_points(runs, thresholds)))
 
     parts.append("<h2>Figures</h2>")
-    missing = []
-    for kind, reason in available_figures(runs).items():
-        if reason:
-            missing.append((kind, reason))
-            continue
-        try:
-            options = figure_options(kind, runs, thresholds)
-            fig = FIGURES[kind](runs, **options)
-            text = html.escape(caption(kind, fig, runs, options))
-            data = _png(fig)
-        except Exception as e:  # one broken figure must not lose the report
-            missing.append((kind, f"could not be drawn: {type(e).__name__}: {e}"))
-            continue
-        parts.append(
-            f'<figure id="fig-{kind}"><img alt="{kind}" src="data:image/png;base64,{data}">'
-            f"<figcaption><b>{kind}</b>: {text}</figcaption></figure>"
-        )
+    available = available_figures(runs)
+    missing = [(kind, reason) for kind, reason in available.items() if reason]
+    drawn = [kind for kind, reason in available.items() if not reason]
+    with _bar(len(drawn), progress) as bar, listening(bar.set_postfix_str):
+        for kind in drawn:
+            bar.set_description_str(kind, refresh=False)
+            bar.set_postfix_str("")
+            try:
+                options = figure_options(kind, runs, thresholds)
+                fig = FIGURES[kind](runs, **options)
+                text = html.escape(caption(kind, fig, runs, options))
+                data = _png(fig)
+            except Exception as e:  # one broken figure must not lose the report
+                missing.append((kind, f"could not be drawn: {type(e).__name__}: {e}"))
+                continue
+            finally:
+                bar.update(1)
+            parts.append(
+                f'<figure id="fig-{kind}"><img alt="{kind}" src="data:image/png;base64,{data}">'
+                f"<figcaption><b>{kind}</b>: {text}</figcaption></figure>"
+            )
     if missing:
+        missing.sort(key=lambda item: list(available).index(item[0]))  # in figure order
         parts.append("<h2>Not measured</h2><ul>")
         parts.extend(f"<li><b>{kind}</b>: {html.escape(reason)}</li>" for kind, reason in missing)
         parts.append("</ul>")
