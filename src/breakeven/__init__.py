@@ -38,7 +38,6 @@ from .measures import (
 )
 from .measures.tracked import (
     BatchNormScale,
-    Context,
     EdgeOfStability,
     GradientAlignment,
     GradientCovariance,
@@ -48,7 +47,6 @@ from .measures.tracked import (
     HessianTrace,
     LearningRate,
     LossChange,
-    Measure,
     ParameterNorm,
     Predictions,
     ProbeMetrics,
@@ -62,6 +60,9 @@ from .spectra import LanczosResult, SpectralDensity, TraceResult, hutchinson, la
 from .tracking import (
     MEASURES,
     ConfigMismatchError,
+    Context,
+    Measure,
+    Measurement,
     OutputDirError,
     RunFileError,
     RunStore,
@@ -76,6 +77,7 @@ from .tracking import (
     log_spaced,
     per_epoch,
     read_records,
+    register_measure,
 )
 from .tracking import export as export_run
 from .train import ConfigError, TrainConfig, TrainHooks, TrainResult, train
@@ -107,6 +109,7 @@ __all__ = [
     "LinearOperator",
     "LossChange",
     "Measure",
+    "Measurement",
     "OutputDirError",
     "ParameterNorm",
     "Predictions",
@@ -158,6 +161,7 @@ __all__ = [
     "plan_sweep",
     "read_records",
     "read_runs",
+    "register_measure",
     "register_model",
     "run",
     "slq",

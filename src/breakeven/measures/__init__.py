@@ -1,5 +1,9 @@
-"""Named quantities of the paper, each a plain function returning a result with its cost."""
+"""Named quantities of the paper, each a plain function returning a result with its cost,
+and a schedulable :class:`Measure` (the contract in :mod:`.base`; the built-in ones, in
+:mod:`.tracked`, are registered when this package is imported)."""
 
+from . import tracked as _tracked  # noqa: F401  (registers the built-in measures)
+from .base import MEASURES, Context, Measure, Measurement, register_measure
 from .covariance import (
     CovarianceSpectrum,
     gradient_alignment,
@@ -18,8 +22,12 @@ from .hessian import (
 )
 
 __all__ = [
+    "MEASURES",
+    "Context",
     "CovarianceSpectrum",
     "EigenResult",
+    "Measure",
+    "Measurement",
     "curvature_variance",
     "gradient_alignment",
     "gradient_covariance",
@@ -28,6 +36,7 @@ __all__ = [
     "hessian_trace",
     "per_example_curvatures",
     "per_example_gradient_covariance",
+    "register_measure",
     "spectrum_of",
     "stability",
 ]

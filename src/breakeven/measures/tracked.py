@@ -1,27 +1,26 @@
 """The paper's quantities as schedulable measures, for the :class:`~breakeven.Tracker`.
 
-Each measure stores only its arguments; ``measure(ctx)`` returns a dict of floats computed
-at the parameters *before* the training step of ``ctx.step`` (the step's mini-batch gradient
-is in ``ctx.gradient``). A measure that also needs the parameters after the step (the loss
-change) implements ``after(ctx)``. Results other measures can reuse at the same step go in
-``ctx.cache`` (the K spectrum, the Hessian eigenpairs), and state kept across steps (warm
-starts) in ``ctx.state[self.name]``. A key ``"matvecs"`` in the returned dict is the
-measure's cost in matrix-vector products (Hessian-vector products or gradients).
+Each measure stores only its arguments and follows the contract of :mod:`.base`:
+``measure(ctx)`` returns a :class:`Measurement` computed at the parameters *before* the
+training step of ``ctx.step``; ``after(ctx, values)`` adds what needs the parameters after
+it (the loss change). The K spectrum and the Hessian eigenpairs are shared with the measures
+that require them (``alignment``, ``noise_scale``, ``stability``, ``edge_of_stability``);
+state kept across steps (warm starts) is in ``ctx.state[self.name]``.
 """
 
 from __future__ import annotations
 
 import base64
 import math
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from ..operators.base import Batch, BNMode, LossFn, all_reduce_sum, check_bn_mode, measuring
 from ..operators.covariance import STORAGES
+from .base import MEASURES as MEASURES  # the registry, importable from here as before
+from .base import Context, Measure, Measurement, register_measure
 from .covariance import (
     CovarianceSpectrum,
     gradient_alignment,
@@ -40,36 +39,6 @@ from .hessian import (
 _BN_TYPES = (nn.modules.batchnorm._BatchNorm,)
 
 
-@dataclass
-class Context:
-    """What a measure may look at, at one training step.
-
-    ``sample_batches(L, M)`` draws L disjoint training mini-batches of M examples with the
-    tracker's own generator (the global RNG is untouched). ``lr`` is the learning rate of
-    this step, ``batch_size`` the training batch size S, ``n_train`` the training-set size N.
-    ``distributed``: under torchrun each rank holds its part of the probe and of the
-    training data, and every measure reduces over the ranks (every rank gets the same
-    values; ``sample_batches`` then draws this rank's L / world size batches).
-    """
-
-    step: int
-    epoch: float
-    model: nn.Module
-    loss_fn: LossFn
-    probe: Batch
-    sample_batches: Callable[[int, int], list[Batch]]
-    lr: float
-    momentum: float
-    batch_size: int
-    n_train: int
-    batch: Batch | None = None
-    gradient: list[Tensor] | None = None
-    val_data: Batch | None = None
-    cache: dict[str, Any] = field(default_factory=dict)
-    state: dict[str, dict[str, Any]] = field(default_factory=dict)
-    distributed: bool = False
-
-
 def _int_at_least(value: Any, minimum: int, what: str, optional: bool = False) -> None:
     if optional and value is None:
         return
@@ -82,28 +51,10 @@ def _positive(value: Any, what: str) -> None:
         raise ValueError(f"{what} must be a positive number, got {value!r}")
 
 
-class Measure:
-    """Base class: ``name`` identifies the measure in records and configs. Constructors
-    check their arguments, so a bad config fails before training starts."""
-
-    name: ClassVar[str] = ""
-
-    def measure(self, ctx: Context) -> dict[str, Any]:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def check(self, n_params: int, n_train: int, batch_size: int) -> None:
-        """Raise ``ValueError`` naming the option when this measure cannot work for a model
-        of ``n_params`` trainable parameters trained on ``n_train`` examples at batch size
-        ``batch_size`` (called before training; the base class accepts anything)."""
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
-        return f"{type(self).__name__}({args})"
-
-
 # ----------------------------------------------------------------------------- K
 
 
+@register_measure("covariance")
 class GradientCovariance(Measure):
     """The spectrum of K from ``num_batches`` (L) training mini-batches of ``batch_size`` (M)
     examples (default: the training batch size S; the paper uses M = 128 when S is swept),
@@ -118,9 +69,21 @@ class GradientCovariance(Measure):
     ``storage``: where the L gradients are kept (``"memory"``, ``"cpu"``, ``"disk"``; see
     :class:`~breakeven.GradientCovarianceOperator`). With M = 1 (per-example gradients) K is
     always built in memory with BatchNorm in eval mode (one example has no batch statistics),
-    its linear layers as rank-one factors; ``storage`` and ``bn_mode`` apply to M > 1."""
+    its linear layers as rank-one factors; ``storage`` and ``bn_mode`` apply to M > 1.
+    Shares its :class:`~breakeven.CovarianceSpectrum`."""
 
-    name = "covariance"
+    keys = (
+        "lambda_K_1",
+        "lambda_K_star",
+        "condition_K",
+        "rank_K",
+        "resolution_K",
+        "trace_K",
+        "per_example_lambda_K_1",
+        "per_example_trace_K",
+        "M",
+        "L",
+    )
 
     def __init__(
         self,
@@ -140,6 +103,10 @@ class GradientCovariance(Measure):
         if storage not in STORAGES:
             raise ValueError(f"storage={storage!r} is invalid: choose from {list(STORAGES)}")
         self.storage = storage
+
+    def emits(self) -> tuple[str, ...]:
+        eig = tuple(f"eig_K_{i}" for i in range(self.num_batches)) if self.spectrum else ()
+        return self.keys + eig
 
     def check(self, n_params: int, n_train: int, batch_size: int) -> None:
         M = self.batch_size or batch_size
@@ -170,9 +137,8 @@ class GradientCovariance(Measure):
             distributed=ctx.distributed,
         )
 
-    def measure(self, ctx: Context) -> dict[str, Any]:
+    def measure(self, ctx: Context) -> Measurement:
         spec = self.compute(ctx)
-        ctx.cache[self.name] = spec
         out = {
             "lambda_K_1": spec.top,
             "lambda_K_star": spec.smallest_nonzero if spec.resolved else math.nan,
@@ -184,66 +150,70 @@ class GradientCovariance(Measure):
             "per_example_trace_K": spec.per_example_trace,
             "M": spec.batch_size,
             "L": spec.num_batches,
-            "matvecs": spec.num_batches,
         }
         if self.spectrum:
             out.update({f"eig_K_{i}": float(v) for i, v in enumerate(spec.eigenvalues)})
-        return out
+        return Measurement(out, matvecs=spec.num_batches, shared=spec)
 
 
-def _covariance(ctx: Context) -> CovarianceSpectrum:
-    """The K spectrum of this step: the one measured, or a default one (L = 25, M = S)."""
-    if "covariance" not in ctx.cache:
-        ctx.cache["covariance"] = GradientCovariance().compute(ctx)
-    return ctx.cache["covariance"]
+def _covariance(ctx: Context) -> tuple[CovarianceSpectrum, int]:
+    """The K spectrum of this step and the gradients this call computed for it: the one a
+    ``covariance`` measure shared, else a default one (L = 25, M = S), shared in its place."""
+    if "covariance" in ctx.cache:
+        return ctx.cache["covariance"], 0
+    spec = ctx.cache["covariance"] = GradientCovariance().compute(ctx)
+    return spec, spec.num_batches
 
 
+@register_measure("alignment")
 class GradientAlignment(Measure):
     """``alignment``: ||g|| / ||g_k|| of the step's mini-batch gradient g on the top-k
     eigenvectors of K (the K measured at this step, or L = 25 batches of size S)."""
 
-    name = "alignment"
+    requires = ("covariance",)
+    keys = ("alignment", "k")
 
     def __init__(self, k: int = 5) -> None:
         _int_at_least(k, 1, "k")
         self.k = k
 
-    def measure(self, ctx: Context) -> dict[str, Any]:
+    def measure(self, ctx: Context) -> Measurement:
         if ctx.gradient is None:
             raise ValueError("gradient alignment needs the step's gradient (before_step)")
-        return {
-            "alignment": gradient_alignment(ctx.gradient, _covariance(ctx), self.k),
-            "k": self.k,
-        }
+        spec, matvecs = _covariance(ctx)
+        value = gradient_alignment(ctx.gradient, spec, self.k)
+        return Measurement({"alignment": value, "k": self.k}, matvecs=matvecs)
 
 
+@register_measure("noise_scale")
 class GradientNoiseScale(Measure):
     """``noise_scale``: B_simple = tr(Sigma) / |G|^2 (McCandlish et al. 2018), from the K
     measurement: tr(Sigma) ~ M Tr(K) and the unbiased |G|^2 ~ |g|^2 - Tr(K) / L, g the mean
     of the L batch gradients. ``nan`` when the estimate of |G|^2 is not positive."""
 
-    name = "noise_scale"
+    requires = ("covariance",)
+    keys = ("noise_scale", "trace_sigma", "grad_norm_sq")
 
-    def measure(self, ctx: Context) -> dict[str, Any]:
-        spec = _covariance(ctx)
+    def measure(self, ctx: Context) -> Measurement:
+        spec, matvecs = _covariance(ctx)
         g2 = spec.mean_gradient_norm_sq - spec.trace / spec.num_batches
         trace_sigma = spec.batch_size * spec.trace
-        return {
+        values = {
             "noise_scale": trace_sigma / g2 if g2 > 0 else math.nan,
             "trace_sigma": trace_sigma,
             "grad_norm_sq": g2,
         }
+        return Measurement(values, matvecs=matvecs)
 
 
 # ----------------------------------------------------------------------------- H
 
 
+@register_measure("hessian")
 class HessianTop(Measure):
     """The top-k Hessian eigenvalues on the probe (largest algebraic), warm-started from the
     previous measurement's eigenvectors. Keys ``lambda_H_1..k``, ``residual_H_1..k``,
-    ``converged`` (1.0 or 0.0)."""
-
-    name = "hessian"
+    ``converged`` (1.0 or 0.0). Shares its :class:`~breakeven.EigenResult`."""
 
     def __init__(
         self,
@@ -268,6 +238,10 @@ class HessianTop(Measure):
         self.bn_mode = bn_mode
         self.warm_start = warm_start
 
+    def emits(self) -> tuple[str, ...]:
+        ks = range(1, self.k + 1)
+        return (*(f"lambda_H_{i}" for i in ks), *(f"residual_H_{i}" for i in ks), "converged")
+
     def check(self, n_params: int, n_train: int, batch_size: int) -> None:
         if self.k > n_params:
             raise ValueError(f"k={self.k} is larger than the model's {n_params} parameters")
@@ -290,26 +264,28 @@ class HessianTop(Measure):
         state["v0"] = res.eigenvectors.detach().clone()
         return res
 
-    def measure(self, ctx: Context) -> dict[str, Any]:
+    def measure(self, ctx: Context) -> Measurement:
         res = self.compute(ctx)
-        ctx.cache[self.name] = res
-        out: dict[str, Any] = {f"lambda_H_{i + 1}": float(v) for i, v in enumerate(res.eigenvalues)}
+        out = {f"lambda_H_{i + 1}": float(v) for i, v in enumerate(res.eigenvalues)}
         out.update({f"residual_H_{i + 1}": float(r) for i, r in enumerate(res.residuals)})
         out["converged"] = float(res.converged)
-        out["matvecs"] = res.num_matvecs
-        return out
+        return Measurement(out, matvecs=res.num_matvecs, shared=res)
 
 
-def _hessian(ctx: Context) -> EigenResult:
-    if "hessian" not in ctx.cache:
-        ctx.cache["hessian"] = HessianTop().compute(ctx)
-    return ctx.cache["hessian"]
+def _hessian(ctx: Context) -> tuple[EigenResult, int]:
+    """The top Hessian eigenpairs of this step and the products this call computed for
+    them: the ones a ``hessian`` measure shared, else a default one's, shared in its place."""
+    if "hessian" in ctx.cache:
+        return ctx.cache["hessian"], 0
+    res = ctx.cache["hessian"] = HessianTop().compute(ctx)
+    return res, res.num_matvecs
 
 
+@register_measure("hessian_trace")
 class HessianTrace(Measure):
     """``trace_H`` (Hutchinson, Rademacher) and its standard error ``trace_H_stderr``."""
 
-    name = "hessian_trace"
+    keys = ("trace_H", "trace_H_stderr")
 
     def __init__(self, num_samples: int = 50, bn_mode: BNMode = "eval") -> None:
         _int_at_least(num_samples, 1, "num_samples")
@@ -317,7 +293,7 @@ class HessianTrace(Measure):
         self.num_samples = num_samples
         self.bn_mode = bn_mode
 
-    def measure(self, ctx: Context) -> dict[str, Any]:
+    def measure(self, ctx: Context) -> Measurement:
         res = hessian_trace(
             ctx.model,
             ctx.loss_fn,
@@ -327,14 +303,17 @@ class HessianTrace(Measure):
             seed=ctx.step,
             distributed=ctx.distributed,
         )
-        return {"trace_H": res.estimate, "trace_H_stderr": res.stderr, "matvecs": res.num_matvecs}
+        values = {"trace_H": res.estimate, "trace_H_stderr": res.stderr}
+        return Measurement(values, matvecs=res.num_matvecs)
 
 
+@register_measure("hessian_density")
 class HessianDensity(Measure):
     """The SLQ quadrature of H's spectrum (paper Fig. 3): ``node_i`` and ``weight_i`` of each
-    probe vector concatenated (num_probes * num_steps of each)."""
+    probe vector concatenated (num_probes * num_steps of each, fewer when num_steps exceeds
+    the parameter count)."""
 
-    name = "hessian_density"
+    keys = ("node_*", "weight_*")
 
     def __init__(self, num_probes: int = 1, num_steps: int = 40, bn_mode: BNMode = "eval") -> None:
         _int_at_least(num_probes, 1, "num_probes")
@@ -344,7 +323,7 @@ class HessianDensity(Measure):
         self.num_steps = num_steps
         self.bn_mode = bn_mode
 
-    def measure(self, ctx: Context) -> dict[str, Any]:
+    def measure(self, ctx: Context) -> Measurement:
         res = hessian_density(
             ctx.model,
             ctx.loss_fn,
@@ -355,12 +334,12 @@ class HessianDensity(Measure):
             seed=ctx.step,
             distributed=ctx.distributed,
         )
-        out: dict[str, Any] = {f"node_{i}": float(v) for i, v in enumerate(res.nodes.reshape(-1))}
+        out = {f"node_{i}": float(v) for i, v in enumerate(res.nodes.reshape(-1))}
         out.update({f"weight_{i}": float(w) for i, w in enumerate(res.weights.reshape(-1))})
-        out["matvecs"] = res.num_matvecs
-        return out
+        return Measurement(out, matvecs=res.num_matvecs)
 
 
+@register_measure("stability")
 class Stability(Measure):
     """The left side of Eq. 1 along e_H^1 and the flag ``break_even`` (1.0 when it is >= 1
     at this step; the break-even *point*, the first crossing of 1 from below, is found from
@@ -385,7 +364,8 @@ class Stability(Measure):
     test catalogue.
     """
 
-    name = "stability"
+    requires = ("hessian",)
+    keys = ("stability", "break_even", "lambda_H_1", "s2", "residual_H_1")
 
     def __init__(
         self,
@@ -435,7 +415,7 @@ class Stability(Measure):
     def _accurate(self, res: EigenResult) -> bool:
         return float(res.residuals[0]) <= self.tol * abs(float(res.eigenvalues[0]))
 
-    def measure(self, ctx: Context) -> dict[str, Any]:
+    def measure(self, ctx: Context) -> Measurement:
         top = self._eigenpair(ctx)
         lam = float(top.eigenvalues[0])
         s2 = curvature_variance(
@@ -448,26 +428,32 @@ class Stability(Measure):
             distributed=ctx.distributed,
         )
         value = stability(ctx.lr, ctx.batch_size, ctx.n_train, lam, s2)
-        return {
+        values = {
             "stability": value,
             "break_even": float(value >= 1.0),
             "lambda_H_1": lam,
             "s2": s2,
             "residual_H_1": float(top.residuals[0]),
-            "matvecs": 0 if top is ctx.cache.get("hessian") else top.num_matvecs,
         }
+        reused = top is ctx.cache.get("hessian")
+        return Measurement(values, matvecs=0 if reused else top.num_matvecs)
 
 
+@register_measure("edge_of_stability")
 class EdgeOfStability(Measure):
     """``eos_ratio`` = lambda_H^1 / threshold, threshold = (2 + 2 beta) / eta (2/eta without
-    momentum beta): gradient descent is unstable along e_H^1 when the ratio exceeds 1."""
+    momentum beta): gradient descent is unstable along e_H^1 when the ratio exceeds 1
+    (lambda_H^1 of the ``hessian`` measure of the step, else computed with its defaults)."""
 
-    name = "edge_of_stability"
+    requires = ("hessian",)
+    keys = ("eos_ratio", "eos_threshold", "lambda_H_1")
 
-    def measure(self, ctx: Context) -> dict[str, Any]:
-        lam = float(_hessian(ctx).eigenvalues[0])
+    def measure(self, ctx: Context) -> Measurement:
+        res, matvecs = _hessian(ctx)
+        lam = float(res.eigenvalues[0])
         threshold = (2 + 2 * ctx.momentum) / ctx.lr
-        return {"eos_ratio": lam / threshold, "eos_threshold": threshold, "lambda_H_1": lam}
+        values = {"eos_ratio": lam / threshold, "eos_threshold": threshold, "lambda_H_1": lam}
+        return Measurement(values, matvecs=matvecs)
 
 
 # ----------------------------------------------------------------------------- loss, weights
@@ -492,51 +478,55 @@ def _loss_and_accuracy(
     return total / n, correct / n
 
 
+@register_measure("loss_change")
 class LossChange(Measure):
     """Delta L = loss before the step - loss after it, on the same fixed probe data (eval
     mode): positive when the step reduced the loss. Keys ``delta_loss``, ``loss_before``,
     ``loss_after``."""
 
-    name = "loss_change"
+    keys = ("loss_before", "loss_after", "delta_loss")
 
-    def measure(self, ctx: Context) -> dict[str, Any]:
+    def measure(self, ctx: Context) -> Measurement:
         before, _ = _loss_and_accuracy(ctx.model, ctx.loss_fn, ctx.probe, ctx.distributed)
-        return {"loss_before": before}
+        return Measurement({"loss_before": before})
 
-    def after(self, ctx: Context, values: dict[str, Any]) -> dict[str, Any]:
+    def after(self, ctx: Context, values: dict[str, float]) -> Measurement:
         after, _ = _loss_and_accuracy(ctx.model, ctx.loss_fn, ctx.probe, ctx.distributed)
-        return {"loss_after": after, "delta_loss": values["loss_before"] - after}
+        return Measurement({"loss_after": after, "delta_loss": values["loss_before"] - after})
 
 
+@register_measure("probe")
 class ProbeMetrics(Measure):
     """``probe_loss`` and ``probe_accuracy`` on the probe subset (eval mode)."""
 
-    name = "probe"
+    keys = ("probe_loss", "probe_accuracy")
 
-    def measure(self, ctx: Context) -> dict[str, Any]:
+    def measure(self, ctx: Context) -> Measurement:
         loss, acc = _loss_and_accuracy(ctx.model, ctx.loss_fn, ctx.probe, ctx.distributed)
-        return {"probe_loss": loss, "probe_accuracy": acc}
+        return Measurement({"probe_loss": loss, "probe_accuracy": acc})
 
 
+@register_measure("validation")
 class ValidationMetrics(Measure):
     """``val_loss`` and ``val_accuracy`` on the validation (test) set (eval mode)."""
 
-    name = "validation"
+    keys = ("val_loss", "val_accuracy")
 
-    def measure(self, ctx: Context) -> dict[str, Any]:
+    def measure(self, ctx: Context) -> Measurement:
         if ctx.val_data is None:
             raise ValueError("the validation measure needs validation data (Tracker(val_data=...))")
         loss, acc = _loss_and_accuracy(ctx.model, ctx.loss_fn, ctx.val_data, ctx.distributed)
-        return {"val_loss": loss, "val_accuracy": acc}
+        return Measurement({"val_loss": loss, "val_accuracy": acc})
 
 
+@register_measure("batchnorm")
 class BatchNormScale(Measure):
     """||gamma|| of each BatchNorm layer (``gamma_norm/<module name>``) and of the last one
     (``gamma_norm_last``), found by module type; nothing when the model has no BatchNorm."""
 
-    name = "batchnorm"
+    keys = ("gamma_norm/*", "gamma_norm_last")
 
-    def measure(self, ctx: Context) -> dict[str, Any]:
+    def measure(self, ctx: Context) -> Measurement:
         norms = {
             f"gamma_norm/{name}": float(m.weight.detach().norm())
             for name, m in ctx.model.named_modules()
@@ -544,49 +534,51 @@ class BatchNormScale(Measure):
         }
         if norms:
             norms["gamma_norm_last"] = list(norms.values())[-1]
-        return norms
+        return Measurement(norms)
 
 
+@register_measure("param_norm")
 class ParameterNorm(Measure):
     """``param_norm``: ||theta|| over the trainable parameters."""
 
-    name = "param_norm"
+    keys = ("param_norm",)
 
-    def measure(self, ctx: Context) -> dict[str, Any]:
+    def measure(self, ctx: Context) -> Measurement:
         sq = sum(
             float(p.detach().double().pow(2).sum())
             for p in ctx.model.parameters()
             if p.requires_grad
         )
-        return {"param_norm": math.sqrt(sq)}
+        return Measurement({"param_norm": math.sqrt(sq)})
 
 
+@register_measure("lr")
 class LearningRate(Measure):
     """``lr``: the learning rate of this step (after any decay)."""
 
-    name = "lr"
+    keys = ("lr",)
 
-    def measure(self, ctx: Context) -> dict[str, Any]:
-        return {"lr": ctx.lr}
+    def measure(self, ctx: Context) -> Measurement:
+        return Measurement({"lr": ctx.lr})
 
 
+@register_measure("predictions")
 class Predictions(Measure):
     """Softmax predictions on the first ``num_examples`` validation examples, stored compactly
-    (float16, base64) under the record's ``arrays`` for the trajectory embedding (Fig. 1)."""
-
-    name = "predictions"
+    (float16, base64) under the record's ``arrays`` for the trajectory embedding (Fig. 1);
+    no values."""
 
     def __init__(self, num_examples: int = 1000) -> None:
         _int_at_least(num_examples, 1, "num_examples")
         self.num_examples = num_examples
 
-    def measure(self, ctx: Context) -> dict[str, Any]:
+    def measure(self, ctx: Context) -> Measurement:
         if ctx.val_data is None:
             raise ValueError("predictions need validation data (Tracker(val_data=...))")
         x = ctx.val_data[0][: self.num_examples]
         with measuring(ctx.model, "eval"), torch.no_grad():
             probs = torch.softmax(ctx.model(x).float(), dim=1).to(torch.float16).cpu()
-        return {"arrays": {"predictions": encode_array(probs)}}
+        return Measurement({}, arrays={"predictions": encode_array(probs)})
 
 
 def encode_array(t: Tensor) -> dict[str, Any]:
@@ -597,25 +589,3 @@ def encode_array(t: Tensor) -> dict[str, Any]:
         "shape": list(arr.shape),
         "data": base64.b64encode(arr.tobytes()).decode(),
     }
-
-
-MEASURES: dict[str, type[Measure]] = {
-    m.name: m
-    for m in (
-        GradientCovariance,
-        GradientAlignment,
-        GradientNoiseScale,
-        HessianTop,
-        HessianTrace,
-        HessianDensity,
-        Stability,
-        EdgeOfStability,
-        LossChange,
-        ProbeMetrics,
-        ValidationMetrics,
-        BatchNormScale,
-        ParameterNorm,
-        LearningRate,
-        Predictions,
-    )
-}

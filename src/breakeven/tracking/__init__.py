@@ -1,6 +1,6 @@
 """When and where to record: schedules, the Tracker, the run store."""
 
-from ..measures.tracked import MEASURES
+from ..measures import MEASURES, Context, Measure, Measurement, register_measure
 from .schedules import Schedule, at, every, log_spaced, parse_schedule, per_epoch
 from .store import (
     ConfigMismatchError,
@@ -18,6 +18,9 @@ from .tracker import Tracker, build_tracker
 __all__ = [
     "MEASURES",
     "ConfigMismatchError",
+    "Context",
+    "Measure",
+    "Measurement",
     "OutputDirError",
     "RunFileError",
     "RunStore",
@@ -34,4 +37,5 @@ __all__ = [
     "parse_schedule",
     "per_epoch",
     "read_records",
+    "register_measure",
 ]

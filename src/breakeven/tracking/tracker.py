@@ -20,16 +20,18 @@ restore the model's state and the tracker draws its mini-batches from its own ge
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import math
 import time
 from collections.abc import Callable, Iterable
+from fnmatch import fnmatchcase
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from ..measures.tracked import MEASURES, Context, Measure
+from ..measures import MEASURES, Context, Measure, Measurement
 from ..operators.base import (
     Batch,
     LossFn,
@@ -70,7 +72,15 @@ class Tracker:
             ``on_record`` is called on rank 0 only.
 
     Records are dicts ``{"step", "epoch", "measure", "values": {key: float}, "seconds",
-    "matvecs"}`` (plus ``"arrays"`` for predictions), in ``records_``.
+    "matvecs"}`` (plus ``"arrays"`` for predictions), in ``records_``; ``"measure"`` is the
+    measure's ``name`` (a config table's name when ``build_tracker`` renamed it).
+
+    The measures due at a step run in the order given, except that a measure runs after
+    those it ``requires`` (by class-level name) that are due too; a cycle of requirements
+    raises ``ValueError`` here. What a measure shares (:attr:`Measurement.shared`) is put in
+    the step's ``ctx.cache`` under its class-level name, the first of the step when a
+    measure is tracked twice. A value key that the measure does not declare
+    (:meth:`Measure.emits`) raises ``ValueError``.
     """
 
     def __init__(
@@ -99,10 +109,16 @@ class Tracker:
             m, s = item if isinstance(item, tuple) else (item, default)
             if not isinstance(m, Measure):
                 raise TypeError(f"not a measure: {m!r} (choose from {sorted(MEASURES)})")
+            if not isinstance(m.name, str) or not m.name:
+                raise ValueError(
+                    f"{type(m).__qualname__} has no name: register it with @register_measure"
+                )
             self.measures.append((m, parse_schedule(s)))
         names = [m.name for m, _ in self.measures]
         if len(set(names)) != len(names):
             raise ValueError(f"each measure may appear once, got {names}")
+        _run_order([m for m, _ in self.measures])  # refuses a cycle
+        self._declared = {m.name: _declared(m) for m, _ in self.measures}
         if loss_fn is not None:
             check_loss_fn(loss_fn)
         self.loss_fn = loss_fn
@@ -121,7 +137,7 @@ class Tracker:
         self.matvecs_: dict[str, int] = {n: 0 for n in names}
         self.state_: dict[str, dict[str, Any]] = {}
         self._generator = torch.Generator().manual_seed(seed)
-        self._pending: list[tuple[Measure, dict[str, Any], float]] = []
+        self._pending: list[tuple[Measure, Measurement, float]] = []
         self._ctx: Context | None = None
         self._moved: dict[str, Any] = {}
         self._n_global: int | None = None  # probe / validation data moved to the model's device
@@ -167,10 +183,12 @@ class Tracker:
         if not due:
             return
         ctx = self._context(step, model, batch)
-        for m in due:
+        for m in _run_order(due):
             t0 = time.perf_counter()
-            values = m.measure(ctx)
-            self._pending.append((m, values, time.perf_counter() - t0))
+            result = self._checked(m, m.measure(ctx), "measure")
+            if result.shared is not None:
+                ctx.cache.setdefault(type(m).name, result.shared)
+            self._pending.append((m, result, time.perf_counter() - t0))
         self._ctx = ctx
 
     def after_step(self, step: int, model: nn.Module) -> None:
@@ -178,13 +196,19 @@ class Tracker:
         if not self._pending:
             return
         ctx = self._ctx
-        for m, values, seconds in self._pending:
-            if hasattr(m, "after"):
-                t0 = time.perf_counter()
-                ctx.model = model
-                values.update(m.after(ctx, values))
-                seconds += time.perf_counter() - t0
-            self._emit(step, m, values, seconds)
+        ctx.model = model
+        for m, result, seconds in self._pending:
+            t0 = time.perf_counter()
+            extra = m.after(ctx, dict(result.values))
+            if extra is not None:
+                extra = self._checked(m, extra, "after")
+                result = dataclasses.replace(
+                    result,
+                    values={**result.values, **extra.values},
+                    matvecs=result.matvecs + extra.matvecs,
+                    arrays={**(result.arrays or {}), **(extra.arrays or {})} or None,
+                )
+            self._emit(step, m, result, seconds + time.perf_counter() - t0)
         self._pending, self._ctx = [], None
 
     # ------------------------------------------------------------------ internals
@@ -275,9 +299,28 @@ class Tracker:
             out.append((x[i], y[i]))
         return out
 
-    def _emit(self, step: int, m: Measure, values: dict[str, Any], seconds: float) -> None:
-        matvecs = int(values.pop("matvecs", 0))
-        arrays = values.pop("arrays", None)
+    def _checked(self, m: Measure, result: Any, hook: str) -> Measurement:
+        """``result`` of ``m.<hook>()``, once checked to be a Measurement of declared keys."""
+        if not isinstance(result, Measurement):
+            raise TypeError(
+                f"{type(m).__qualname__}.{hook}() returned {type(result).__name__}; a measure "
+                "returns a breakeven.Measurement(values, matvecs=..., arrays=...)"
+            )
+        exact, patterns = self._declared[m.name]
+        undeclared = [
+            k
+            for k in result.values
+            if k not in exact and not any(fnmatchcase(k, p) for p in patterns)
+        ]
+        if undeclared:
+            raise ValueError(
+                f"measure {m.name!r} emitted undeclared key(s) {undeclared}; declare them in "
+                f"{type(m).__qualname__}.keys (or emits()), which give {list(m.emits())}"
+            )
+        return result
+
+    def _emit(self, step: int, m: Measure, result: Measurement, seconds: float) -> None:
+        values, matvecs, arrays = result.values, int(result.matvecs), result.arrays
         record: Record = {
             "step": step,
             "epoch": step / self.steps_per_epoch if self.steps_per_epoch else None,
@@ -332,6 +375,36 @@ class Tracker:
         self.matvecs_.update(d["matvecs"])
 
 
+def _run_order(measures: list[Measure]) -> list[Measure]:
+    """``measures`` in a stable topological order: each after the ones among them it
+    ``requires`` (matched by class-level name), otherwise in the given order. ``ValueError``
+    naming the measures when their requirements form a cycle."""
+    left, order = list(measures), []
+    while left:
+        ready = next(
+            (m for m in left if not any(type(o).name in m.requires for o in left if o is not m)),
+            None,
+        )
+        if ready is None:
+            cycle = ", ".join(f"{m.name} requires {list(m.requires)}" for m in left)
+            raise ValueError(
+                f"the measures' requirements form a cycle ({cycle}): no order runs each after "
+                "the ones it requires; remove one of these measures or requirements"
+            )
+        left.remove(ready)
+        order.append(ready)
+    return order
+
+
+def _declared(m: Measure) -> tuple[frozenset[str], tuple[str, ...]]:
+    """The exact keys and the ``fnmatch`` patterns of ``m.emits()``."""
+    keys = m.emits()
+    if not isinstance(keys, (tuple, list)) or not all(isinstance(k, str) for k in keys):
+        raise TypeError(f"{type(m).__qualname__}.emits() must give a tuple of str, got {keys!r}")
+    wild = tuple(k for k in keys if any(c in k for c in "*?["))
+    return frozenset(keys) - set(wild), wild
+
+
 def build_tracker(spec: dict[str, dict[str, Any]], **kwargs: Any) -> Tracker:
     """A :class:`Tracker` from a config table ``{measure name: {schedule and arguments}}``,
     e.g. ``{"covariance": {"every": 50, "num_batches": 25}, "hessian": {"every": "epoch"}}``.
@@ -340,7 +413,8 @@ def build_tracker(spec: dict[str, dict[str, Any]], **kwargs: Any) -> Tracker:
     ``log_spaced`` (default every 100 steps); other keys go to the measure's constructor.
     A table may name its measure with ``measure = "..."`` to track one measure twice under
     two names, e.g. ``covariance_m1 = {measure = "covariance", batch_size = 1}`` beside
-    ``covariance``: its records (and warm-start state) carry the table's name.
+    ``covariance``: its records (and warm-start state) carry the table's name, while what it
+    shares with the measures that require it keeps the measure's own name (``covariance``).
     Unknown measures or arguments are rejected naming what is allowed. ``kwargs`` go to
     :class:`Tracker`.
     """
