@@ -18,6 +18,8 @@ from test_export import _make_run
 
 INIT = Path(breakeven.__file__)
 HEAVY = ("torch", "pandas", "numpy")
+# Seconds for one fresh interpreter: a few normally, minutes on a shared, busy machine.
+TIMEOUT = 600
 
 
 def _loaded_after(code: str) -> list[str]:
@@ -25,7 +27,9 @@ def _loaded_after(code: str) -> list[str]:
     probe = (
         f"import json, sys\n{code}\nprint(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))"
     )
-    p = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    p = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=TIMEOUT
+    )
     assert p.returncode == 0, p.stderr
     return json.loads(p.stdout.strip().splitlines()[-1])
 
@@ -40,7 +44,9 @@ def _cli(*args: str) -> tuple[int, list[str], str]:
         f"sys.argv = ['breakeven', *{list(args)!r}]\n"
         "runpy.run_module('breakeven.cli', run_name='__main__')\n"
     )
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    p = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=TIMEOUT
+    )
     line = [x for x in p.stderr.splitlines() if x.startswith("LOADED ")][-1]
     return p.returncode, json.loads(line.removeprefix("LOADED ")), p.stdout
 
