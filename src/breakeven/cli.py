@@ -30,27 +30,20 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .analysis import (
-    BREAK_EVEN_NOTE,
-    DEFAULT_THRESHOLDS,
-    TOP_EIGENVALUES,
-    series,
-    trajectory_max,
-)
-from .data import CorruptDatasetError, DatasetNotFoundError
-from .experiments import list_presets, load_config, run
-from .experiments.runner import EVAL_MEASURE, PRESETS_DIR, RunTerminated
-from .records import inside
-from .tracking.store import (
+# Only light modules at the top: the commands that read records (show, verdict, export,
+# presets, --help) never import torch; run and sweep import it when they start.
+from .errors import ConfigError, CorruptDatasetError, DatasetNotFoundError
+from .records import (
+    EVAL_MEASURE,
     RunStoreError,
     export,
+    inside,
     load_run,
     read_config,
     read_records,
     read_status,
     read_summary,
 )
-from .train import ConfigError
 
 __all__ = ["main", "summarize"]
 
@@ -93,11 +86,7 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("paths", nargs="+", metavar="SWEEP_DIR")
     v.add_argument("--support", type=float, help="fraction of ordered pairs (default 0.8)")
     v.add_argument("--min-pairs", type=int, help="fewest untied pairs for a verdict (default 3)")
-    v.add_argument(
-        "--thresholds",
-        default=",".join(f"{t:g}" for t in DEFAULT_THRESHOLDS),
-        help="training accuracies to report crossings of",
-    )
+    v.add_argument("--thresholds", help=THRESHOLDS_HELP)
     sub.add_parser("presets", help="list the bundled presets")
     s = sub.add_parser("show", help="summary table of a run directory")
     s.add_argument("run_dir")
@@ -120,11 +109,7 @@ def _parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("report", help="one self-contained HTML report of runs and sweeps")
     rp.add_argument("paths", nargs="+", metavar="RUN_OR_SWEEP")
     rp.add_argument("--out", help="the HTML file (default: report.html in the first directory)")
-    rp.add_argument(
-        "--thresholds",
-        default=",".join(f"{t:g}" for t in DEFAULT_THRESHOLDS),
-        help="training accuracies to report crossings of",
-    )
+    rp.add_argument("--thresholds", help=THRESHOLDS_HELP)
     rp.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
@@ -177,6 +162,8 @@ def summarize(run_dir: str | Path) -> list[tuple[str, str]]:
     :func:`breakeven.analysis.trajectory_max`; rows ``max lambda_K^1 after step 0``, with
     their steps), and the measurement time per measure as a fraction of the training wall
     time."""
+    from .analysis import TOP_EIGENVALUES, series, trajectory_max
+
     path = Path(run_dir)
     config = read_config(path)
     records = read_records(path)
@@ -224,6 +211,8 @@ def _show(run_dir: str) -> int:
 
 
 def _presets() -> int:
+    from .experiments.configs import PRESETS_DIR, list_presets, load_config
+
     names = list_presets()
     width = max((len(n) for n in names), default=0)
     for name in names:
@@ -257,12 +246,21 @@ def _verdict(args: argparse.Namespace) -> int:
 
 
 def _print_verdicts(
-    paths: Sequence[str], thresholds: Sequence[float] = DEFAULT_THRESHOLDS, **rule: Any
+    paths: Sequence[str], thresholds: Sequence[float] | None = None, **rule: Any
 ) -> int:
-    """Print the break-even points and the conjecture verdicts (``rule``: the options of
-    :func:`breakeven.verdicts`) of run and sweep directories."""
-    from .analysis import break_even_points, read_runs, verdicts
+    """Print the break-even points (at the training accuracies ``thresholds``, default
+    :data:`breakeven.analysis.DEFAULT_THRESHOLDS`) and the conjecture verdicts (``rule``: the
+    options of :func:`breakeven.verdicts`) of run and sweep directories."""
+    from .analysis import (
+        BREAK_EVEN_NOTE,
+        DEFAULT_THRESHOLDS,
+        break_even_points,
+        read_runs,
+        verdicts,
+    )
 
+    if thresholds is None:
+        thresholds = DEFAULT_THRESHOLDS
     runs = read_runs(paths)
     points = break_even_points(runs, thresholds)
     cols = [c for c in points.columns if not c.endswith("_epoch") or c.startswith("acc_")]
@@ -342,6 +340,8 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from .experiments.runner import RunTerminated, run
+
     try:
         outcome = run(
             args.config, args.out, args.overrides, scale=args.scale, progress=not args.no_progress
@@ -398,7 +398,14 @@ PLOT_KINDS = (
 )
 
 
-def _thresholds(text: str) -> list[float]:
+#: Default: breakeven.analysis.DEFAULT_THRESHOLDS (not imported here: it needs numpy).
+THRESHOLDS_HELP = "training accuracies to report crossings of"
+
+
+def _thresholds(text: str | None) -> list[float] | None:
+    """The ``--thresholds`` option as numbers; ``None`` when not given (the default)."""
+    if text is None:
+        return None
     try:
         return [float(t) for t in text.split(",") if t.strip()]
     except ValueError:
@@ -409,7 +416,9 @@ def _report(args: argparse.Namespace) -> int:
     from .plotting import report
 
     out = args.out or inside(args.paths[0], "report.html")
-    print(report(args.paths, out, thresholds=_thresholds(args.thresholds), progress=args.progress))
+    thresholds = _thresholds(args.thresholds)
+    given = {} if thresholds is None else {"thresholds": thresholds}
+    print(report(args.paths, out, progress=args.progress, **given))
     return 0
 
 

@@ -54,6 +54,7 @@ from torch import Tensor, nn
 
 from .data import _LOADERS as _DATASET_LOADERS
 from .data import CorruptDatasetError, Dataset, augment_crop_flip, list_datasets, load_dataset
+from .errors import ConfigError
 from .models import build_model, list_models
 from .operators.base import world_and_rank
 
@@ -69,10 +70,6 @@ __all__ = [
     "prepare_model",
     "train",
 ]
-
-
-class ConfigError(ValueError):
-    """An invalid configuration key or value; the message names it and what is allowed."""
 
 
 def _is_int(v: Any) -> bool:

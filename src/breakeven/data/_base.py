@@ -13,21 +13,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..errors import CorruptDatasetError, DatasetNotFoundError
+
 #: System-wide folders searched after ``$BREAKEVEN_DATA`` and the user's data directory.
 #: Debian's ``dataset-fashion-mnist`` installs ``/usr/share/datasets/fashion-mnist``.
 SYSTEM_DATA_DIRS: list[Path] = [Path("/usr/share/datasets")]
-
-
-class DatasetNotFoundError(FileNotFoundError):
-    """A dataset's files are in none of the places looked (all listed in the message)."""
-
-
-class CorruptDatasetError(ValueError):
-    """A dataset file exists but is not in the expected format (named in the message)."""
-
-    def __init__(self, path: str | os.PathLike, reason: str) -> None:
-        super().__init__(f"{path}: {reason}")
-        self.path = Path(path)
 
 
 def user_data_dir() -> Path:

@@ -1,4 +1,5 @@
-"""Run configs: TOML loading, ``--set`` overrides, validation, and one tracked, resumable run.
+"""Run configs (read by :mod:`.configs`): ``--set`` overrides, validation, and one tracked,
+resumable run.
 
 A run config (a TOML file, a preset name, or the same as a dict) has three tables::
 
@@ -55,11 +56,7 @@ from ..train import (
     prepare_model,
     train,
 )
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+from .configs import PRESETS_DIR, _parse_value, list_presets, load_config
 
 __all__ = [
     "PRESETS_DIR",
@@ -76,54 +73,11 @@ __all__ = [
     "run",
 ]
 
-PRESETS_DIR = Path(__file__).parent / "presets"
 TABLES = ("train", "track", "run")
 SWEEP_TABLES = ("sweep", "scale")  # read by sweeps and scales; not part of a run's config
 TOP_KEYS = ("name", "description", *TABLES, *SWEEP_TABLES)
 FULL = "full"  # the scale of a preset's own values (the paper's)
 RUN_KEYS = {"checkpoint_every": 500}  # key: default
-
-
-def list_presets() -> list[str]:
-    """Names of the bundled presets (``experiments/presets/*.toml``), sorted."""
-    return sorted(p.stem for p in PRESETS_DIR.glob("*.toml"))
-
-
-def _read_toml(path: Path) -> dict[str, Any]:
-    try:
-        with open(path, "rb") as f:
-            return tomllib.load(f)
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path} is not valid TOML: {e}") from e
-
-
-def load_config(source: str | os.PathLike | Mapping[str, Any]) -> dict[str, Any]:
-    """The raw config from a TOML file path, a preset name, or a mapping (copied).
-
-    The ``name`` defaults to the file's or preset's stem (``"run"`` for a mapping)."""
-    if isinstance(source, Mapping):
-        cfg = json.loads(json.dumps(source))  # a deep, plain copy
-        cfg.setdefault("name", "run")
-        return cfg
-    path = Path(source)
-    if not path.is_file():
-        if str(source) in list_presets():
-            path = PRESETS_DIR / f"{source}.toml"
-        else:
-            raise ConfigError(
-                f"{source!r} is neither a TOML file nor a preset; presets: {list_presets()}"
-            )
-    cfg = _read_toml(path)
-    cfg.setdefault("name", path.stem)
-    return cfg
-
-
-def _parse_value(text: str) -> Any:
-    """A ``--set`` value as TOML (``0.1``, ``true``, ``[1, 2]``, ``"x"``), else the raw string."""
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
 
 
 def apply_overrides(

@@ -11,8 +11,9 @@ imported when the callback is first used.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from .._lazy import lazy_exports
 
 if TYPE_CHECKING:  # pragma: no cover
     from .huggingface import BreakevenTrainerCallback, HFModel
@@ -20,19 +21,11 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["BreakevenCallback", "BreakevenTrainerCallback", "HFModel"]
 
-_LAZY = {
-    "BreakevenCallback": "lightning",
-    "BreakevenTrainerCallback": "huggingface",
-    "HFModel": "huggingface",
-}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        module = importlib.import_module(f".{_LAZY[name]}", __name__)
-        return getattr(module, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *__all__])
+lazy_exports(
+    __name__,
+    {
+        "BreakevenCallback": ".lightning",
+        "BreakevenTrainerCallback": ".huggingface",
+        "HFModel": ".huggingface",
+    },
+)
