@@ -36,6 +36,7 @@ from .measures import (
     per_example_gradient_covariance,
     stability,
 )
+from .measures.sharpness import Sharpness
 from .measures.tracked import (
     BatchNormScale,
     Context,
@@ -118,6 +119,7 @@ __all__ = [
     "RunStoreError",
     "Runs",
     "Schedule",
+    "Sharpness",
     "SpectralDensity",
     "Stability",
     "SweepOutcome",

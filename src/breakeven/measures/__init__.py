@@ -17,7 +17,13 @@ from .hessian import (
     stability,
 )
 
+# The registry of tracked measures by name. Imported here, before anything can import
+# .sharpness, so that .tracked is complete when it registers the sharpness measure (which
+# builds on it) at its end.
+from .tracked import MEASURES
+
 __all__ = [
+    "MEASURES",
     "CovarianceSpectrum",
     "EigenResult",
     "curvature_variance",

@@ -458,6 +458,12 @@ class Stability(Measure):
         }
 
 
+def eos_threshold(lr: float, momentum: float) -> float:
+    """The edge-of-stability threshold (2 + 2 beta) / eta of SGD with learning rate eta and
+    heavy-ball momentum beta (2/eta without momentum)."""
+    return (2 + 2 * momentum) / lr
+
+
 class EdgeOfStability(Measure):
     """``eos_ratio`` = lambda_H^1 / threshold, threshold = (2 + 2 beta) / eta (2/eta without
     momentum beta): gradient descent is unstable along e_H^1 when the ratio exceeds 1."""
@@ -466,7 +472,7 @@ class EdgeOfStability(Measure):
 
     def measure(self, ctx: Context) -> dict[str, Any]:
         lam = float(_hessian(ctx).eigenvalues[0])
-        threshold = (2 + 2 * ctx.momentum) / ctx.lr
+        threshold = eos_threshold(ctx.lr, ctx.momentum)
         return {"eos_ratio": lam / threshold, "eos_threshold": threshold, "lambda_H_1": lam}
 
 
@@ -619,3 +625,8 @@ MEASURES: dict[str, type[Measure]] = {
         Predictions,
     )
 }
+
+# Sharpness builds on Measure and eos_threshold above; it registers here, after them.
+from .sharpness import Sharpness  # noqa: E402
+
+MEASURES[Sharpness.name] = Sharpness
