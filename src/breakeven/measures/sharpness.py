@@ -19,7 +19,7 @@ Then ``v`` is moved for the next step with no further product (see :class:`Sharp
 
 When ``r > tol_fallback * |theta|``, every ``refresh`` steps, and at the first measurement,
 the step's value comes instead from :func:`~breakeven.measures.hessian_eigenvalues` (block
-Lanczos, ``k=1``, to ``tol``), warm-started from ``v``; its certificate is the Lanczos
+Lanczos, ``k=1``, to ``tol``), warm-started from ``H v`` (or ``v``); its certificate is the Lanczos
 residual (``sharpness_residual``, the same kind of bound) and its random start vector gives
 the top eigenvector a non-zero weight, so a top eigenvalue that overtook the tracked one is
 found again there (``sharpness_fallback`` = 1.0 on such steps).
@@ -114,7 +114,7 @@ class Sharpness(Measure):
         due = v is None or (
             self.refresh is not None and ctx.step - state["solved_at"] >= self.refresh
         )
-        matvecs, fallback = 0, due
+        matvecs, fallback, start = 0, due, v
         if not due:
             op = HessianOperator(
                 ctx.model,
@@ -131,10 +131,12 @@ class Sharpness(Measure):
                 raise ValueError("the Hessian-vector product returned inf/nan")
             theta, r = _rayleigh(v, w)
             fallback = not r <= self.tol_fallback * abs(theta)
-            if not fallback:
-                state["v"] = self._next(state, v, w, theta)
+            if fallback:
+                start = w  # one power step closer to the top than v
+            else:
+                state["v"] = self._next(state, v, w)
         if fallback:
-            theta, r, n = self._solve(ctx, state)
+            theta, r, n = self._solve(ctx, state, start)
             matvecs += n
         threshold = eos_threshold(ctx.lr, ctx.momentum)
         return {
@@ -147,8 +149,10 @@ class Sharpness(Measure):
             "matvecs": matvecs,
         }
 
-    def _solve(self, ctx: Context, state: dict[str, Any]) -> tuple[float, float, int]:
-        """The full Lanczos solve, warm-started from the tracked vector; resets the state."""
+    def _solve(
+        self, ctx: Context, state: dict[str, Any], start: Tensor | None
+    ) -> tuple[float, float, int]:
+        """The full Lanczos solve, warm-started from ``start``; resets the state."""
         res = hessian_eigenvalues(
             ctx.model,
             ctx.loss_fn,
@@ -156,7 +160,7 @@ class Sharpness(Measure):
             k=1,
             tol=self.tol,
             max_iter=self.max_iter,
-            v0=state.get("v"),
+            v0=start,
             chunk_size=self.chunk_size,
             bn_mode=self.bn_mode,
             seed=ctx.step,
@@ -167,7 +171,7 @@ class Sharpness(Measure):
         state.pop("prev", None)  # the Ritz update restarts from the eigenvector
         return float(res.eigenvalues[0]), float(res.residuals[0]), res.num_matvecs
 
-    def _next(self, state: dict[str, Any], v: Tensor, w: Tensor, theta: float) -> Tensor:
+    def _next(self, state: dict[str, Any], v: Tensor, w: Tensor) -> Tensor:
         """The vector of the next step, from this step's product (and the kept one)."""
         prev = state.get("prev")
         nxt = None
