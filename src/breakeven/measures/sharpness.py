@@ -64,13 +64,16 @@ class Sharpness(Measure):
             ``tol_fallback``, or the step after a solve would fall back again).
         max_iter: most products of a full solve (default as
             :func:`~breakeven.measures.hessian_eigenvalues`).
-        update: how ``v`` moves between steps, with no extra product. ``"power"``:
-            v <- w / ||w|| (one power-iteration step; it drifts towards the largest
-            *magnitude*, which the residual test and the refreshes catch). ``"ritz"``
-            (default): a 2 x 2 Rayleigh-Ritz on span{v_prev, v} from the kept products
+        update: how ``v`` moves between steps, with no extra product. ``"power"``
+            (default): v <- w / ||w|| (one power-iteration step; it drifts towards the
+            largest *magnitude*, which the residual test and the refreshes catch).
+            ``"ritz"``: a 2 x 2 Rayleigh-Ritz on span{v_prev, v} from the kept products
             [H_prev v_prev, H v] (the older one at the previous parameters), whose top
             (largest algebraic) Ritz vector y is then multiplied by the same kept products:
-            v <- H y / ||H y||. ``benchmarks/bench_sharpness.py`` compares the two.
+            v <- H y / ||H y||. Measured on 25 steps of the MLP on FashionMNIST (lr 0.1,
+            no fallback): relative error median 0.13 / max 0.64 with ``"power"``, 0.16 /
+            0.96 with ``"ritz"`` (the stale product misleads it);
+            ``benchmarks/bench_sharpness.py`` compares the two on longer trajectories.
         chunk_size, bn_mode: the operator, as for the ``hessian`` measure (eval-mode
             BatchNorm and the whole probe by default).
     """
@@ -83,7 +86,7 @@ class Sharpness(Measure):
         refresh: int | None = 100,
         tol: float = 1e-3,
         max_iter: int | None = None,
-        update: str = "ritz",
+        update: str = "power",
         chunk_size: int | None = None,
         bn_mode: BNMode = "eval",
     ) -> None:
