@@ -79,7 +79,10 @@ def one_run(model: str, lr: float, steps: int, probe_fraction: float, args) -> l
     result = train(config, tracker=tracker, dataset=ds)
     summary = tracker.summary()
     train_seconds = result.seconds - sum(s["seconds"] for s in summary.values())
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads)  # as during training (train restores the count)
     t_product = product_seconds(result.model, ds.probe())
+    torch.set_num_threads(threads)
     by: dict[str, dict[int, dict]] = {}
     for r in tracker.records_:
         by.setdefault(r["measure"], {})[r["step"]] = {**r["values"], "matvecs": r["matvecs"]}
