@@ -62,6 +62,7 @@ ALL = {
     "hessian_density": {"at": [4], "num_steps": 5},
     "stability": {"every": 4, "chunk_size": 16},
     "edge_of_stability": {"every": 4},
+    "sharpness": {"every": 1, "refresh": 4},
     "loss_change": {"every": 1},
     "probe": {"every": 2},
     "validation": {"every": 5},
@@ -132,6 +133,9 @@ def test_every_measure_in_a_plain_loop_and_training_unchanged():
     assert st["stability"] == pytest.approx(expected) and st["break_even"] == float(expected >= 1)
     eos = by["edge_of_stability"][0]["values"]
     assert eos["eos_threshold"] == pytest.approx((2 + 2 * 0.9) / 0.05)
+    sharp = [r["values"] for r in by["sharpness"]]
+    assert len(sharp) == 9 and sharp[0]["sharpness_fallback"] == sharp[4]["sharpness_fallback"] == 1
+    assert sharp[0]["eos_threshold"] == eos["eos_threshold"]
     lc = by["loss_change"][0]["values"]
     assert lc["delta_loss"] == pytest.approx(lc["loss_before"] - lc["loss_after"])
     assert set(by["batchnorm"][0]["values"]) == {"gamma_norm/1", "gamma_norm_last"}

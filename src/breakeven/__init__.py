@@ -34,6 +34,7 @@ if TYPE_CHECKING:  # pragma: no cover  (for type checkers; _EXPORTS says the sam
         stability,
     )
     from .measures.base import Context, Measure, Measurement, register_measure
+    from .measures.sharpness import Sharpness
     from .measures.tracked import (
         BatchNormScale,
         EdgeOfStability,
@@ -106,6 +107,7 @@ _EXPORTS = {
         ".measures",
     ),
     **dict.fromkeys(["Context", "Measure", "Measurement", "register_measure"], ".measures.base"),
+    "Sharpness": ".measures.sharpness",
     **dict.fromkeys(
         [
             "BatchNormScale",
@@ -203,6 +205,7 @@ __all__ = [
     "RunStoreError",
     "Runs",
     "Schedule",
+    "Sharpness",
     "SpectralDensity",
     "Stability",
     "SweepOutcome",

@@ -439,6 +439,12 @@ class Stability(Measure):
         return Measurement(values, matvecs=0 if reused else top.num_matvecs)
 
 
+def eos_threshold(lr: float, momentum: float) -> float:
+    """The edge-of-stability threshold (2 + 2 beta) / eta of SGD with learning rate eta and
+    heavy-ball momentum beta (2/eta without momentum)."""
+    return (2 + 2 * momentum) / lr
+
+
 @register_measure("edge_of_stability")
 class EdgeOfStability(Measure):
     """``eos_ratio`` = lambda_H^1 / threshold, threshold = (2 + 2 beta) / eta (2/eta without
@@ -451,7 +457,7 @@ class EdgeOfStability(Measure):
     def measure(self, ctx: Context) -> Measurement:
         res, matvecs = _hessian(ctx)
         lam = float(res.eigenvalues[0])
-        threshold = (2 + 2 * ctx.momentum) / ctx.lr
+        threshold = eos_threshold(ctx.lr, ctx.momentum)
         values = {"eos_ratio": lam / threshold, "eos_threshold": threshold, "lambda_H_1": lam}
         return Measurement(values, matvecs=matvecs)
 

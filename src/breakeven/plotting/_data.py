@@ -61,6 +61,9 @@ KEY_MEASURE = {
     **dict.fromkeys(("lambda_H_1", "residual_H_1", "converged"), "hessian"),
     **dict.fromkeys(("stability", "break_even", "s2"), "stability"),
     **dict.fromkeys(("eos_ratio", "eos_threshold"), "edge_of_stability"),
+    **dict.fromkeys(
+        ("sharpness", "sharpness_residual", "sharpness_upper", "sharpness_fallback"), "sharpness"
+    ),
     **dict.fromkeys(("delta_loss", "loss_before", "loss_after"), "loss_change"),
     **dict.fromkeys(("trace_H", "trace_H_stderr"), "hessian_trace"),
     **dict.fromkeys(("noise_scale", "trace_sigma", "grad_norm_sq"), "noise_scale"),

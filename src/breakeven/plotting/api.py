@@ -19,6 +19,7 @@ from .figures import (
     DEFAULT_KEYS,
     _has_h_spectrum,
     _has_k_spectrum,
+    eos_measure,
     plot_batchnorm,
     plot_edge_of_stability,
     plot_hessian_vs_covariance,
@@ -113,8 +114,9 @@ def _check_stability(runs: Runs) -> None:
 
 
 def _check_eos(runs: Runs) -> None:
-    _need(runs, "edge_of_stability", "lambda_H_1")
-    _need(runs, "edge_of_stability", "eos_threshold")
+    measure, key = eos_measure(runs)
+    _need(runs, measure, key)
+    _need(runs, measure, "eos_threshold")
 
 
 _CHECKS: dict[str, Callable[[Runs], None]] = {

@@ -168,8 +168,17 @@ def _stability(fig: Figure, runs: Runs, options: dict[str, Any]) -> str:
 def _eos(fig: Figure, runs: Runs, options: dict[str, Any]) -> str:
     momentum = "beta" in eos_threshold_label(runs)
     threshold = "(2 + 2 beta)/eta" if momentum else "2/eta"
+    dense = any(
+        str(line.get_gid()).startswith("sharpness:") for ax in fig.axes for line in ax.lines
+    )
+    what = (
+        "lambda_H^1 tracked at every step (solid; the sharpness measure: a Rayleigh quotient, "
+        "a certified lower bound, with a full Lanczos solve when its residual degrades)"
+        if dense
+        else "lambda_H^1 (solid)"
+    )
     return (
-        f"lambda_H^1 (solid) against the edge-of-stability threshold {threshold} (dashed), "
+        f"{what} against the edge-of-stability threshold {threshold} (dashed), "
         "recorded values: gradient descent is unstable along e_H^1 where the solid line is above."
     )
 

@@ -9,8 +9,8 @@ trajectory's recorded values and their moving average), ``threshold:<run>:<t>`` 
 epoch of training accuracy >= t), ``points:<run>`` (a scatter), ``K:<run>`` / ``H:<run>``
 (spectra; the axes' own gid says what they show: ``K``, ``H-density`` or ``H-top``),
 ``stability:<run>``, ``break_even:<run>``, ``unit`` (the line at 1), ``lambda_H_1:<run>``,
-``eos_threshold:<run>``. When the records lack what a figure needs, it raises ``ValueError``
-naming the missing measure or key and the setting that tracks it.
+``sharpness:<run>``, ``eos_threshold:<run>``. When the records lack what a figure needs, it
+raises ``ValueError`` naming the missing measure or key and the setting that tracks it.
 
 No curve hides its data: a series is smoothed only when it has at least
 :data:`MIN_WINDOWS` windows of records, and then its recorded values stay drawn beside the
@@ -94,6 +94,7 @@ LABELS = {
     "s2": r"$s^2$",
     "eos_ratio": r"$\lambda_H^1 / (2/\eta)$",
     "eos_threshold": r"$2/\eta$",
+    "sharpness": r"$\lambda_H^1$ (tracked every step)",
     "delta_loss": r"$\Delta\mathcal{L}$",
     "loss_before": r"$\mathcal{L}$ before the step",
     "loss_after": r"$\mathcal{L}$ after the step",
@@ -951,22 +952,38 @@ def _break_even(runs: Runs, measure: str) -> dict[str, int]:
     }
 
 
+def eos_measure(runs: Runs) -> tuple[str, str]:
+    """(measure, key) of the sharpness the edge-of-stability figure draws: the dense
+    ``sharpness`` series of the ``sharpness`` measure when recorded (lambda_H^1 at every
+    step), else ``lambda_H_1`` of ``edge_of_stability``."""
+    if has_key(runs, "sharpness", "sharpness"):
+        return "sharpness", "sharpness"
+    return "edge_of_stability", "lambda_H_1"
+
+
 def plot_edge_of_stability(
     runs: RunsLike,
     *,
-    measure: str = "edge_of_stability",
+    measure: str | None = None,
     x: str = "step",
     log: bool | str = "auto",
     by: Sequence[str] | str | None = None,
 ) -> Figure:
     """lambda_H^1 (solid) against the edge-of-stability threshold 2/eta ((2 + 2 beta)/eta
-    with momentum beta; dashed, same colour) over training, from the ``edge_of_stability``
-    records: gradient descent is unstable along e_H^1 where the solid line is above. The
-    recorded values are drawn, never smoothed (markers on sparse series); the labels name
-    the threshold as 2/eta when no run used momentum, else as (2 + 2 beta)/eta."""
+    with momentum beta; dashed, same colour) over training: gradient descent is unstable
+    along e_H^1 where the solid line is above. lambda_H^1 is the ``sharpness`` measure's
+    value at every step when recorded (a certified lower bound, gid ``sharpness:<run>``),
+    else the ``edge_of_stability`` measure's (gid ``lambda_H_1:<run>``); ``measure`` picks
+    one by name. The recorded values are drawn, never smoothed (markers on sparse series);
+    the labels name the threshold as 2/eta when no run used momentum, else as
+    (2 + 2 beta)/eta."""
     runs = as_runs(runs)
     _xlabel(x)  # checks x
-    for key in ("lambda_H_1", "eos_threshold"):
+    if measure is None:
+        measure, value = eos_measure(runs)
+    else:
+        value = "sharpness" if has_key(runs, measure, "sharpness") else "lambda_H_1"
+    for key in (value, "eos_threshold"):
         if not has_key(runs, measure, key):
             raise ValueError(missing(measure, key))
     g = groups(runs, by)
@@ -975,7 +992,7 @@ def plot_edge_of_stability(
     values: list[float] = []
     for run in runs.table["run"]:
         colour, lw = g.color[run], g.linewidth(run)
-        for key, ls in (("lambda_H_1", "-"), ("eos_threshold", "--")):
+        for key, ls in ((value, "-"), ("eos_threshold", "--")):
             df = series(runs, measure, key, run=run)
             if len(df) == 0:
                 continue
@@ -987,8 +1004,9 @@ def plot_edge_of_stability(
     ax.set_xlabel(_xlabel(x))
     ax.set_ylabel(rf"$\lambda_H^1$ and {threshold}")
     ax.set_title(_title(rf"Edge of stability: $\lambda_H^1$ against {threshold}", runs))
+    name = r"$\lambda_H^1$ (every step, lower bound)" if value == "sharpness" else r"$\lambda_H^1$"
     extra = [
-        Line2D([], [], color="grey", ls="-", label=r"$\lambda_H^1$"),
+        Line2D([], [], color="grey", ls="-", label=name),
         Line2D([], [], color="grey", ls="--", label=threshold),
     ]
     _legend(ax, g, extra)
