@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.breakeven-installed
 FASHION := /usr/share/datasets/fashion-mnist
 
-.PHONY: demo test test-all lint format bench clean fashion-mnist chromium
+.PHONY: demo test test-slow test-all lint format bench clean fashion-mnist chromium
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -41,10 +41,15 @@ chromium:
 		echo "could not install chromium: the report rendering test will be skipped"; \
 	else echo "chromium not found: the report rendering test will be skipped"; fi
 
-test: $(STAMP) chromium
+test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
-test-all: $(STAMP)
+# The multi-process and browser tests (torchrun, real signals, process pools, Ray, Chromium):
+# minutes; CI runs them after `make test`.
+test-slow: $(STAMP) chromium
+	$(PY) -m pytest -q -m slow
+
+test-all: $(STAMP) chromium
 	$(PY) -m pytest -q
 
 lint: $(STAMP)

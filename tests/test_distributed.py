@@ -19,6 +19,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+@pytest.mark.slow  # multi-process or browser: make test-slow (CI runs it)
 def test_two_ranks_equal_one_process(tmp_path):
     script = Path(__file__).parent / "distributed_script.py"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
@@ -100,6 +101,7 @@ def _values(path):
     return [(r["step"], r["measure"], r["values"]) for r in read_records(path)]
 
 
+@pytest.mark.slow  # multi-process or browser: make test-slow (CI runs it)
 def test_breakeven_run_under_torchrun_equals_one_process(tmp_path):
     from breakeven.experiments import run
 
@@ -118,6 +120,7 @@ def test_breakeven_run_under_torchrun_equals_one_process(tmp_path):
             assert got[key] == pytest.approx(value, rel=1e-4, abs=1e-6), (step, measure, key)
 
 
+@pytest.mark.slow  # multi-process or browser: make test-slow (CI runs it)
 def test_a_rank_killed_under_torchrun_resumes_on_all(tmp_path):
     import os
     import signal

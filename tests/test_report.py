@@ -93,6 +93,7 @@ def _chromium():
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
+@pytest.mark.slow  # multi-process or browser: make test-slow (CI runs it)
 @pytest.mark.skipif(_chromium() is None, reason="chromium is not installed (make test installs it)")
 def test_renders_in_headless_chromium_with_every_image_loaded(made, tmp_path):
     from PIL import Image

@@ -178,6 +178,7 @@ def kill_when(proc: subprocess.Popen, ready, timeout: float = 60, sig=signal.SIG
         assert proc.returncode == -signal.SIGKILL
 
 
+@pytest.mark.slow  # multi-process or browser: make test-slow (CI runs it)
 def test_sigkill_at_several_points_then_rerun_gives_the_uninterrupted_run(
     kill_setup, tmp_path
 ) -> None:
@@ -214,6 +215,7 @@ def test_sigkill_at_several_points_then_rerun_gives_the_uninterrupted_run(
     assert summary["steps"] == 120 and summary["resumed_from"] == 80
 
 
+@pytest.mark.slow  # multi-process or browser: make test-slow (CI runs it)
 def test_sigterm_marks_the_run_terminated_and_the_same_command_resumes_it(
     kill_setup, tmp_path
 ) -> None:

@@ -99,6 +99,7 @@ def test_workers_share_the_cores(preset, monkeypatch):
     assert plan_sweep(preset, workers=1).threads is None
 
 
+@pytest.mark.slow  # multi-process or browser: make test-slow (CI runs it)
 def test_a_resume_with_other_workers_is_the_same_sweep(preset, tmp_path):
     text = preset.read_text().replace("num_threads = 1\n", "")
     preset.write_text(text)
@@ -186,6 +187,7 @@ def test_an_interrupted_sweep_runs_only_what_is_missing(preset, tmp_path):
     assert strip == [{k: v for k, v in r.items() if k != "seconds"} for r in expected]
 
 
+@pytest.mark.slow  # multi-process or browser: make test-slow (CI runs it)
 def test_process_pool_equals_one_process(preset, tmp_path):
     one = sweep(preset, scale="quick", out=tmp_path / "one")
     two = sweep(preset, scale="quick", workers=2, out=tmp_path / "two")
@@ -196,6 +198,7 @@ def test_process_pool_equals_one_process(preset, tmp_path):
         assert [r["values"] for r in a] == [r["values"] for r in b]
 
 
+@pytest.mark.slow  # multi-process or browser: make test-slow (CI runs it)
 def test_ray_backend_on_a_local_instance(preset, tmp_path):
     pytest.importorskip("ray")
     local = sweep(preset, scale="quick", seeds=1, out=tmp_path / "local")
@@ -277,6 +280,7 @@ def test_how_a_worker_died_is_named(exitcode, text):
     assert _how_it_died(exitcode) == text
 
 
+@pytest.mark.slow  # multi-process or browser: make test-slow (CI runs it)
 @pytest.mark.parametrize("parent_alive", [True, False])
 def test_a_worker_runs_jobs_until_its_connection_ends_and_none_once_its_parent_is_gone(
     preset, tmp_path, parent_alive
@@ -449,6 +453,7 @@ def _kill(proc: subprocess.Popen) -> None:
         proc.stdout.close()
 
 
+@pytest.mark.slow  # multi-process or browser: make test-slow (CI runs it)
 @linux_only
 def test_a_killed_sweep_takes_its_workers_along_and_its_rerun_resumes_it(slow, tmp_path):
     out = tmp_path / "s"
@@ -463,6 +468,7 @@ def test_a_killed_sweep_takes_its_workers_along_and_its_rerun_resumes_it(slow, t
         assert read_summary(out / "runs" / name)["resumed_from"] > 0
 
 
+@pytest.mark.slow  # multi-process or browser: make test-slow (CI runs it)
 @linux_only
 def test_a_sweep_resumed_with_other_workers_keeps_each_runs_threads(slow, tmp_path):
     """Killed under --workers 2 (cpus // 2 threads per run), resumed with --workers 1 in a
@@ -478,6 +484,7 @@ def test_a_sweep_resumed_with_other_workers_keeps_each_runs_threads(slow, tmp_pa
     assert _values(out / "runs" / name) == slow["records"][name]
 
 
+@pytest.mark.slow  # multi-process or browser: make test-slow (CI runs it)
 @linux_only
 def test_a_killed_worker_fails_only_its_own_run(slow, tmp_path):
     out = tmp_path / "s"
@@ -498,6 +505,7 @@ def test_a_killed_worker_fails_only_its_own_run(slow, tmp_path):
         assert _values(out / "runs" / other) == slow["records"][other], other
 
 
+@pytest.mark.slow  # multi-process or browser: make test-slow (CI runs it)
 @linux_only
 def test_a_second_sweep_on_a_directory_stops_at_once(slow, tmp_path):
     out = tmp_path / "s"
