@@ -10,12 +10,12 @@ a residual of 1e-6 (relative) at every step, on the same probe and operator:
 
 Three fallback tolerances (``tol_fallback`` 0.01, the default, 0.05 and 0.2) ride on the same
 trajectory (three measures of one tracker; measuring never changes training). Per run and
-tolerance the table gives the largest and median relative error |theta -
-lambda| / lambda, how often the certified lower bound was broken (theta > lambda (1 + 1e-6),
-expected 0), the Hessian-vector products per step (amortised, fallbacks included), the
-measure's share of the training time (its own seconds, from the Tracker's clock, over the
-training steps' seconds) and the same cost estimated as products x the median time of one
-product, and the steps where a full solve ran. The series are written to
+tolerance the table gives the largest and median relative error |theta - lambda| / lambda,
+how often the certified lower bound was broken (theta above the reference's interval
+lambda + r_ref, expected 0), the Hessian-vector products per step (amortised, fallbacks
+included), the measure's share of the training time (its own seconds, from the Tracker's
+clock, over the training steps' seconds) and the same cost estimated as products x the
+median time of one product, and the steps where a full solve ran. The series are written to
 ``benchmarks/out/sharpness_<model>_lr<lr>.csv`` and the summary to
 ``benchmarks/out/sharpness.json``.
 
@@ -114,7 +114,10 @@ def one_run(model: str, lr: float, steps: int, probe_fraction: float, args) -> l
         errs = [
             abs(tr[s]["sharpness"] - ref[s]["lambda_H_1"]) / abs(ref[s]["lambda_H_1"]) for s in ref
         ]
-        broken = sum(tr[s]["sharpness"] > ref[s]["lambda_H_1"] * (1 + 1e-6) for s in ref)
+        # the reference is itself known to within its residual: a break is theta above that
+        broken = sum(
+            tr[s]["sharpness"] > ref[s]["lambda_H_1"] + ref[s]["residual_H_1"] for s in ref
+        )
         fell = [s for s in sorted(tr) if tr[s]["sharpness_fallback"]]
         products = sum(tr[s]["matvecs"] for s in tr)
         rows.append(
