@@ -409,5 +409,96 @@ def test_resumed_run_purges_tensorboard_steps_past_the_checkpoint(tmp_path: Path
     assert same(read_tensorboard(tb), expected(again.path), rel=1e-6)
 
 
+def test_wandb_sink_joins_the_active_run_and_leaves_it_open(tmp_path: Path, monkeypatch) -> None:
+    import wandb
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    mine = wandb.init(mode="offline", dir=str(tmp_path / "user"), project="mine")
+    try:
+        sink = WandbSink(tmp_path / "ours")
+        mine.log({"train/loss": 1.0})
+        sink.write({"step": 7, "measure": "hessian", "values": {"lambda_H_1": 3.5}})
+        sink.close()
+        assert wandb.run is mine
+    finally:
+        mine.finish()
+    assert wandb_history(read_wandb(tmp_path / "user")) == {
+        "breakeven/hessian/lambda_H_1": [(7, 3.5)]
+    }
+    assert not (tmp_path / "ours").exists()
+
+
+def test_lightning_callback_logs_measures_and_evaluations(tmp_path: Path) -> None:
+    L = pytest.importorskip("lightning.pytorch")
+    from breakeven.integrations.lightning import BreakevenCallback
+
+    class Module(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = nn.Sequential(nn.Linear(8, 6), nn.Tanh(), nn.Linear(6, 3))
+
+        def forward(self, x):
+            return self.net(x)
+
+        def training_step(self, batch, batch_idx):
+            return F.cross_entropy(self(batch[0]), batch[1])
+
+        def validation_step(self, batch, batch_idx):
+            self.log("val_loss", F.cross_entropy(self(batch[0]), batch[1]))
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    ds = toy(32)
+    data = torch.utils.data.TensorDataset(ds.x_train, ds.y_train)
+    loader = torch.utils.data.DataLoader(data, batch_size=8)
+    spec = {"covariance": {"every": 1, "num_batches": 2}, "lr": {"every": 1}}
+    given = TensorBoardSink(tmp_path / "mine")
+    xy = (ds.x_train, ds.y_train)
+    cb = BreakevenCallback(spec, probe=xy, train_data=xy, out_dir=tmp_path / "run",
+                           log=["mlflow", given])  # fmt: skip
+    trainer = L.Trainer(max_epochs=1, accelerator="cpu", devices=1, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, num_sanity_val_steps=0,
+                        callbacks=[cb])  # fmt: skip
+    trainer.fit(Module(), loader, torch.utils.data.DataLoader(data, batch_size=16))
+    given.close()
+    want = expected(tmp_path / "run")
+    assert [s for s, _ in want["breakeven/lr/lr"]] == [0, 1, 2, 3]
+    assert [s for s, _ in want["breakeven/evaluation/val_loss"]] == [4]
+    found, metrics = read_mlflow((tmp_path / "run" / "logs" / "mlflow").as_uri())
+    assert same(metrics, want) and found.info.status == "FINISHED"
+    assert same(read_tensorboard(tmp_path / "mine"), want, rel=1e-6)
+    with pytest.raises(ValueError, match="give out_dir="):
+        BreakevenCallback(spec, log="tensorboard")
+
+
+def test_sweep_logs_each_run_under_its_directory(tmp_path: Path) -> None:
+    from breakeven.experiments import sweep
+
+    np = pytest.importorskip("numpy")
+    g = np.random.default_rng(0)
+    x = g.standard_normal((70, 6)).astype(np.float32)
+    y = (x @ g.standard_normal((6, 3))).argmax(1)
+    np.savez(tmp_path / "d.npz", x_train=x[:50], y_train=y[:50], x_test=x[50:], y_test=y[50:])
+    cfg = {
+        "name": "sw",
+        "train": {"model": "mlp", "model_kwargs": {"hidden": [4]}, "dataset": "npz",
+                  "dataset_kwargs": {"root": str(tmp_path / "d.npz")}, "batch_size": 10,
+                  "steps": 4, "num_threads": 1},
+        "track": {"lr": {"every": 1}},
+        "log": {"mlflow": False},
+    }  # fmt: skip
+    with pytest.raises(ConfigError, match="unknown sink 'neptune'"):
+        sweep(cfg, grid={"train.lr": [0.1]}, out=tmp_path / "bad", log=["neptune"])
+    assert not (tmp_path / "bad").exists()
+    out = sweep(cfg, grid={"train.lr": [0.1, 0.05]}, out=tmp_path / "sw", log=["tensorboard"])
+    assert [s for _, s, _ in out.runs] == ["finished", "finished"]
+    for name in ("lr=0.1_seed=0", "lr=0.05_seed=0"):
+        path = tmp_path / "sw" / "runs" / name
+        assert sorted(p.name for p in (path / "logs").iterdir()) == ["tensorboard"]
+        assert same(read_tensorboard(path / "logs" / "tensorboard"), expected(path), rel=1e-6)
+
+
 def test_plain_tracker_without_sinks_is_unchanged() -> None:
     assert Tracker([], sinks=()).sinks == []
