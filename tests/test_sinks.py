@@ -29,6 +29,7 @@ from breakeven.tracking.sinks import (
     TensorBoardSink,
     WandbSink,
     _require,
+    _wandb_logged_in,
     parse_log,
     scalars,
 )
@@ -162,6 +163,7 @@ def logged(tmp_path_factory) -> dict:
         mp.setenv("HOME", str(home))
         mp.delenv("WANDB_MODE", raising=False)
         mp.delenv("WANDB_API_KEY", raising=False)
+        mp.delenv("NETRC", raising=False)
         mp.delenv("XDG_CONFIG_HOME", raising=False)
         mp.delenv("XDG_CACHE_HOME", raising=False)
         mp.chdir(cwd)
@@ -331,7 +333,7 @@ def test_a_missing_package_names_the_extra(monkeypatch) -> None:
 
 def test_importing_breakeven_imports_no_sink_package() -> None:
     code = (
-        "import sys, breakeven, breakeven.experiments.runner, breakeven.tracking.sinks; "
+        "import sys, breakeven, breakeven.cli, breakeven.tracking.sinks; "
         "print(sorted(m for m in ('wandb', 'mlflow', 'tensorboard') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -422,6 +424,7 @@ def test_wandb_sink_joins_the_active_run_and_leaves_it_open(tmp_path: Path, monk
         assert wandb.run is mine
     finally:
         mine.finish()
+        wandb.teardown()  # W&B's service writes the run's last records to disk by then
     assert wandb_history(read_wandb(tmp_path / "user")) == {
         "breakeven/hessian/lambda_H_1": [(7, 3.5)]
     }
@@ -498,6 +501,25 @@ def test_sweep_logs_each_run_under_its_directory(tmp_path: Path) -> None:
         path = tmp_path / "sw" / "runs" / name
         assert sorted(p.name for p in (path / "logs").iterdir()) == ["tensorboard"]
         assert same(read_tensorboard(path / "logs" / "tensorboard"), expected(path), rel=1e-6)
+
+
+def test_wandb_goes_online_only_when_logged_in(tmp_path: Path, monkeypatch) -> None:
+    """The default mode's rule: an API key in the environment or in the netrc file that
+    ``wandb login`` writes, for the W&B host (``WANDB_BASE_URL``)."""
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_BASE_URL", raising=False)
+    netrc = tmp_path / "netrc"
+    monkeypatch.setenv("NETRC", str(netrc))
+    assert not _wandb_logged_in()  # no file
+    netrc.write_text("machine example.org login user password secret\n")
+    netrc.chmod(0o600)
+    assert not _wandb_logged_in()  # another host
+    netrc.write_text("machine api.wandb.ai login user password " + "k" * 40 + "\n")
+    assert _wandb_logged_in()
+    monkeypatch.setenv("WANDB_BASE_URL", "https://wandb.example.org")
+    assert not _wandb_logged_in()  # a private server the key is not for
+    monkeypatch.setenv("WANDB_API_KEY", "k" * 40)
+    assert _wandb_logged_in()
 
 
 def test_plain_tracker_without_sinks_is_unchanged() -> None:

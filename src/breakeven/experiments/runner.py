@@ -417,7 +417,7 @@ def run(
     """
     raw = apply_overrides(apply_scale(load_config(config), scale), overrides)
     rc = resolve_config(raw)
-    sinks = parse_log(log_table(raw.get(LOG_TABLE), log))
+    log_spec = parse_log(log_table(raw.get(LOG_TABLE), log))
     if out_dir is None:
         ov = (
             list(overrides)
@@ -431,7 +431,7 @@ def run(
     with _sigterm_raises():
         world, rank, started = _start_distributed(rc.train.device)
         try:
-            return _run(rc, path, dataset, progress, min_free_bytes, world, rank, sinks)
+            return _run(rc, path, dataset, progress, min_free_bytes, world, rank, log_spec)
         finally:
             if started:
                 torch.distributed.destroy_process_group()
@@ -470,7 +470,7 @@ def _ended(rc: RunConfig, path: Path, status: str) -> RunOutcome:
     return RunOutcome(status, path, int((read_summary(path) or {}).get("steps", 0)))
 
 
-def _run(rc, path, dataset, progress, min_free_bytes, world, rank, log) -> RunOutcome:
+def _run(rc, path, dataset, progress, min_free_bytes, world, rank, log_spec) -> RunOutcome:
     """The body of :func:`run`; under torchrun rank 0 alone writes the run directory."""
     lead = rank == 0
     store = RunStore(path, min_free_bytes=min_free_bytes or DEFAULT_MIN_FREE_BYTES)
@@ -526,8 +526,8 @@ def _run(rc, path, dataset, progress, min_free_bytes, world, rank, log) -> RunOu
     sink.append(on_record)
     try:
         torch.set_num_threads(threads)
-        if lead and log:
-            sinks = make_sinks(log, path, config=rc.to_dict(), first_step=resumed_from or 0)
+        if lead and log_spec:
+            sinks = make_sinks(log_spec, path, config=rc.to_dict(), first_step=resumed_from or 0)
         bar = _make_progress(progress) if lead else None
         hooks = _Hooks(tracker, store if lead else None, bar, resumed_from or 0, sinks)
         result = train(
