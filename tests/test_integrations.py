@@ -287,7 +287,8 @@ def test_huggingface_callback(tmp_path: Path) -> None:
     initial = copy.deepcopy(model)
     data = _tokens()
     probe = {k: v[:16] for k, v in data.items()}
-    cb = BreakevenTrainerCallback(HF_SPEC, probe=probe, train_data=data, out_dir=tmp_path / "r")
+    cb = BreakevenTrainerCallback(HF_SPEC, probe=probe, train_data=data, out_dir=tmp_path / "r",
+                                  log=["tensorboard"])  # fmt: skip
     _hf_train(model, data, tmp_path, [cb], eval_data=probe)
     records = cb.tracker.records_
 
@@ -340,6 +341,24 @@ def test_huggingface_callback(tmp_path: Path) -> None:
     assert _without_seconds([r for r in stored if r["measure"] != "evaluation"]) == (
         _without_seconds(records)
     )
+
+    # live logging (log=["tensorboard"]): every stored value at its step, measures and the
+    # Trainer's evaluations (and training above was bitwise that of a run without it)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from breakeven.tracking.sinks import scalars
+
+    want: dict[str, list] = {}
+    for r in stored:
+        for tag, v in scalars(r).items():
+            want.setdefault(tag, []).append((r["step"], v))
+    acc = EventAccumulator(str(path / "logs" / "tensorboard"), size_guidance={"scalars": 0})
+    acc.Reload()
+    got = {t: [(e.step, e.value) for e in acc.Scalars(t)] for t in acc.Tags()["scalars"]}
+    assert "breakeven/evaluation/eval_loss" in got and got.keys() == want.keys()
+    for tag, series in want.items():
+        assert [s for s, _ in got[tag]] == [s for s, _ in series]
+        assert [v for _, v in got[tag]] == pytest.approx([v for _, v in series], rel=1e-6)
 
 
 def test_huggingface_errors(tmp_path: Path) -> None:

@@ -3,8 +3,10 @@
 ::
 
     breakeven run CONFIG_OR_PRESET [--scale quick|full] [--set key=value ...] [--out DIR]
+                  [--log tensorboard|mlflow|wandb ...]
     breakeven sweep PRESET [--scale quick|full] [--grid key=v1,v2,...] [--seeds N]
                     [--workers N] [--backend local|ray] [--address ADDR] [--set ...] [--out DIR]
+                    [--log tensorboard|mlflow|wandb ...]
     breakeven verdict SWEEP_DIR... [--support F] [--min-pairs N] [--thresholds a,b,...]
     breakeven presets
     breakeven show RUN_DIR
@@ -48,6 +50,13 @@ from .records import (
 __all__ = ["main", "summarize"]
 
 
+LOG_HELP = (
+    "log every record live: tensorboard, mlflow or wandb (repeat for several; under "
+    "<run>/logs/ by default), or one option, e.g. wandb.project=NAME or "
+    "mlflow.tracking_uri=URI"
+)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="breakeven", description="Track the break-even point of neural-network training."
@@ -65,6 +74,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--out", help="run directory (default runs/<name>[-<hash of the --set>])")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    r.add_argument("--log", action="append", default=[], metavar="SINK[.KEY=VALUE]", help=LOG_HELP)
     r.add_argument("--scale", help="a preset's scale: full (the paper's values, default) or quick")
     w = sub.add_parser("sweep", help="run a preset over a grid of values and seeds (resumable)")
     w.add_argument("config", help="a TOML file or a preset name (see `breakeven presets`)")
@@ -82,6 +92,7 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--address", help="Ray cluster address (--backend ray; default: local Ray)")
     w.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     w.add_argument("--out", help="sweep directory (default runs/sweeps/<preset>-<scale>)")
+    w.add_argument("--log", action="append", default=[], metavar="SINK[.KEY=VALUE]", help=LOG_HELP)
     v = sub.add_parser("verdict", help="break-even points and conjecture verdicts of sweeps")
     v.add_argument("paths", nargs="+", metavar="SWEEP_DIR")
     v.add_argument("--support", type=float, help="fraction of ordered pairs (default 0.8)")
@@ -323,6 +334,7 @@ def _sweep(args: argparse.Namespace) -> int:
             address=args.address,
             out=args.out,
             on_done=on_done,
+            log=args.log,
         )
     finally:
         if bar is not None:
@@ -344,7 +356,12 @@ def _run(args: argparse.Namespace) -> int:
 
     try:
         outcome = run(
-            args.config, args.out, args.overrides, scale=args.scale, progress=not args.no_progress
+            args.config,
+            args.out,
+            args.overrides,
+            scale=args.scale,
+            progress=not args.no_progress,
+            log=args.log,
         )
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (RunTerminated)
         terminated = isinstance(e, RunTerminated)

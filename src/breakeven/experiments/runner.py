@@ -10,6 +10,8 @@ A run config (a TOML file, a preset name, or the same as a dict) has three table
     lr = 0.1
     [track]                       # the tracker spec: {measure: {schedule, arguments}}
     covariance = { every = 50, num_batches = 25 }
+    [log]                         # optional live logging (breakeven.tracking.sinks)
+    tensorboard = true            # not part of the run's identity: add or drop it on resume
 
 :func:`run` validates everything before training (unknown keys or bad values raise
 :class:`~breakeven.ConfigError` naming the key and what is allowed), then trains with the
@@ -40,6 +42,7 @@ from ..data import Dataset
 from ..operators.base import world_and_rank
 from ..records import EVAL_MEASURE, inside, name_problem
 from ..tracking import MEASURES, build_tracker
+from ..tracking.sinks import close_sinks, make_sinks, parse_log
 from ..tracking.store import (
     DEFAULT_MIN_FREE_BYTES,
     ConfigMismatchError,
@@ -69,13 +72,15 @@ __all__ = [
     "list_presets",
     "list_scales",
     "load_config",
+    "log_table",
     "resolve_config",
     "run",
 ]
 
 TABLES = ("train", "track", "run")
 SWEEP_TABLES = ("sweep", "scale")  # read by sweeps and scales; not part of a run's config
-TOP_KEYS = ("name", "description", *TABLES, *SWEEP_TABLES)
+LOG_TABLE = "log"  # live logging sinks: read by run(), not part of a run's config
+TOP_KEYS = ("name", "description", *TABLES, *SWEEP_TABLES, LOG_TABLE)
 FULL = "full"  # the scale of a preset's own values (the paper's)
 RUN_KEYS = {"checkpoint_every": 500}  # key: default
 
@@ -129,6 +134,30 @@ def _leaves(table: Mapping[str, Any], base: Any, prefix: str = "") -> dict[str, 
             out.update(_leaves(v, below, f"{prefix}{k}."))
         else:
             out[f"{prefix}{k}"] = v
+    return out
+
+
+def log_table(table: Any = None, flags: Sequence[str] | Mapping[str, Any] = ()) -> Any:
+    """A config's ``[log]`` table with ``--log`` flags applied (checked later by
+    :func:`~breakeven.tracking.sinks.parse_log`): a flag names a sink (``tensorboard``) or
+    sets one of its options (``wandb.project=my-project``, the value read as TOML, else as a
+    string). A mapping instead of flags is a ``[log]`` table whose sinks replace the
+    config's."""
+    if isinstance(flags, Mapping):
+        return {**(table if isinstance(table, Mapping) else {}), **flags}
+    if not flags:
+        return table
+    out = dict(table) if isinstance(table, Mapping) else {}
+    for flag in flags:
+        name, dot, rest = flag.partition(".")
+        key, eq, value = rest.partition("=")
+        if dot and (not eq or not key):
+            raise ConfigError(f"--log {flag!r} is invalid: give NAME or NAME.OPTION=VALUE")
+        options = out.get(name)
+        options = dict(options) if isinstance(options, Mapping) else {}
+        if dot:
+            options[key] = _parse_value(value)
+        out[name] = options
     return out
 
 
@@ -257,9 +286,11 @@ class RunOutcome:
 class _Hooks:
     """The training hooks of a run: the tracker's, plus evaluation records and progress."""
 
-    def __init__(self, tracker: Any, store: Any, progress: Any, first_step: int = 0) -> None:
+    def __init__(
+        self, tracker: Any, store: Any, progress: Any, first_step: int = 0, sinks: Any = ()
+    ) -> None:
         self.tracker, self.store, self.progress = tracker, store, progress
-        self.first_step = first_step
+        self.first_step, self.sinks = first_step, sinks
         if tracker is not None and hasattr(tracker, "state_dict"):
             self.state_dict = tracker.state_dict
             self.load_state_dict = tracker.load_state_dict
@@ -298,6 +329,8 @@ class _Hooks:
             self.store.append(record)
         if self.progress is not None:
             self.progress.record(record)
+        for s in self.sinks:
+            s.write(record)
 
     def on_end(self, result: TrainResult) -> None:
         self._call("on_end", result)
@@ -341,6 +374,7 @@ def run(
     dataset: Dataset | None = None,
     progress: bool | Callable[[], Any] = False,
     min_free_bytes: int | None = None,
+    log: Sequence[str] | Mapping[str, Any] = (),
 ) -> RunOutcome:
     """Train and track one run of ``config`` (a TOML path, a preset name or a mapping) at
     ``scale`` (see :func:`apply_scale`), writing its store to ``out_dir`` (default
@@ -369,12 +403,21 @@ def run(
     ``dataset`` replaces loading ``train.dataset`` by name. ``progress=True`` shows a
     progress bar on stderr (tqdm if installed).
 
+    Live logging: the config's ``[log]`` table with ``log`` applied (``--log`` flags such as
+    ``["tensorboard", "wandb.project=x"]``, see :func:`log_table`) names the sinks that show
+    every record as it is written (:mod:`breakeven.tracking.sinks`; by default under
+    ``<out_dir>/logs/``). They are checked with the config (an unknown sink or option, or a
+    missing package, is refused before anything is written), opened on rank 0 once the run
+    directory is, and closed with the run's status. They are not part of the run's identity:
+    a resume may add or drop them, and they never change training.
+
     Under ``torchrun`` (``WORLD_SIZE`` > 1) the run is data-parallel (see
     :func:`breakeven.train`) and measured with a distributed Tracker: rank 0 alone writes the
     run directory and shows progress; a resume loads rank 0's checkpoint on every rank.
     """
     raw = apply_overrides(apply_scale(load_config(config), scale), overrides)
     rc = resolve_config(raw)
+    log_spec = parse_log(log_table(raw.get(LOG_TABLE), log))
     if out_dir is None:
         ov = (
             list(overrides)
@@ -388,7 +431,7 @@ def run(
     with _sigterm_raises():
         world, rank, started = _start_distributed(rc.train.device)
         try:
-            return _run(rc, path, dataset, progress, min_free_bytes, world, rank)
+            return _run(rc, path, dataset, progress, min_free_bytes, world, rank, log_spec)
         finally:
             if started:
                 torch.distributed.destroy_process_group()
@@ -427,7 +470,7 @@ def _ended(rc: RunConfig, path: Path, status: str) -> RunOutcome:
     return RunOutcome(status, path, int((read_summary(path) or {}).get("steps", 0)))
 
 
-def _run(rc, path, dataset, progress, min_free_bytes, world, rank) -> RunOutcome:
+def _run(rc, path, dataset, progress, min_free_bytes, world, rank, log_spec) -> RunOutcome:
     """The body of :func:`run`; under torchrun rank 0 alone writes the run directory."""
     lead = rank == 0
     store = RunStore(path, min_free_bytes=min_free_bytes or DEFAULT_MIN_FREE_BYTES)
@@ -467,12 +510,14 @@ def _run(rc, path, dataset, progress, min_free_bytes, world, rank) -> RunOutcome
     threads = int(
         rc.train.num_threads or (checkpoint or {}).get("num_threads") or torch.get_num_threads()
     )
-    callers_threads, bar = torch.get_num_threads(), None
+    callers_threads, bar, sinks, status = torch.get_num_threads(), None, [], "failed"
 
     def on_record(record: dict[str, Any]) -> None:
         store.append(record)
         if bar is not None:
             bar.record(record)
+        for s in sinks:
+            s.write(record)
 
     def save(state: dict[str, Any]) -> None:
         if lead:  # every rank builds the state
@@ -481,8 +526,10 @@ def _run(rc, path, dataset, progress, min_free_bytes, world, rank) -> RunOutcome
     sink.append(on_record)
     try:
         torch.set_num_threads(threads)
+        if lead and log_spec:
+            sinks = make_sinks(log_spec, path, config=rc.to_dict(), first_step=resumed_from or 0)
         bar = _make_progress(progress) if lead else None
-        hooks = _Hooks(tracker, store if lead else None, bar, resumed_from or 0)
+        hooks = _Hooks(tracker, store if lead else None, bar, resumed_from or 0, sinks)
         result = train(
             rc.train,
             hooks,
@@ -503,6 +550,7 @@ def _run(rc, path, dataset, progress, min_free_bytes, world, rank) -> RunOutcome
         }
         if lead:
             store.finish(result.status, summary, result.model.state_dict())
+        status = result.status
     except OSError as e:  # e.g. a full disk: a clean failed status
         message = f"{type(e).__name__}: {e}"
         if lead:
@@ -524,6 +572,7 @@ def _run(rc, path, dataset, progress, min_free_bytes, world, rank) -> RunOutcome
             store.close()
         if bar is not None:
             bar.close()
+        close_sinks(sinks, status)
     return RunOutcome(result.status, path, result.steps, result, resumed_from)
 
 

@@ -56,13 +56,16 @@ from ..records import (
     to_json,
 )
 from ..tracking import build_tracker
+from ..tracking.sinks import parse_log
 from ..train import ConfigError, TrainConfig
 from .runner import (
     FULL,
+    LOG_TABLE,
     _parse_value,
     apply_overrides,
     apply_scale,
     load_config,
+    log_table,
     resolve_config,
     run,
 )
@@ -330,6 +333,7 @@ def sweep(
     address: str | None = None,
     out: str | os.PathLike | None = None,
     on_done: Callable[[str, str, float], None] | None = None,
+    log: Sequence[str] | Mapping[str, Any] = (),
 ) -> SweepOutcome:
     """Run a sweep (see the module docstring and :func:`plan_sweep`) and return its outcome.
     ``preset`` may be a :class:`SweepPlan` made by :func:`plan_sweep` (its grid, seeds, scale
@@ -340,6 +344,10 @@ def sweep(
     run as a Ray task of one CPU to the cluster at ``address`` (None: a local Ray instance
     with ``workers`` CPUs); the output directory must then be on a filesystem that every
     node sees. ``on_done(name, status, seconds)`` is called as each run ends.
+
+    ``log``: live logging of every run (``--log`` flags or a ``[log]`` table, applied over
+    the config's ``[log]`` table; see :func:`~breakeven.experiments.run`), checked here
+    before any run starts; each run logs under its own directory by default.
 
     Raises :class:`SweepBusyError`, before writing anything or starting any run, when
     another sweep runs in the output directory.
@@ -357,9 +365,15 @@ def sweep(
             preset, grid=grid, seeds=seeds, scale=scale, overrides=overrides, workers=workers
         )
     path = Path(out) if out is not None else default_sweep_dir(plan)
+    configs = {r.name: r.config for r in plan.runs}
+    if log:
+        for r in plan.runs:
+            configs[r.name] = {**r.config, LOG_TABLE: log_table(r.config.get(LOG_TABLE), log)}
+    for cfg in configs.values():
+        parse_log(cfg.get(LOG_TABLE))
     # absolute (workers may start elsewhere) without resolving links: inside() refuses them
     jobs = [
-        (r.name, r.config, os.path.abspath(inside(path, "runs", r.name)), plan.threads)
+        (r.name, configs[r.name], os.path.abspath(inside(path, "runs", r.name)), plan.threads)
         for r in plan.runs
     ]
     lock = _lock_sweep(path)

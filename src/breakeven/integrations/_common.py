@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from ..records import EVAL_MEASURE
 from ..tracking import RunStore, RunStoreError, Tracker, build_tracker
+from ..tracking.sinks import Sink, close_sinks, make_sinks, parse_log
 
 Record = dict[str, Any]
 
@@ -88,7 +89,13 @@ class TrackedTraining:
 
     Attributes: ``tracker`` (its ``records_`` hold the measure records), ``evaluations_``
     (the evaluation records), ``store_`` (the :class:`~breakeven.RunStore` while one is
-    open) and ``path`` (the run directory, or None).
+    open), ``path`` (the run directory, or None) and ``sinks_`` (the live-logging sinks).
+
+    ``log``: sinks that get every record (measures and evaluations) as it is made: sink
+    objects (:mod:`breakeven.tracking.sinks`; yours to close), and/or sink names
+    (``"tensorboard"``, ``"mlflow"``, ``"wandb"``) or a ``[log]``-style table
+    (``{"wandb": {"project": "x"}}``), opened under ``out_dir/logs/`` when training starts
+    and closed at its end (these need ``out_dir``).
     """
 
     integration = ""
@@ -99,6 +106,7 @@ class TrackedTraining:
         tracker_kwargs: dict[str, Any],
         out_dir: str | os.PathLike | None,
         name: str | None,
+        log: Any = None,
     ) -> None:
         self.spec = dict(tracker) if isinstance(tracker, Mapping) else None
         self.tracker = make_tracker(tracker, tracker_kwargs)
@@ -106,6 +114,13 @@ class TrackedTraining:
         self.name = name or (self.path.name if self.path is not None else self.integration)
         self.evaluations_: list[Record] = []
         self.store_: RunStore | None = None
+        self._log, self._given_sinks = _split_log(log)
+        if self._log and self.path is None:
+            raise ValueError(
+                f"log={sorted(self._log)} opens sinks in the run directory: give out_dir=, or "
+                "pass sink objects (breakeven.tracking.sinks.TensorBoardSink(...), ...)"
+            )
+        self.sinks_: list[Sink] = list(self._given_sinks)
         self._started_at: float | None = None
         self._pending: int | None = None
         self._model_name: str | None = None
@@ -116,6 +131,8 @@ class TrackedTraining:
                 previous(record)
             if self.store_ is not None:
                 self.store_.append(record)
+            for sink in self.sinks_:
+                sink.write(record)
 
         self.tracker.on_record = on_record
 
@@ -148,6 +165,10 @@ class TrackedTraining:
         self._pending = None
         if self.path is not None:
             self._open_store(model)
+        if self._log:
+            self._close_opened("failed: restarted")  # a second fit() opens new ones
+            opened = make_sinks(self._log, self.path, config=self._config(model))
+            self.sinks_ = [*self._given_sinks, *opened]
 
     def _before(self, step: int, model: nn.Module, optimizer: Any, batch: Any = None) -> None:
         """Measure what is due at ``step`` (0-based index of the optimizer step)."""
@@ -182,6 +203,8 @@ class TrackedTraining:
         self.evaluations_.append(record)
         if self.store_ is not None:
             self.store_.append(record)
+        for sink in self.sinks_:
+            sink.write(record)
 
     def _end(self, steps: int, model: nn.Module) -> None:
         """Close the tracker's run; write ``summary.json``, ``model.pt`` and the status."""
@@ -198,12 +221,20 @@ class TrackedTraining:
                 "tracking": self.tracker.summary(),
             }
             store.finish("finished", summary, model.state_dict())
+        self._close_opened("finished")
 
     def _fail(self, error: BaseException | str) -> None:
+        message = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
         store, self.store_ = self.store_, None
         if store is not None:
-            message = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
             store.fail(message)
+        self._close_opened(f"failed: {message}")
+
+    def _close_opened(self, status: str) -> None:
+        """Close the sinks this callback opened (not the sink objects it was given)."""
+        opened = [s for s in self.sinks_ if not any(s is g for g in self._given_sinks)]
+        self.sinks_ = list(self._given_sinks)
+        close_sinks(opened, status)
 
     # ------------------------------------------------------------------ internals
 
@@ -250,6 +281,23 @@ class TrackedTraining:
             )
         store.open(self._config(model))
         self.store_ = store
+
+
+def _split_log(log: Any) -> tuple[dict[str, dict[str, Any]], list[Sink]]:
+    """``log=`` of a callback as (the checked spec of the sinks to open, the sink objects)."""
+    if log is None:
+        return {}, []
+    if isinstance(log, Mapping):
+        return parse_log(log), []
+    items = [log] if isinstance(log, (str, Sink)) else list(log)
+    odd = [x for x in items if not isinstance(x, (str, Sink))]
+    if odd:
+        raise TypeError(
+            f"log= takes sink names ('tensorboard', 'mlflow', 'wandb'), sink objects or a "
+            f"table; got {odd!r}"
+        )
+    names = [x for x in items if isinstance(x, str)]
+    return parse_log(names), [x for x in items if isinstance(x, Sink)]
 
 
 def _is_pair(data: Any) -> bool:

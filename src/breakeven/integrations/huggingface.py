@@ -268,6 +268,10 @@ class BreakevenTrainerCallback(TrackedTraining, transformers.TrainerCallback):
         check_loss: compare the inferred loss with the model's own on the probe (default
             True; skipped when ``loss_fn`` is given).
         out_dir, name: a new run directory to write, as for the Lightning callback.
+        log: live logging of every record: sink names (``"tensorboard"``, ``"mlflow"``,
+            ``"wandb"``, opened under ``out_dir/logs/``) and/or sink objects (see
+            :mod:`breakeven.tracking.sinks`). A W&B sink logs into the W&B run already
+            active (e.g. a ``WandbLogger``'s or ``report_to="wandb"``'s) when there is one.
 
     Records: ``tracker.records_`` (measures) and ``evaluations_`` (evaluation metrics).
     """
@@ -291,6 +295,7 @@ class BreakevenTrainerCallback(TrackedTraining, transformers.TrainerCallback):
         check_loss: bool = True,
         out_dir: str | os.PathLike | None = None,
         name: str | None = None,
+        log: Any = None,
     ) -> None:
         kwargs = {
             "probe": probe,
@@ -303,7 +308,7 @@ class BreakevenTrainerCallback(TrackedTraining, transformers.TrainerCallback):
             "seed": seed,
             "schedule": schedule,
         }
-        TrackedTraining.__init__(self, tracker, kwargs, out_dir, name)
+        TrackedTraining.__init__(self, tracker, kwargs, out_dir, name, log)
         self.input_names = tuple(input_names) if input_names is not None else None
         self.check_loss = check_loss
         self.model_: HFModel | None = None

@@ -89,6 +89,10 @@ class BreakevenCallback(TrackedTraining, pl.Callback):
             readable by ``breakeven show``/``export`` and :func:`breakeven.load_run`. A
             directory that already holds a run is refused (a callback does not resume).
         name: the run's name in its config (default: the directory's name).
+        log: live logging of every record: sink names (``"tensorboard"``, ``"mlflow"``,
+            ``"wandb"``, opened under ``out_dir/logs/``) and/or sink objects (see
+            :mod:`breakeven.tracking.sinks`). A W&B sink logs into the W&B run already
+            active (e.g. a ``WandbLogger``'s or ``report_to="wandb"``'s) when there is one.
 
     Records: ``tracker.records_`` (measures) and ``evaluations_`` (evaluation metrics).
     """
@@ -110,6 +114,7 @@ class BreakevenCallback(TrackedTraining, pl.Callback):
         schedule: Any = None,
         out_dir: str | os.PathLike | None = None,
         name: str | None = None,
+        log: Any = None,
     ) -> None:
         pl.Callback.__init__(self)
         kwargs = {
@@ -123,7 +128,7 @@ class BreakevenCallback(TrackedTraining, pl.Callback):
             "seed": seed,
             "schedule": schedule,
         }
-        TrackedTraining.__init__(self, tracker, kwargs, out_dir, name)
+        TrackedTraining.__init__(self, tracker, kwargs, out_dir, name, log)
         self._batch: Batch | None = None
         self._first_batch_size: int | None = None
         self._scale = 1

@@ -70,6 +70,9 @@ class Tracker:
             batches on each rank: L must be a multiple of the world size; ``n_train`` is
             the sum of the ranks' parts). Every rank must call the hooks at every step;
             ``on_record`` is called on rank 0 only.
+        sinks: live logging (:mod:`breakeven.tracking.sinks`): each record is also written to
+            each sink as it is emitted (rank 0 only), e.g.
+            ``sinks=[TensorBoardSink("runs/x/tb")]``. Closing them is the caller's.
 
     Records are dicts ``{"step", "epoch", "measure", "values": {key: float}, "seconds",
     "matvecs"}`` (plus ``"arrays"`` for predictions), in ``records_``; ``"measure"`` is the
@@ -100,6 +103,7 @@ class Tracker:
         seed: int = 0,
         on_record: Callable[[Record], None] | None = None,
         distributed: bool = False,
+        sinks: Iterable[Any] = (),
     ) -> None:
         check_distributed(distributed)
         self.distributed = distributed
@@ -132,6 +136,7 @@ class Tracker:
         self.steps_per_epoch = steps_per_epoch
         self.seed = seed
         self.on_record = on_record
+        self.sinks = list(sinks)
         self.records_: list[Record] = []
         self.seconds_: dict[str, float] = {n: 0.0 for n in names}
         self.matvecs_: dict[str, int] = {n: 0 for n in names}
@@ -334,8 +339,11 @@ class Tracker:
         self.seconds_[m.name] += seconds
         self.matvecs_[m.name] += matvecs
         self.records_.append(record)
-        if self.on_record is not None and (not self.distributed or world_and_rank()[1] == 0):
-            self.on_record(record)
+        if not self.distributed or world_and_rank()[1] == 0:
+            if self.on_record is not None:
+                self.on_record(record)
+            for sink in self.sinks:
+                sink.write(record)
 
     # ------------------------------------------------------------------ reporting, resume
 
