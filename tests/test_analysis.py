@@ -385,6 +385,39 @@ def test_decide_verdict(ordered, pairs, options, want):
 
 
 @pytest.mark.parametrize(
+    ("ordered", "pairs", "options", "want"),
+    [
+        (8, 10, {"open_against": 2}, "supported"),  # open pairs against cannot hurt it
+        (9, 10, {"open_ordered": 1}, "supported"),  # 8/10 even if it flipped
+        (9, 10, {"open_ordered": 2}, "inconclusive"),
+        (1, 10, {"open_against": 1}, "contradicted"),  # 2/10 even if it flipped
+        (1, 10, {"open_against": 2}, "inconclusive"),
+        (3, 3, {"open_ordered": 3}, "inconclusive"),  # every pair open: nothing settled
+        (0, 3, {"open_against": 3}, "inconclusive"),
+        (3, 3, {"open_ordered": 3, "min_pairs": 4}, "inconclusive"),
+    ],
+)
+def test_decide_verdict_with_open_pairs(ordered, pairs, options, want):
+    assert decide_verdict(ordered, pairs, **options) == want
+
+
+def test_decide_verdict_with_open_pairs_holds_for_every_way_they_could_flip():
+    # supported (contradicted) with open pairs exactly when the rule without open pairs says
+    # so after every flip of any number of them; inconclusive otherwise
+    for pairs in range(8):
+        for ordered in range(pairs + 1):
+            for oo, oa in itertools.product(range(ordered + 1), range(pairs - ordered + 1)):
+                flipped = {
+                    decide_verdict(ordered - i + j, pairs)
+                    for i in range(oo + 1)
+                    for j in range(oa + 1)
+                }
+                want = flipped.pop() if len(flipped) == 1 else "inconclusive"
+                got = decide_verdict(ordered, pairs, open_ordered=oo, open_against=oa)
+                assert got == want, (ordered, pairs, oo, oa)
+
+
+@pytest.mark.parametrize(
     "options", [{"open_ordered": 4}, {"open_against": 2}, {"open_ordered": -1}]
 )
 def test_decide_verdict_refuses_open_counts_outside_their_pairs(options):

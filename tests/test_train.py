@@ -5,15 +5,27 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+import breakeven
 from breakeven.data import Dataset
 from breakeven.models import build_model
-from breakeven.train import ConfigError, TrainConfig, conv_weight_decay_groups, evaluate, train
+from breakeven.tracking import Tracker, every
+from breakeven.tracking.hooks import as_hooks
+from breakeven.train import (
+    _FIELD_CHECKS,
+    ConfigError,
+    TrainConfig,
+    TrainHooks,
+    conv_weight_decay_groups,
+    evaluate,
+    train,
+)
 
 
 def toy(
@@ -75,6 +87,32 @@ def test_unknown_key_is_rejected_with_the_allowed_keys() -> None:
 def test_invalid_values_name_the_key_and_what_is_allowed(changes, key) -> None:
     with pytest.raises(ConfigError, match=rf"^{key}=.* is invalid: must be "):
         TrainConfig.from_dict(changes)
+
+
+def test_every_field_has_a_row_in_the_table_of_checks() -> None:
+    checked = {key for key, _, _ in _FIELD_CHECKS}
+    assert checked | {"model_kwargs"} == {f.name for f in dataclasses.fields(TrainConfig)}
+
+
+@pytest.mark.parametrize(
+    ("key", "values"),
+    [
+        ("lr_decay_factor", [0, -1.0, True, float("inf")]),
+        ("momentum", [True, -0.1, "0.5"]),
+        ("eval_batch_size", [0, 2.5, None]),
+        ("steps", [0, 2.0, True]),
+        ("eval_val_size", [0, "10"]),
+        ("data_seed", [-1, 0.5, None]),
+        ("drop_last", [1, "no", None]),
+        ("channels_last", [0]),
+        ("lr_decay_epochs", [(1, 1), (2.5,), "ab"]),
+        ("device", [3, None]),
+    ],
+)
+def test_each_invalid_value_of_a_field_names_it(key, values) -> None:
+    for value in values:
+        with pytest.raises(ConfigError, match=rf"^{key}={re.escape(repr(value))} is invalid: "):
+            TrainConfig(**{key: value})
 
 
 def test_cuda_is_rejected_when_absent() -> None:
@@ -243,6 +281,73 @@ def test_tracker_hooks_see_the_gradient_before_the_update() -> None:
                                       ("before", 2), ("after", 2)]  # fmt: skip
     assert all(c[2] for c in steps[::2])  # .grad is populated
     assert not torch.equal(steps[0][3], steps[1][2])  # the update happens in between
+
+
+class Counting(TrainHooks):
+    """Overrides one hook only, and keeps a state (its step count) through checkpoints."""
+
+    def __init__(self) -> None:
+        self.steps: list[int] = []
+
+    def after_step(self, step, model) -> None:
+        self.steps.append(step)
+
+    def state_dict(self) -> dict:
+        return {"steps": list(self.steps)}
+
+    def load_state_dict(self, state) -> None:
+        self.steps = list(state["steps"])
+
+
+@pytest.mark.parametrize("eval_every", [None, 0, 4])
+def test_train_hooks_is_a_base_class_of_no_op_hooks(eval_every) -> None:
+    cfg = TrainConfig(**MLP, lr=0.1, momentum=0.5, steps=12, eval_every=eval_every)
+    plain = train(cfg, dataset=toy())
+    for hooks in (TrainHooks(), Counting(), Tracker([], every(5))):
+        result = train(cfg, hooks, dataset=toy())
+        assert same(params(result), params(plain)) and result.losses == plain.losses
+        assert history(result) == history(plain)
+    counting = Counting()
+    train(cfg, counting, dataset=toy())
+    assert counting.steps == list(range(12))
+    assert TrainHooks().state_dict() is None and TrainHooks().load_state_dict(None) is None
+    assert issubclass(Tracker, TrainHooks) and breakeven.TrainHooks is TrainHooks
+
+
+def test_an_object_with_some_hooks_is_adapted_and_a_train_hooks_is_itself() -> None:
+    class Some:
+        def on_end(self, result) -> None:
+            self.status = result.status
+
+    some, counting = Some(), Counting()
+    assert as_hooks(counting) is counting and type(as_hooks(None)) is TrainHooks
+    adapted = as_hooks(some)
+    assert isinstance(adapted, TrainHooks) and adapted.state_dict() is None
+    adapted.before_step(0, None, None, None)  # missing hooks do nothing
+    train(TrainConfig(**MLP, steps=2, eval_every=0), some, dataset=toy())
+    assert some.status == "finished"
+
+
+def test_hooks_state_is_checkpointed_and_a_hooks_without_state_refuses_it() -> None:
+    cfg = TrainConfig(**MLP, lr=0.1, steps=10, eval_every=0)
+    states: list[dict] = []
+    whole = Counting()
+    train(cfg, whole, dataset=toy(), checkpoint_every=4, on_checkpoint=states.append)
+    assert [s["tracker"] for s in states] == [{"steps": list(range(4))}, {"steps": list(range(8))}]
+    resumed = Counting()
+    train(cfg, resumed, dataset=toy(), resume=states[0])
+    assert resumed.steps == whole.steps
+    with pytest.raises(ValueError, match="TrainHooks keeps no state"):
+        train(cfg, TrainHooks(), dataset=toy(), resume=states[0])
+    empty: list[dict] = []
+    train(cfg, TrainHooks(), dataset=toy(), checkpoint_every=4, on_checkpoint=empty.append)
+    assert [s["tracker"] for s in empty] == [None, None]
+    again = train(cfg, TrainHooks(), dataset=toy(), resume=empty[0])
+    assert again.losses == train(cfg, dataset=toy()).losses
+
+
+def history(result) -> list[dict]:
+    return [{k: v for k, v in h.items() if k != "seconds"} for h in result.history]
 
 
 def test_batchnorm_model_with_augmentation_is_deterministic() -> None:

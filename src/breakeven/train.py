@@ -11,7 +11,8 @@ and any dropout noise. On CPU the same config gives bitwise the same parameters.
 A non-finite training loss stops the run before the update with ``status='diverged'``;
 nothing is raised, so a sweep survives it (the paper's eta = 1.0 on SimpleCNN diverges).
 
-The tracker protocol (every hook optional; see :class:`TrainHooks`)::
+The tracker's hooks (:class:`TrainHooks`, whose methods do nothing until overridden; an
+object with only some of these methods is called for those)::
 
     on_start(model, dataset, config)       # once, before the first step
     before_step(step, model, batch, loss)  # after backward, before optimizer.step():
@@ -46,7 +47,7 @@ import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -57,6 +58,7 @@ from .data import CorruptDatasetError, Dataset, augment_crop_flip, list_datasets
 from .errors import ConfigError
 from .models import build_model, list_models
 from .operators.base import world_and_rank
+from .tracking.hooks import TrainHooks, as_hooks
 
 __all__ = [
     "CHECKPOINT_KEYS",
@@ -78,6 +80,91 @@ def _is_int(v: Any) -> bool:
 
 def _is_real(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _loader_options(dataset: str) -> Mapping[str, inspect.Parameter]:
+    return inspect.signature(_DATASET_LOADERS[dataset]).parameters
+
+
+def _loader_accepts(kwargs: Mapping[str, Any], c: TrainConfig) -> bool:
+    """Whether the loader of ``c.dataset`` takes every key of ``kwargs`` (any, if it takes
+    ``**kwargs``)."""
+    params = _loader_options(c.dataset)
+    return any(p.kind is p.VAR_KEYWORD for p in params.values()) or set(kwargs) <= set(params)
+
+
+def _is_device(v: Any) -> bool:
+    try:
+        torch.device(v)
+    except (RuntimeError, TypeError):
+        return False
+    return True
+
+
+def _int_at_least(low: int) -> Callable[[Any, TrainConfig], bool]:
+    return lambda v, c: _is_int(v) and v >= low
+
+
+_Check = tuple[str, Callable[[Any, "TrainConfig"], bool], "str | Callable[[TrainConfig], str]"]
+
+#: The checks of a TrainConfig, in order, one row per field: the field, whether its value
+#: (given the whole config) is valid, and what it must be (a string, or a function of the
+#: config for messages that name other values). The first failing row raises
+#: ``ConfigError("<field>=<value> is invalid: must be <what>")``; a row may rely on the
+#: rows above it having passed (``dataset_kwargs`` on ``dataset``, CUDA on ``device``).
+_FIELD_CHECKS: tuple[_Check, ...] = (
+    ("model", lambda v, c: v in list_models(), lambda c: f"one of {list_models()}"),
+    ("dataset", lambda v, c: v in list_datasets(), lambda c: f"one of {list_datasets()}"),
+    (
+        "dataset_kwargs",
+        _loader_accepts,
+        lambda c: f"options of the {c.dataset!r} loader: {sorted(_loader_options(c.dataset))}",
+    ),
+    *(
+        (k, lambda v, c: _is_real(v) and v > 0, "a finite number > 0")
+        for k in ("lr", "lr_decay_factor")
+    ),
+    ("momentum", lambda v, c: _is_real(v) and 0 <= v < 1, "a number in [0, 1)"),
+    (
+        "nesterov",
+        lambda v, c: isinstance(v, bool) and not (v and c.momentum == 0),
+        "a bool, and True only with momentum > 0",
+    ),
+    ("weight_decay", lambda v, c: _is_real(v) and v >= 0, "a finite number >= 0"),
+    ("probe_fraction", lambda v, c: _is_real(v) and 0 < v <= 1, "a number in (0, 1]"),
+    *((k, _int_at_least(1), "an integer >= 1") for k in ("batch_size", "eval_batch_size")),
+    *(
+        (k, lambda v, c: v is None or (_is_int(v) and v >= 1), "None or an integer >= 1")
+        for k in ("epochs", "steps", "n_train", "eval_train_size", "eval_val_size", "num_threads")
+    ),
+    (
+        "steps",
+        lambda v, c: v is None or c.epochs is None,
+        lambda c: f"None when epochs is given (epochs={c.epochs}): set only one",
+    ),
+    (
+        "eval_every",
+        lambda v, c: v is None or (_is_int(v) and v >= 0),
+        "None (each epoch), 0 (never) or an integer >= 1 (steps)",
+    ),
+    *((k, _int_at_least(0), "an integer >= 0") for k in ("init_seed", "data_seed")),
+    (
+        "lr_decay_epochs",
+        lambda v, c: isinstance(v, tuple) and all(_is_int(e) and e >= 1 for e in v),
+        "a sequence of epoch numbers >= 1",
+    ),
+    ("lr_decay_epochs", lambda v, c: list(v) == sorted(set(v)), "strictly increasing"),
+    *(
+        (k, lambda v, c: isinstance(v, bool), "True or False")
+        for k in ("drop_last", "augment", "channels_last")
+    ),
+    ("device", lambda v, c: _is_device(v), "a torch device string such as 'cpu' or 'cuda:0'"),
+    (
+        "device",
+        lambda v, c: torch.device(v).type != "cuda" or torch.cuda.is_available(),
+        "'cpu' on this machine (CUDA is not available)",
+    ),
+)
 
 
 @dataclass(frozen=True)
@@ -132,62 +219,9 @@ class TrainConfig:
         raise ConfigError(f"{key}={getattr(self, key)!r} is invalid: must be {allowed}")
 
     def _validate(self) -> None:
-        c, fail = self, self._fail
-        if c.model not in list_models():
-            fail("model", f"one of {list_models()}")
-        if c.dataset not in list_datasets():
-            fail("dataset", f"one of {list_datasets()}")
-        params = inspect.signature(_DATASET_LOADERS[c.dataset]).parameters
-        if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
-            unknown = sorted(set(c.dataset_kwargs) - set(params))
-            if unknown:
-                fail("dataset_kwargs", f"options of the {c.dataset!r} loader: {sorted(params)}")
-        for key in ("lr", "lr_decay_factor"):
-            if not _is_real(getattr(c, key)) or getattr(c, key) <= 0:
-                fail(key, "a finite number > 0")
-        if not _is_real(c.momentum) or not 0 <= c.momentum < 1:
-            fail("momentum", "a number in [0, 1)")
-        if not isinstance(c.nesterov, bool) or (c.nesterov and c.momentum == 0):
-            fail("nesterov", "a bool, and True only with momentum > 0")
-        if not _is_real(c.weight_decay) or c.weight_decay < 0:
-            fail("weight_decay", "a finite number >= 0")
-        if not _is_real(c.probe_fraction) or not 0 < c.probe_fraction <= 1:
-            fail("probe_fraction", "a number in (0, 1]")
-        for key in ("batch_size", "eval_batch_size"):
-            if not _is_int(getattr(c, key)) or getattr(c, key) < 1:
-                fail(key, "an integer >= 1")
-        for key in (
-            "epochs",
-            "steps",
-            "n_train",
-            "eval_train_size",
-            "eval_val_size",
-            "num_threads",
-        ):
-            v = getattr(c, key)
-            if v is not None and (not _is_int(v) or v < 1):
-                fail(key, "None or an integer >= 1")
-        if c.epochs is not None and c.steps is not None:
-            fail("steps", f"None when epochs is given (epochs={c.epochs}): set only one")
-        if c.eval_every is not None and (not _is_int(c.eval_every) or c.eval_every < 0):
-            fail("eval_every", "None (each epoch), 0 (never) or an integer >= 1 (steps)")
-        for key in ("init_seed", "data_seed"):
-            if not _is_int(getattr(c, key)) or getattr(c, key) < 0:
-                fail(key, "an integer >= 0")
-        d = c.lr_decay_epochs
-        if not isinstance(d, tuple) or not all(_is_int(e) and e >= 1 for e in d):
-            fail("lr_decay_epochs", "a sequence of epoch numbers >= 1")
-        if list(d) != sorted(set(d)):
-            fail("lr_decay_epochs", "strictly increasing")
-        for key in ("drop_last", "augment", "channels_last"):
-            if not isinstance(getattr(c, key), bool):
-                fail(key, "True or False")
-        try:
-            dev = torch.device(c.device)
-        except (RuntimeError, TypeError):
-            fail("device", "a torch device string such as 'cpu' or 'cuda:0'")
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            fail("device", "'cpu' on this machine (CUDA is not available)")
+        for key, ok, allowed in _FIELD_CHECKS:
+            if not ok(getattr(self, key), self):
+                self._fail(key, allowed if isinstance(allowed, str) else allowed(self))
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> TrainConfig:
@@ -228,25 +262,6 @@ class TrainConfig:
     def replace(self, **changes: Any) -> TrainConfig:
         """A copy with ``changes`` applied and validated."""
         return TrainConfig.from_dict({**dataclasses.asdict(self), **changes})
-
-
-class TrainHooks(Protocol):
-    """What :func:`train` calls on its ``tracker``; every method is optional."""
-
-    def on_start(self, model: nn.Module, dataset: Dataset, config: TrainConfig) -> None: ...
-
-    def before_step(
-        self, step: int, model: nn.Module, batch: tuple[Tensor, Tensor], loss: Tensor
-    ) -> None: ...
-
-    def after_step(self, step: int, model: nn.Module) -> None: ...
-
-    def on_evaluate(self, entry: dict[str, float], seconds: float) -> None: ...
-
-    def on_end(self, result: TrainResult) -> None: ...
-
-
-_HOOKS = ("on_start", "before_step", "after_step", "on_evaluate", "on_end")
 
 
 @dataclass
@@ -399,7 +414,7 @@ def prepare_model(config: TrainConfig, dataset: Dataset) -> nn.Module:
 
 def train(
     config: TrainConfig,
-    tracker: Any = None,
+    tracker: TrainHooks | None = None,
     *,
     dataset: Dataset | None = None,
     checkpoint_every: int = 0,
@@ -408,7 +423,9 @@ def train(
 ) -> TrainResult:
     """Train ``config.model`` on ``config.dataset`` with SGD; see the module docstring.
 
-    ``dataset`` overrides loading ``config.dataset`` by name (``n_train`` still applies).
+    ``tracker``: a :class:`TrainHooks` (or an object with only some of its methods, which
+    are called; the others do nothing). ``dataset`` overrides loading ``config.dataset`` by
+    name (``n_train`` still applies).
     The caller's global RNG state and torch's thread count are left as they were. The
     checks of :func:`prepare_model` run before the first step.
 
@@ -478,12 +495,11 @@ class _Loop:
         model: nn.Module,
         ds: Dataset,
         device: torch.device,
-        tracker: Any,
+        tracker: TrainHooks | None,
         t0: float,
     ) -> None:
-        self.c, self.model, self.ds, self.device, self.tracker, self.t0 = (
-            c, model, ds, device, tracker, t0
-        )  # fmt: skip
+        self.c, self.model, self.ds, self.device, self.t0 = c, model, ds, device, t0
+        self.hooks = as_hooks(tracker)
         memory_format = torch.channels_last if c.channels_last else torch.contiguous_format
         model.to(device=device, memory_format=memory_format)
         model.train()
@@ -504,22 +520,13 @@ class _Loop:
         self.shuffle = torch.Generator().manual_seed(c.data_seed)
         self.shuffle_at_epoch_start = self.shuffle.get_state()
         self.aug_gen = torch.Generator().manual_seed(c.data_seed + 1_000_003)
-        self.x_eval, self.y_eval = self.x_train, self.y_train
-        if c.eval_train_size is not None and c.eval_train_size < self.n:
-            g = torch.Generator().manual_seed(0)
-            idx = torch.randperm(self.n, generator=g)[: c.eval_train_size].sort().values
-            self.x_eval, self.y_eval = self.x_train[idx], self.y_train[idx]
-        self.x_val, self.y_val = self.x_test, self.y_test
-        n_val = len(self.y_test)
-        if c.eval_val_size is not None and c.eval_val_size < n_val:
-            g = torch.Generator().manual_seed(1)
-            idx = torch.randperm(n_val, generator=g)[: c.eval_val_size].sort().values
-            self.x_val, self.y_val = self.x_test[idx], self.y_test[idx]
+        self.x_eval, self.y_eval = _fixed_subset(self.x_train, self.y_train, c.eval_train_size, 0)
+        self.x_val, self.y_val = _fixed_subset(self.x_test, self.y_test, c.eval_val_size, 1)
         self.history: list[dict[str, float]] = []
         self.losses: list[float] = []
         self.step = 0
         self.perm: Tensor | None = None
-        self.hook = {k: getattr(tracker, k, None) for k in _HOOKS}
+        self.evaluating = c.eval_every != 0
         self.world, self.rank = world_and_rank()
 
     def evaluate(self) -> None:
@@ -537,15 +544,13 @@ class _Loop:
             "seconds": time.perf_counter() - self.t0,
         }
         self.history.append(entry)
-        if self.hook["on_evaluate"] is not None:
-            self.hook["on_evaluate"](dict(entry), time.perf_counter() - t)
+        self.hooks.on_evaluate(dict(entry), time.perf_counter() - t)
 
     def state(self) -> dict[str, Any]:
         """The complete state after ``self.step`` updates (everything needed to continue
         bitwise): copies, safe to keep while training goes on."""
         c, step = self.c, self.step
         mid_epoch = step % self.per_epoch != 0
-        tracker_state = getattr(self.tracker, "state_dict", None)
         return {
             "config": c.to_dict(),
             "step": step,
@@ -561,7 +566,7 @@ class _Loop:
             "history": copy.deepcopy(self.history),
             "losses": list(self.losses),
             "seconds": time.perf_counter() - self.t0,
-            "tracker": copy.deepcopy(tracker_state()) if tracker_state is not None else None,
+            "tracker": copy.deepcopy(self.hooks.state_dict()),
             # data-parallel: every rank's own RNG (its dropout noise differs)
             "rank_rngs": _gather_objects(torch.get_rng_state()) if self.world > 1 else None,
         }
@@ -601,84 +606,123 @@ class _Loop:
         on_checkpoint: Callable[[dict[str, Any]], None] | None,
         resume: Mapping[str, Any] | None,
     ) -> TrainResult:
-        c, hook, model, opt = self.c, self.hook, self.model, self.opt
-        if resume is not None:
-            self.restore(resume)
-        if hook["on_start"] is not None:
-            hook["on_start"](model, self.ds, c)
-        if resume is not None and resume["tracker"] is not None:
-            self.tracker.load_state_dict(resume["tracker"])
-        before, after = hook["before_step"], hook["after_step"]
-        evaluating = c.eval_every != 0
-        if evaluating and resume is None:
-            self.evaluate()
-        bs, diverged_at = c.batch_size, None
+        """Train from step 0 (or from ``resume``) to the end, or to the first step whose
+        loss is not finite (no update is made with it)."""
+        self._start(resume)
+        diverged_at = None
         while self.step < self.total:
-            epoch, b = divmod(self.step, self.per_epoch)
-            lr = c.lr_at(epoch)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            if b == 0:
-                self.shuffle_at_epoch_start = self.shuffle.get_state()
-                self.perm = torch.randperm(self.n, generator=self.shuffle).to(self.device)
-            assert self.perm is not None
-            idx = self.perm[b * bs : (b + 1) * bs]
-            xb, yb = self.x_train[idx], self.y_train[idx]
-            if c.augment:
-                xb = augment_crop_flip(xb, self.aug_gen, fill=self.fill)
-            if self.world > 1:  # this rank's share of the batch; the global mean loss
-                xl, yl = xb[self.rank :: self.world], yb[self.rank :: self.world]
-                out = model(xl if len(yl) else xb[:1])
-                loss = F.cross_entropy(out, yl) * (len(yl) / len(yb)) if len(yl) else out.sum() * 0
-                value = float(_all_reduce(loss.detach().reshape(1).clone()))
-            else:
-                loss = F.cross_entropy(model(xb), yb)
-                value = loss.item()
+            batch = self._next_batch()
+            loss, value = self._loss(*batch)
             if not math.isfinite(value):
                 diverged_at = self.step
                 break
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if self.world > 1:  # the gradient of the whole batch on every rank
-                for p in model.parameters():
-                    if p.grad is not None:
-                        _all_reduce(p.grad)
-            if before is not None:
-                before(self.step, model, (xb, yb), loss)
-            opt.step()
-            if self.world > 1:  # BatchNorm statistics: the mean over the ranks
-                for b in model.buffers():
-                    if b.is_floating_point():
-                        _all_reduce(b).div_(self.world)
-            if after is not None:
-                after(self.step, model)
+            self._update(batch, loss)
             self.losses.append(value)
             self.step += 1
-            if evaluating and (
-                self.step % c.eval_every == 0
-                if c.eval_every is not None
-                else self.step % self.per_epoch == 0 or self.step == self.total
-            ):
+            if self._evaluation_due():
                 self.evaluate()
             if checkpoint_every and self.step % checkpoint_every == 0 and self.step < self.total:
                 assert on_checkpoint is not None
                 on_checkpoint(self.state())
+        return self._finish(diverged_at)
+
+    def _start(self, resume: Mapping[str, Any] | None) -> None:
+        """Restore ``resume``, start the hooks (then load their state), and evaluate step 0
+        of a fresh run."""
+        if resume is not None:
+            self.restore(resume)
+        self.hooks.on_start(self.model, self.ds, self.c)
+        if resume is not None and resume["tracker"] is not None:
+            self.hooks.load_state_dict(resume["tracker"])
+        if self.evaluating and resume is None:
+            self.evaluate()
+
+    def _next_batch(self) -> tuple[Tensor, Tensor]:
+        """The mini-batch of ``self.step``, with the learning rate of its epoch set; a new
+        permutation of the training set at the start of an epoch; augmented if asked."""
+        epoch, i = divmod(self.step, self.per_epoch)
+        lr = self.c.lr_at(epoch)
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        if i == 0:
+            self.shuffle_at_epoch_start = self.shuffle.get_state()
+            self.perm = torch.randperm(self.n, generator=self.shuffle).to(self.device)
+        assert self.perm is not None
+        bs = self.c.batch_size
+        idx = self.perm[i * bs : (i + 1) * bs]
+        xb, yb = self.x_train[idx], self.y_train[idx]
+        if self.c.augment:
+            xb = augment_crop_flip(xb, self.aug_gen, fill=self.fill)
+        return xb, yb
+
+    def _loss(self, xb: Tensor, yb: Tensor) -> tuple[Tensor, float]:
+        """The mean loss of the batch to differentiate, and its value (the whole batch's,
+        the same on every rank). Data-parallel: this rank's share of the batch, weighted so
+        that the all-reduced gradient is the whole batch's."""
+        if self.world == 1:
+            loss = F.cross_entropy(self.model(xb), yb)
+            return loss, loss.item()
+        xl, yl = xb[self.rank :: self.world], yb[self.rank :: self.world]
+        out = self.model(xl if len(yl) else xb[:1])
+        loss = F.cross_entropy(out, yl) * (len(yl) / len(yb)) if len(yl) else out.sum() * 0
+        return loss, float(_all_reduce(loss.detach().reshape(1).clone()))
+
+    def _update(self, batch: tuple[Tensor, Tensor], loss: Tensor) -> None:
+        """One SGD step from ``loss``, with the hooks before and after it. Data-parallel:
+        the gradients are summed over the ranks before the step, the BatchNorm statistics
+        averaged after it."""
+        model = self.model
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.world > 1:  # the gradient of the whole batch on every rank
+            for p in model.parameters():
+                if p.grad is not None:
+                    _all_reduce(p.grad)
+        self.hooks.before_step(self.step, model, batch, loss)
+        self.opt.step()
+        if self.world > 1:  # BatchNorm statistics: the mean over the ranks
+            for buffer in model.buffers():
+                if buffer.is_floating_point():
+                    _all_reduce(buffer).div_(self.world)
+        self.hooks.after_step(self.step, model)
+
+    def _evaluation_due(self) -> bool:
+        """Whether to evaluate after ``self.step`` updates: every ``eval_every`` steps, or
+        (None) at each epoch's end and at the last step."""
+        if not self.evaluating:
+            return False
+        if self.c.eval_every is not None:
+            return self.step % self.c.eval_every == 0
+        return self.step % self.per_epoch == 0 or self.step == self.total
+
+    def _finish(self, diverged_at: int | None) -> TrainResult:
+        """The result (diverged when a loss or a parameter is not finite), after a last
+        evaluation of a finished run if its last step was not evaluated; ``on_end``."""
         step = self.step
-        finite = all(bool(torch.isfinite(p).all()) for p in model.parameters())
+        finite = all(bool(torch.isfinite(p).all()) for p in self.model.parameters())
         if diverged_at is None and not finite:
             diverged_at = step
-        if evaluating and diverged_at is None and self.history[-1]["step"] != step:
+        if self.evaluating and diverged_at is None and self.history[-1]["step"] != step:
             self.evaluate()
         result = TrainResult(
             status="finished" if diverged_at is None else "diverged",
-            config=c,
-            model=model,
+            config=self.c,
+            model=self.model,
             history=self.history,
             losses=self.losses,
             steps=step,
             seconds=time.perf_counter() - self.t0,
             diverged_at=diverged_at,
         )
-        if hook["on_end"] is not None:
-            hook["on_end"](result)
+        self.hooks.on_end(result)
         return result
+
+
+def _fixed_subset(x: Tensor, y: Tensor, size: int | None, seed: int) -> tuple[Tensor, Tensor]:
+    """``size`` examples of ``(x, y)`` drawn with ``seed``, in their order (all of them when
+    ``size`` is None or not smaller)."""
+    if size is None or size >= len(y):
+        return x, y
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(y), generator=g)[:size].sort().values
+    return x[idx], y[idx]

@@ -223,82 +223,107 @@ def verdicts(runs: Runs, *, support: float = 0.8, min_pairs: int = 3) -> Any:
     rows = []
     keys = [k for k in runs.swept if k in NOISE_DIRECTION]
     for c, key in itertools.product(CLAUSES, keys):
-        others = [k for k in runs.swept if k != key]
         col = max_column(c.quantity)
         data = ok[np.isfinite(ok[col].to_numpy(dtype=float))]
         if data.empty:
             continue
-        n_unresolved = int(ok[f"{col}_unresolved"].sum())
-        summary = []
-        for value, g in data.groupby(key, sort=True):
-            v = g[col].to_numpy(dtype=float)
-            spread = float(v.std(ddof=1)) if len(v) > 1 else 0.0
-            summary.append(f"{key}={value:g}: {_fmt(v.mean())} ± {_fmt(spread)} (n={len(v)})")
-        pairs = ordered = ties = noise_ties = open_ordered = open_against = 0
-        groups = data.groupby(others, sort=False) if others else [((), data)]
-        for _, g in groups:
-            for a, b in itertools.combinations(g.to_dict("records"), 2):
-                if a[key] == b[key]:
-                    continue
-                if NOISE_DIRECTION[key] * (b[key] - a[key]) < 0:
-                    a, b = b, a  # b is the run with more noise
-                qa, qb = a[col], b[col]
-                if qa == qb:
-                    ties += 1
-                elif c.stderr is not None and abs(qa - qb) <= NOISE_TIE * math.hypot(
-                    a[f"{col}_stderr"], b[f"{col}_stderr"]
-                ):
-                    noise_ties += 1
-                else:
-                    pairs += 1
-                    agrees = bool(c.sign * (qb - qa) > 0)
-                    ordered += agrees
-                    lower = a if qa < qb else b
-                    if lower[f"{col}_at_end"]:  # censored: its maximum may lie beyond
-                        open_ordered += agrees
-                        open_against += not agrees
-        at_end = ", ".join(data.loc[data[f"{col}_at_end"], "run"])
+        n = _count_pairs(data, c, key, [k for k in runs.swept if k != key])
         rows.append(
             {
                 "conjecture": c.conjecture,
                 "quantity": c.label,
                 "prediction": c.prediction,
                 "key": key,
-                "max_after_0": "; ".join(summary),
-                "pairs": pairs,
-                "ties": ties,
-                "ties_within_noise": noise_ties if c.stderr is not None else math.nan,
-                "ordered": ordered / pairs if pairs else math.nan,
-                "open": open_ordered + open_against,
-                "unresolved": n_unresolved,
+                "max_after_0": _maxima_by_value(data, key, col),
+                "pairs": n.pairs,
+                "ties": n.ties,
+                "ties_within_noise": n.noise_ties if c.stderr is not None else math.nan,
+                "ordered": n.ordered / n.pairs if n.pairs else math.nan,
+                "open": n.open_ordered + n.open_against,
+                "unresolved": int(ok[f"{col}_unresolved"].sum()),
                 "verdict": decide_verdict(
-                    ordered,
-                    pairs,
-                    open_ordered=open_ordered,
-                    open_against=open_against,
+                    n.ordered,
+                    n.pairs,
+                    open_ordered=n.open_ordered,
+                    open_against=n.open_against,
                     support=support,
                     min_pairs=min_pairs,
                 ),
-                "at_end": at_end,
+                "at_end": ", ".join(data.loc[data[f"{col}_at_end"], "run"]),
                 "rule": rule,
                 "left_out": left_out,
             }
         )
-    columns = [
-        "conjecture",
-        "quantity",
-        "prediction",
-        "key",
-        "max_after_0",
-        "pairs",
-        "ties",
-        "ties_within_noise",
-        "ordered",
-        "open",
-        "unresolved",
-        "verdict",
-        "at_end",
-        "rule",
-        "left_out",
-    ]
-    return pd.DataFrame(rows, columns=columns)
+    return pd.DataFrame(rows, columns=_VERDICT_COLUMNS)
+
+
+_VERDICT_COLUMNS = [
+    "conjecture",
+    "quantity",
+    "prediction",
+    "key",
+    "max_after_0",
+    "pairs",
+    "ties",
+    "ties_within_noise",
+    "ordered",
+    "open",
+    "unresolved",
+    "verdict",
+    "at_end",
+    "rule",
+    "left_out",
+]
+
+
+def _maxima_by_value(data: Any, key: str, col: str) -> str:
+    """``key=<value>: <mean> ± <sd> (n=<runs>)`` of the maxima ``col``, per value of ``key``
+    in increasing order, joined by ``; ``."""
+    summary = []
+    for value, g in data.groupby(key, sort=True):
+        v = g[col].to_numpy(dtype=float)
+        spread = float(v.std(ddof=1)) if len(v) > 1 else 0.0
+        summary.append(f"{key}={value:g}: {_fmt(v.mean())} ± {_fmt(spread)} (n={len(v)})")
+    return "; ".join(summary)
+
+
+@dataclass
+class _PairCounts:
+    """The comparisons of one clause along one swept key (see :func:`verdicts`)."""
+
+    pairs: int = 0  # untied
+    ordered: int = 0  # of pairs, ordered as predicted
+    ties: int = 0  # equal maxima
+    noise_ties: int = 0  # maxima within NOISE_TIE combined standard errors
+    open_ordered: int = 0  # of ordered, open (lower maximum censored)
+    open_against: int = 0  # of pairs - ordered, open
+
+
+def _count_pairs(data: Any, c: Clause, key: str, others: list[str]) -> _PairCounts:
+    """Compare every pair of runs of ``data`` (one row per run with a finite maximum) with
+    different values of ``key`` and equal values of the ``others`` swept keys."""
+    col = max_column(c.quantity)
+    n = _PairCounts()
+    groups = data.groupby(others, sort=False) if others else [((), data)]
+    for _, g in groups:
+        for a, b in itertools.combinations(g.to_dict("records"), 2):
+            if a[key] == b[key]:
+                continue
+            if NOISE_DIRECTION[key] * (b[key] - a[key]) < 0:
+                a, b = b, a  # b is the run with more noise
+            qa, qb = a[col], b[col]
+            if qa == qb:
+                n.ties += 1
+            elif c.stderr is not None and abs(qa - qb) <= NOISE_TIE * math.hypot(
+                a[f"{col}_stderr"], b[f"{col}_stderr"]
+            ):
+                n.noise_ties += 1
+            else:
+                n.pairs += 1
+                agrees = bool(c.sign * (qb - qa) > 0)
+                n.ordered += agrees
+                lower = a if qa < qb else b
+                if lower[f"{col}_at_end"]:  # censored: its maximum may lie beyond
+                    n.open_ordered += agrees
+                    n.open_against += not agrees
+    return n

@@ -41,7 +41,8 @@ import torch
 from ..data import Dataset
 from ..operators.base import world_and_rank
 from ..records import EVAL_MEASURE, inside, name_problem
-from ..tracking import MEASURES, build_tracker
+from ..tracking import MEASURES, Tracker, build_tracker
+from ..tracking.hooks import TrainHooks, as_hooks
 from ..tracking.sinks import close_sinks, make_sinks, parse_log
 from ..tracking.store import (
     DEFAULT_MIN_FREE_BYTES,
@@ -283,57 +284,67 @@ class RunOutcome:
     error: BaseException | None = None
 
 
-class _Hooks:
-    """The training hooks of a run: the tracker's, plus evaluation records and progress."""
+class _Hooks(TrainHooks):
+    """The training hooks of a run: the tracker's, plus the records (the tracker's and the
+    evaluations') into the store, the progress bar and the live-logging sinks."""
 
     def __init__(
-        self, tracker: Any, store: Any, progress: Any, first_step: int = 0, sinks: Any = ()
+        self,
+        tracker: TrainHooks | None,
+        store: Any,
+        progress: Any,
+        first_step: int = 0,
+        sinks: Any = (),
     ) -> None:
-        self.tracker, self.store, self.progress = tracker, store, progress
+        self.tracker, self.store, self.progress = as_hooks(tracker), store, progress
         self.first_step, self.sinks = first_step, sinks
-        if tracker is not None and hasattr(tracker, "state_dict"):
-            self.state_dict = tracker.state_dict
-            self.load_state_dict = tracker.load_state_dict
 
-    def _call(self, hook: str, *args: Any) -> None:
-        f = getattr(self.tracker, hook, None)
-        if f is not None:
-            f(*args)
-
-    def on_start(self, model: Any, dataset: Dataset, config: TrainConfig) -> None:
-        self._call("on_start", model, dataset, config)
-        if self.progress is not None:
-            self.progress.start(config.total_steps(dataset.n_train), self.first_step)
-
-    def before_step(self, step: int, model: Any, batch: Any, loss: Any) -> None:
-        self._call("before_step", step, model, batch, loss)
-        if self.progress is not None:
-            self.progress.loss = loss.item()
-
-    def after_step(self, step: int, model: Any) -> None:
-        self._call("after_step", step, model)
-        if self.progress is not None:
-            self.progress.update(step + 1)
-
-    def on_evaluate(self, entry: dict[str, float], seconds: float) -> None:
-        values = {k: v for k, v in entry.items() if k not in ("step", "epoch", "seconds")}
-        record = {
-            "step": int(entry["step"]),
-            "epoch": entry["epoch"],
-            "measure": EVAL_MEASURE,
-            "values": values,
-            "seconds": seconds,
-            "matvecs": 0,
-        }
-        if self.store is not None:  # rank 0 only under torchrun
+    def record(self, record: dict[str, Any]) -> None:
+        """Write ``record`` to the store (None on ranks other than 0), show it and log it."""
+        if self.store is not None:
             self.store.append(record)
         if self.progress is not None:
             self.progress.record(record)
         for s in self.sinks:
             s.write(record)
 
+    def on_start(self, model: Any, dataset: Dataset, config: TrainConfig) -> None:
+        self.tracker.on_start(model, dataset, config)
+        if self.progress is not None:
+            self.progress.start(config.total_steps(dataset.n_train), self.first_step)
+
+    def before_step(self, step: int, model: Any, batch: Any, loss: Any) -> None:
+        self.tracker.before_step(step, model, batch, loss)
+        if self.progress is not None:
+            self.progress.loss = loss.item()
+
+    def after_step(self, step: int, model: Any) -> None:
+        self.tracker.after_step(step, model)
+        if self.progress is not None:
+            self.progress.update(step + 1)
+
+    def on_evaluate(self, entry: dict[str, float], seconds: float) -> None:
+        self.tracker.on_evaluate(entry, seconds)
+        values = {k: v for k, v in entry.items() if k not in ("step", "epoch", "seconds")}
+        self.record(
+            {
+                "step": int(entry["step"]),
+                "epoch": entry["epoch"],
+                "measure": EVAL_MEASURE,
+                "values": values,
+                "seconds": seconds,
+                "matvecs": 0,
+            }
+        )
+
     def on_end(self, result: TrainResult) -> None:
-        self._call("on_end", result)
+        self.tracker.on_end(result)
+
+    def state_dict(self) -> dict[str, Any] | None:
+        return self.tracker.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any] | None) -> None:
+        self.tracker.load_state_dict(state)
 
 
 class RunTerminated(KeyboardInterrupt):
@@ -478,58 +489,74 @@ def _run(rc, path, dataset, progress, min_free_bytes, world, rank, log_spec) -> 
     ended = _from_rank0(store.final_status() if lead else None, world)
     if ended is not None:
         return _ended(rc, path, ended)
-
     ds = prepare_dataset(rc.train, dataset)
-    model = prepare_model(rc.train, ds)  # the checks that need the data, before any file
-    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    del model  # train() builds its own
-    sink: list[Callable[[dict[str, Any]], None]] = []
-    tracker = None
-    if rc.track:
-        try:
-            tracker = build_tracker(
-                rc.track,
-                on_record=lambda r: sink[0](r),
-                seed=rc.train.data_seed,
-                distributed=world > 1,
-            )
-        except (TypeError, ValueError) as e:
-            raise ConfigError(str(e)) from e
-        for m, _ in tracker.measures:
-            try:
-                m.check(n_params, ds.n_train, rc.train.batch_size)
-            except ValueError as e:
-                raise ConfigError(f"track.{m.name}: {e}") from e
-
+    tracker = _checked_tracker(rc, ds, distributed=world > 1)
     checkpoint, ended = _from_rank0(
         (store.open(rc.to_dict()), store.ended_) if lead else None, world
     )
     if ended is not None:  # it ended while this process was loading its data
         return _ended(rc, path, ended)
-    resumed_from = None if checkpoint is None else int(checkpoint["step"])
     threads = int(
         rc.train.num_threads or (checkpoint or {}).get("num_threads") or torch.get_num_threads()
     )
+    if not lead:  # every rank trains; rank 0 alone writes and shows progress
+        store, progress = None, False
+    return _train_run(rc, path, store, ds, tracker, checkpoint, threads, progress, log_spec)
+
+
+def _checked_tracker(rc: RunConfig, ds: Dataset, distributed: bool) -> Tracker | None:
+    """The tracker of ``rc.track`` (None when it is empty), after the checks that need the
+    model and the data (before any file is written): the model builds and runs (see
+    :func:`~breakeven.train.prepare_model`), and each measure's options suit its parameter
+    count, the training set and the batch size. Its records go nowhere until its
+    ``on_record`` is set."""
+    model = prepare_model(rc.train, ds)  # the checks that need the data, before any file
+    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    del model  # train() builds its own
+    if not rc.track:
+        return None
+    try:
+        tracker = build_tracker(rc.track, seed=rc.train.data_seed, distributed=distributed)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(str(e)) from e
+    for m, _ in tracker.measures:
+        try:
+            m.check(n_params, ds.n_train, rc.train.batch_size)
+        except ValueError as e:
+            raise ConfigError(f"track.{m.name}: {e}") from e
+    return tracker
+
+
+def _train_run(
+    rc: RunConfig,
+    path: Path,
+    store: RunStore | None,
+    ds: Dataset,
+    tracker: Tracker | None,
+    checkpoint: dict[str, Any] | None,
+    threads: int,
+    progress: bool | Callable[[], Any],
+    log_spec: dict[str, dict[str, Any]],
+) -> RunOutcome:
+    """Train from ``checkpoint`` (None: from the start) with ``threads`` torch threads,
+    writing records, checkpoints and the end status into ``store`` (None: write nothing,
+    on ranks other than 0) and the sinks of ``log_spec`` (opened here, closed with the run's
+    status); the caller's thread count is restored afterwards."""
+    resumed_from = None if checkpoint is None else int(checkpoint["step"])
     callers_threads, bar, sinks, status = torch.get_num_threads(), None, [], "failed"
 
-    def on_record(record: dict[str, Any]) -> None:
-        store.append(record)
-        if bar is not None:
-            bar.record(record)
-        for s in sinks:
-            s.write(record)
-
     def save(state: dict[str, Any]) -> None:
-        if lead:  # every rank builds the state
+        if store is not None:  # every rank builds the state
             store.save_checkpoint({**state, "num_threads": threads})
 
-    sink.append(on_record)
     try:
         torch.set_num_threads(threads)
-        if lead and log_spec:
+        if store is not None and log_spec:
             sinks = make_sinks(log_spec, path, config=rc.to_dict(), first_step=resumed_from or 0)
-        bar = _make_progress(progress) if lead else None
-        hooks = _Hooks(tracker, store if lead else None, bar, resumed_from or 0, sinks)
+        bar = _make_progress(progress)
+        hooks = _Hooks(tracker, store, bar, resumed_from or 0, sinks)
+        if tracker is not None:
+            tracker.on_record = hooks.record  # the tracker's records: store, bar and sinks
         result = train(
             rc.train,
             hooks,
@@ -538,42 +565,50 @@ def _run(rc, path, dataset, progress, min_free_bytes, world, rank, log_spec) -> 
             on_checkpoint=save if rc.checkpoint_every else None,
             resume=checkpoint,
         )
-        summary = {
-            "status": result.status,
-            "steps": result.steps,
-            "seconds": result.seconds,
-            "diverged_at": result.diverged_at,
-            "last_loss": result.losses[-1] if result.losses else None,
-            "final": result.final,
-            "resumed_from": resumed_from,
-            "num_threads": threads,
-        }
-        if lead:
+        if store is not None:
+            summary = _summary(result, resumed_from, threads)
             store.finish(result.status, summary, result.model.state_dict())
         status = result.status
     except OSError as e:  # e.g. a full disk: a clean failed status
         message = f"{type(e).__name__}: {e}"
-        if lead:
+        if store is not None:
             store.fail(message)
         return RunOutcome(f"failed: {message}", path, 0, None, resumed_from, error=e)
     except BaseException as e:
-        if isinstance(e, RunTerminated):
-            reason = "terminated"
-        elif isinstance(e, KeyboardInterrupt):
-            reason = "interrupted"
-        else:
-            reason = f"{type(e).__name__}: {e}"
-        if lead:
-            store.fail(reason)
+        if store is not None:
+            store.fail(_failure_reason(e))
         raise
     finally:
         torch.set_num_threads(callers_threads)
-        if lead:
+        if store is not None:
             store.close()
         if bar is not None:
             bar.close()
         close_sinks(sinks, status)
     return RunOutcome(result.status, path, result.steps, result, resumed_from)
+
+
+def _summary(result: TrainResult, resumed_from: int | None, threads: int) -> dict[str, Any]:
+    """What ``summary.json`` holds of a run that ended."""
+    return {
+        "status": result.status,
+        "steps": result.steps,
+        "seconds": result.seconds,
+        "diverged_at": result.diverged_at,
+        "last_loss": result.losses[-1] if result.losses else None,
+        "final": result.final,
+        "resumed_from": resumed_from,
+        "num_threads": threads,
+    }
+
+
+def _failure_reason(e: BaseException) -> str:
+    """The failed status of a run that ``e`` stopped."""
+    if isinstance(e, RunTerminated):
+        return "terminated"
+    if isinstance(e, KeyboardInterrupt):
+        return "interrupted"
+    return f"{type(e).__name__}: {e}"
 
 
 # ------------------------------------------------------------------ progress

@@ -183,17 +183,47 @@ def plan_sweep(
     table = raw.get("sweep", {})
     if not isinstance(table, Mapping) or set(table) - {"grid", "seeds"}:
         raise ConfigError("[sweep] is invalid: it may hold only grid = {...} and seeds")
-    if grid is None:
-        grid = table.get("grid", {})
-        if not isinstance(grid, Mapping):
-            raise ConfigError("[sweep] grid is invalid: must be a table {key = [values]}")
-    grid = {
+    grid = _checked_grid(table.get("grid", {}) if grid is None else grid, given=grid is not None)
+    seed_list = _seed_list(table.get("seeds", 1) if seeds is None else seeds)
+    if not isinstance(workers, int) or workers < 1:
+        raise ConfigError(f"workers={workers!r} is invalid: must be an integer >= 1")
+    base = apply_overrides(apply_scale(raw, scale), overrides)
+    why = name_problem(f"{name}-{scale or FULL}")  # the default directory runs/sweeps/<this>
+    if why is not None:
+        raise ConfigError(f"name={name!r} with scale {scale or FULL!r} is invalid: {why}")
+    shorts = [short_key(k) for k in grid]
+    if len(set(shorts)) != len(shorts):
+        raise ConfigError(
+            f"grid keys {list(grid)} end in the same name; sweep one of them (run names and "
+            "the analysis columns use the last part of each key)"
+        )
+    fixed, notes = _fixed_covariance_batch(grid, base)
+    threads = None
+    if workers > 1 and base.get("train", {}).get("num_threads") is None:
+        # set in each worker, not in the run's config: a resume with other workers or on
+        # another machine is the same run (and gets back its own count from its checkpoint)
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        notes.append(f"{workers} workers: {threads} torch thread(s) per run")
+    runs = _plan_runs(base, grid, seed_list, fixed)
+    return SweepPlan(name, scale or FULL, grid, seed_list, list(overrides), notes, runs, threads)
+
+
+def _checked_grid(grid: Any, given: bool) -> dict[str, list[Any]]:
+    """The grid with its keys normalised (``lr`` as ``train.lr``) and each value a list of
+    distinct values; ``given``: passed to :func:`plan_sweep` (else the preset's)."""
+    if not given and not isinstance(grid, Mapping):
+        raise ConfigError("[sweep] grid is invalid: must be a table {key = [values]}")
+    out = {
         _normalise_key(k): list(v) if isinstance(v, (list, tuple)) else [v] for k, v in grid.items()
     }
-    for key, values in grid.items():
+    for key, values in out.items():
         if not values or len({json.dumps(v) for v in values}) != len(values):
             raise ConfigError(f"grid {key}={values!r} is invalid: must list distinct values")
-    seeds = table.get("seeds", 1) if seeds is None else seeds
+    return out
+
+
+def _seed_list(seeds: Any) -> list[int]:
+    """``seeds`` (a count, or a list of seeds) as the list of seeds."""
     seed_list = (
         list(range(seeds))
         if isinstance(seeds, int) and not isinstance(seeds, bool)
@@ -201,20 +231,17 @@ def plan_sweep(
     )
     if not seed_list or not all(isinstance(s, int) and s >= 0 for s in seed_list):
         raise ConfigError(f"seeds={seeds!r} is invalid: a count >= 1 or a list of integers >= 0")
-    if not isinstance(workers, int) or workers < 1:
-        raise ConfigError(f"workers={workers!r} is invalid: must be an integer >= 1")
-    base = apply_overrides(apply_scale(raw, scale), overrides)
-    why = name_problem(f"{name}-{scale or FULL}")  # the default directory runs/sweeps/<this>
-    if why is not None:
-        raise ConfigError(f"name={name!r} with scale {scale or FULL!r} is invalid: {why}")
-    notes = []
+    return seed_list
+
+
+def _fixed_covariance_batch(
+    grid: Mapping[str, list[Any]], base: Mapping[str, Any]
+) -> tuple[dict[str, Any], list[str]]:
+    """When the grid sweeps ``train.batch_size``: the overrides that measure K on
+    mini-batches of :data:`FIXED_M` in every covariance measure that does not set its own
+    ``batch_size`` (in its table or in the grid), and a note for each."""
     fixed: dict[str, Any] = {}
-    shorts = [short_key(k) for k in grid]
-    if len(set(shorts)) != len(shorts):
-        raise ConfigError(
-            f"grid keys {list(grid)} end in the same name; sweep one of them (run names and "
-            "the analysis columns use the last part of each key)"
-        )
+    notes = []
     if "train.batch_size" in grid:
         for mname, opts in base.get("track", {}).items():
             key = f"track.{mname}.batch_size"
@@ -224,12 +251,17 @@ def plan_sweep(
                 notes.append(
                     f"the batch size is swept: {mname} measures K on mini-batches of M = {FIXED_M}"
                 )
-    threads = None
-    if workers > 1 and base.get("train", {}).get("num_threads") is None:
-        # set in each worker, not in the run's config: a resume with other workers or on
-        # another machine is the same run (and gets back its own count from its checkpoint)
-        threads = max(1, (os.cpu_count() or 1) // workers)
-        notes.append(f"{workers} workers: {threads} torch thread(s) per run")
+    return fixed, notes
+
+
+def _plan_runs(
+    base: Mapping[str, Any],
+    grid: Mapping[str, list[Any]],
+    seed_list: list[int],
+    fixed: Mapping[str, Any],
+) -> list[SweepRun]:
+    """One validated run per combination of the grid's values (in its order) and seed,
+    named ``<last part of each key>=<value>_seed=<seed>`` (see :func:`_check_run_names`)."""
     runs = []
     for combo in itertools.product(*grid.values()):
         params = dict(zip(grid, combo, strict=True))
@@ -245,7 +277,12 @@ def plan_sweep(
             label = "_".join(f"{short_key(k)}={_value_name(v)}" for k, v in params.items())
             run_name = f"{label}_seed={seed}" if label else f"seed={seed}"
             runs.append(SweepRun(run_name, params, seed, cfg))
-    names = [r.name for r in runs]
+    _check_run_names([r.name for r in runs])
+    return runs
+
+
+def _check_run_names(names: list[str]) -> None:
+    """Each name must name a directory ``<out>/runs/<name>``, and no two runs share one."""
     for run_name in names:  # each names a directory <out>/runs/<name>
         why = name_problem(run_name)
         if why is not None:
@@ -255,7 +292,6 @@ def plan_sweep(
             )
     if len(set(names)) != len(names):
         raise ConfigError("two runs of this grid get the same name; use distinct grid values")
-    return SweepPlan(name, scale or FULL, grid, seed_list, list(overrides), notes, runs, threads)
 
 
 @dataclass

@@ -40,14 +40,16 @@ from ..operators.base import (
     check_loss_fn,
     world_and_rank,
 )
+from .hooks import TrainHooks
 from .schedules import Schedule, every, parse_schedule
 
 Record = dict[str, Any]
 _SCHEDULE_KEYS = ("every", "at", "log_spaced", "schedule")
 
 
-class Tracker:
-    """Run ``measures`` along a training trajectory.
+class Tracker(TrainHooks):
+    """Run ``measures`` along a training trajectory (the :class:`TrainHooks` of
+    :func:`breakeven.train`, or called from any loop).
 
     Args:
         measures: :class:`Measure` objects, or ``(measure, schedule)`` pairs to give one its
