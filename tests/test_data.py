@@ -456,3 +456,33 @@ def test_download_verifies_checksums_without_touching_the_network(isolated, monk
     with pytest.raises(DatasetNotFoundError, match=r"could not download .*no route to host"):
         load_dataset("fashion_mnist", root=isolated, download=True)
     assert list(folder.iterdir()) == []
+
+
+def test_download_writes_each_verified_file_atomically(tmp_path, monkeypatch) -> None:
+    """A verified download lands whole under its name (through records.atomic_write, which
+    fsyncs the file and the folder), with no temporary file left; a file already there with
+    the right MD5 is not downloaded again."""
+    import hashlib
+    import io
+    import os
+
+    from breakeven.data import fashion_mnist as fm
+
+    files = {name: f"contents of {name}".encode() * 1000 for name in fm.MD5}
+    monkeypatch.setattr(fm, "MD5", {n: hashlib.md5(b).hexdigest() for n, b in files.items()})
+    served: list[str] = []
+
+    def fake_urlopen(url, timeout):
+        served.append(url)
+        return io.BytesIO(files[url.removeprefix(fm.URL)])
+
+    synced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(fm.urllib.request, "urlopen", fake_urlopen)
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(fd) or real_fsync(fd))
+    folder = fm.download_fashion_mnist(tmp_path / "fm")
+    assert sorted(p.name for p in folder.iterdir()) == sorted(files)
+    assert all((folder / n).read_bytes() == b for n, b in files.items())
+    assert len(served) == len(files) and len(synced) >= 2 * len(files)  # file and folder
+    fm.download_fashion_mnist(tmp_path / "fm")
+    assert len(served) == len(files)

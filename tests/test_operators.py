@@ -6,7 +6,9 @@ import pytest
 import torch
 
 import breakeven as be
-from breakeven.operators.base import flatten, functional_loss, measuring, trainable, unflatten
+from breakeven._core.functional import functional_loss
+from breakeven._core.params import flatten, trainable, unflatten
+from breakeven._core.state import measuring
 from breakeven.operators.covariance import centred_gram
 from breakeven.operators.dense import dense_covariance, dense_gradients, dense_hessian
 from cases import CASES, make_case

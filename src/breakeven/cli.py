@@ -24,7 +24,7 @@ terminated (SIGTERM): its status says so, and the same command resumes it.
 from __future__ import annotations
 
 import argparse
-import math
+import functools
 import os
 import signal
 import sys
@@ -34,6 +34,7 @@ from typing import Any
 
 # Only light modules at the top: the commands that read records (show, verdict, export,
 # presets, --help) never import torch; run and sweep import it when they start.
+from ._core.formatting import fmt
 from .errors import ConfigError, CorruptDatasetError, DatasetNotFoundError
 from .records import (
     EVAL_MEASURE,
@@ -161,10 +162,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _fmt(v: Any, spec: str = ".4g") -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "-"
-    return format(v, spec) if isinstance(v, (int, float)) else str(v)
+_fmt = functools.partial(fmt, nan="-")  # a missing or NaN value shows as "-"
 
 
 def summarize(run_dir: str | Path) -> list[tuple[str, str]]:

@@ -53,11 +53,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ._core.distributed import world_and_rank
 from .data import _LOADERS as _DATASET_LOADERS
 from .data import CorruptDatasetError, Dataset, augment_crop_flip, list_datasets, load_dataset
 from .errors import ConfigError
 from .models import build_model, list_models
-from .operators.base import world_and_rank
 from .tracking.hooks import TrainHooks, as_hooks
 
 __all__ = [

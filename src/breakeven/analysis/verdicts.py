@@ -57,6 +57,8 @@ from typing import Any
 
 import numpy as np
 
+from .._core.checks import check_int
+from .._core.formatting import fmt
 from .breakeven import FIRST_STEP, max_column, series, trajectory_max
 from .runs import Runs
 
@@ -137,8 +139,7 @@ def decide_verdict(
     """
     if not 0.5 < support <= 1:
         raise ValueError(f"support must be in (0.5, 1], got {support!r}")
-    if isinstance(min_pairs, bool) or not isinstance(min_pairs, int) or min_pairs < 1:
-        raise ValueError(f"min_pairs must be an integer >= 1, got {min_pairs!r}")
+    check_int(min_pairs, "min_pairs")
     if not 0 <= ordered <= pairs:
         raise ValueError(f"ordered must be in [0, pairs={pairs}], got {ordered!r}")
     if not (0 <= open_ordered <= ordered and 0 <= open_against <= pairs - ordered):
@@ -188,10 +189,6 @@ def maxima(runs: Runs) -> Any:
                 row[f"{col}_stderr"] = float(at.iloc[-1]) if len(at) else math.nan
         rows.append(row)
     return pd.DataFrame(rows)
-
-
-def _fmt(x: float) -> str:
-    return f"{x:.4g}"
 
 
 def verdicts(runs: Runs, *, support: float = 0.8, min_pairs: int = 3) -> Any:
@@ -283,7 +280,7 @@ def _maxima_by_value(data: Any, key: str, col: str) -> str:
     for value, g in data.groupby(key, sort=True):
         v = g[col].to_numpy(dtype=float)
         spread = float(v.std(ddof=1)) if len(v) > 1 else 0.0
-        summary.append(f"{key}={value:g}: {_fmt(v.mean())} ± {_fmt(spread)} (n={len(v)})")
+        summary.append(f"{key}={value:g}: {fmt(v.mean())} ± {fmt(spread)} (n={len(v)})")
     return "; ".join(summary)
 
 

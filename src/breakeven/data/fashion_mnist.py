@@ -7,18 +7,19 @@ official files into the user data directory and checks their MD5 sums.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import os
-import shutil
 import struct
-import tempfile
 import urllib.request
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
 
+from ..records import atomic_write
 from ._base import CorruptDatasetError, Dataset, DatasetNotFoundError, find, user_data_dir
 
 FOLDER = "fashion-mnist"
@@ -90,21 +91,24 @@ def download_fashion_mnist(dest: str | os.PathLike | None = None) -> Path:
         target = folder / name
         if target.exists() and hashlib.md5(target.read_bytes()).hexdigest() == md5:
             continue
-        with tempfile.NamedTemporaryFile(dir=folder, delete=False) as tmp:
-            try:
-                with urllib.request.urlopen(URL + name, timeout=60) as r:
-                    shutil.copyfileobj(r, tmp)
-            except OSError as e:  # URLError, timeouts, resets
-                os.unlink(tmp.name)
-                raise DatasetNotFoundError(
-                    f"could not download {URL + name} ({e}). {HOW_TO_GET}"
-                ) from e
-        got = hashlib.md5(Path(tmp.name).read_bytes()).hexdigest()
-        if got != md5:
-            os.unlink(tmp.name)
-            raise CorruptDatasetError(URL + name, f"downloaded MD5 {got}, expected {md5}")
-        os.replace(tmp.name, target)
+        atomic_write(target, functools.partial(_download, URL + name, md5))
     return folder
+
+
+def _download(url: str, md5: str, out: BinaryIO) -> None:
+    """Copy ``url`` into ``out``; raise unless its MD5 is ``md5`` (the caller,
+    :func:`~breakeven.records.atomic_write`, then removes the partial file)."""
+    digest = hashlib.md5()
+    try:
+        with urllib.request.urlopen(url, timeout=60) as r:
+            while chunk := r.read(1 << 20):
+                digest.update(chunk)
+                out.write(chunk)
+    except OSError as e:  # URLError, timeouts, resets
+        raise DatasetNotFoundError(f"could not download {url} ({e}). {HOW_TO_GET}") from e
+    got = digest.hexdigest()
+    if got != md5:
+        raise CorruptDatasetError(url, f"downloaded MD5 {got}, expected {md5}")
 
 
 def load_fashion_mnist(root: str | os.PathLike | None = None, download: bool = False) -> Dataset:

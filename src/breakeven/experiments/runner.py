@@ -38,8 +38,9 @@ from typing import Any
 
 import torch
 
+from .._core.distributed import world_and_rank
+from .._core.formatting import fmt
 from ..data import Dataset
-from ..operators.base import world_and_rank
 from ..records import EVAL_MEASURE, inside, name_problem
 from ..tracking import MEASURES, Tracker, build_tracker
 from ..tracking.hooks import TrainHooks, as_hooks
@@ -614,10 +615,6 @@ def _failure_reason(e: BaseException) -> str:
 # ------------------------------------------------------------------ progress
 
 
-def _fmt(v: float | None, spec: str = ".3g") -> str:
-    return "-" if v is None else format(v, spec)
-
-
 class _Progress:
     """Step, loss, accuracy, latest lambda_K^1 and lambda_H^1 and time left, on stderr: a
     tqdm bar when tqdm is installed, else a line every ~5% of the run or 10 seconds."""
@@ -652,10 +649,10 @@ class _Progress:
 
     def fields(self) -> dict[str, str]:
         return {
-            "loss": _fmt(self.loss),
-            "acc": _fmt(self.acc, ".3f"),
-            "λK1": _fmt(self.lam_k),
-            "λH1": _fmt(self.lam_h),
+            "loss": fmt(self.loss, ".3g"),
+            "acc": fmt(self.acc, ".3f"),
+            "λK1": fmt(self.lam_k, ".3g"),
+            "λH1": fmt(self.lam_h, ".3g"),
         }
 
     def update(self, step: int) -> None:

@@ -34,7 +34,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..operators.base import Batch, LossFn, measuring
+from .._core.data import Batch
+from .._core.functional import LossFn
+from .._core.state import measuring
 from ..tracking import Tracker
 from ._common import TrackedTraining, failing, steps_per_epoch
 

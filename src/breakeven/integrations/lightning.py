@@ -21,7 +21,8 @@ from typing import Any
 
 from torch import Tensor
 
-from ..operators.base import Batch, LossFn
+from .._core.data import Batch
+from .._core.functional import LossFn
 from ..tracking import Tracker
 from ._common import TrackedTraining, failing, steps_per_epoch
 

@@ -16,7 +16,8 @@ from typing import Any, ClassVar, TypeVar
 
 from torch import Tensor, nn
 
-from ..operators.base import Batch, LossFn
+from .._core.data import Batch
+from .._core.functional import LossFn
 
 
 @dataclass

@@ -10,7 +10,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from ..operators.base import Batch, BNMode, LossFn, flatten
+from .._core.data import Batch
+from .._core.functional import LossFn
+from .._core.params import flatten
+from .._core.state import BNMode
 from ..operators.covariance import GradientCovarianceOperator, _per_example_blocks
 
 

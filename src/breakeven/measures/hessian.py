@@ -13,21 +13,12 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from ..operators.base import (
-    BNMode,
-    Data,
-    LossFn,
-    all_reduce_sum,
-    as_chunks,
-    as_flat,
-    check_distributed,
-    check_finite,
-    check_forward_mode,
-    check_loss_fn,
-    measuring,
-    trainable,
-    unflatten,
-)
+from .._core.checks import check_int
+from .._core.data import Data, as_chunks
+from .._core.distributed import all_reduce_sum, check_distributed
+from .._core.functional import LossFn, check_finite, check_loss_fn, loss_and_gradient
+from .._core.params import as_flat, trainable, unflatten
+from .._core.state import BNMode, check_forward_mode, measuring
 from ..operators.hessian import HessianOperator, HVPMethod
 from ..spectra import SpectralDensity, TraceResult, hutchinson, lanczos, slq
 from ..spectra.lanczos import as_start
@@ -238,9 +229,9 @@ def per_example_curvatures(
 
     def reverse(x: Tensor, y: Tensor) -> Tensor:
         weights = torch.ones(x.shape[0], dtype=e.dtype, device=e.device, requires_grad=True)
-        leaves = [p.detach().requires_grad_(True) for p in params.values()]
-        total = (weights * losses(dict(zip(params, leaves)), x, y)).sum()
-        grads = torch.autograd.grad(total, leaves, create_graph=True)
+        leaves, _, grads = loss_and_gradient(
+            lambda p, x, y: (weights * losses(p, x, y)).sum(), params, x, y, create_graph=True
+        )
         gv = sum((g * t).sum() for g, t in zip(grads, e_parts.values()))
         hv = torch.autograd.grad(gv, leaves, create_graph=True)
         vhv = sum((h * t).sum() for h, t in zip(hv, e_parts.values()))
@@ -307,12 +298,8 @@ def stability(
     """
     if not eta > 0:
         raise ValueError(f"eta must be positive, got {eta!r}")
-    if not (isinstance(n_train, int) and n_train >= 2):
-        raise ValueError(f"n_train must be an integer >= 2, got {n_train!r}")
-    if not (isinstance(batch_size, int) and 1 <= batch_size <= n_train):
-        raise ValueError(
-            f"batch_size must be an integer in [1, n_train={n_train}], got {batch_size!r}"
-        )
+    check_int(n_train, "n_train", 2)
+    check_int(batch_size, "batch_size", 1, n_train, maximum_name="n_train")
     if curvature_variance < 0 or not math.isfinite(curvature_variance):
         raise ValueError(f"curvature_variance must be finite and >= 0, got {curvature_variance!r}")
     noise = (n_train - batch_size) / (batch_size * (n_train - 1))

@@ -32,11 +32,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..operators.base import BNMode, check_bn_mode
+from .._core.checks import check_int
+from .._core.state import BNMode, check_bn_mode
 from ..operators.hessian import HessianOperator
 from .base import Context, Measure, Measurement, register_measure
 from .hessian import hessian_eigenvalues
-from .tracked import _int_at_least, _positive, eos_threshold
+from .tracked import _positive, eos_threshold
 
 
 @register_measure("sharpness")
@@ -92,9 +93,9 @@ class Sharpness(Measure):
                 f"tol={tol!r} is larger than tol_fallback={tol_fallback!r}: the step after "
                 "each full solve would fall back again; choose tol <= tol_fallback"
             )
-        _int_at_least(refresh, 1, "refresh", optional=True)
-        _int_at_least(max_iter, 1, "max_iter", optional=True)
-        _int_at_least(chunk_size, 1, "chunk_size", optional=True)
+        check_int(refresh, "refresh", 1, optional=True)
+        check_int(max_iter, "max_iter", 1, optional=True)
+        check_int(chunk_size, "chunk_size", 1, optional=True)
         check_bn_mode(bn_mode)
         self.tol_fallback = tol_fallback
         self.refresh = refresh

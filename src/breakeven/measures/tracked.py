@@ -17,7 +17,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..operators.base import Batch, BNMode, LossFn, all_reduce_sum, check_bn_mode, measuring
+from .._core.checks import check_int
+from .._core.data import Batch
+from .._core.distributed import all_reduce_sum
+from .._core.functional import LossFn
+from .._core.state import BATCHNORM_TYPES, BNMode, check_bn_mode, measuring
 from ..operators.covariance import STORAGES
 from .base import MEASURES as MEASURES  # the registry, importable from here as before
 from .base import Context, Measure, Measurement, register_measure
@@ -35,15 +39,6 @@ from .hessian import (
     hessian_trace,
     stability,
 )
-
-_BN_TYPES = (nn.modules.batchnorm._BatchNorm,)
-
-
-def _int_at_least(value: Any, minimum: int, what: str, optional: bool = False) -> None:
-    if optional and value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{what} must be an integer >= {minimum}, got {value!r}")
 
 
 def _positive(value: Any, what: str) -> None:
@@ -93,8 +88,8 @@ class GradientCovariance(Measure):
         spectrum: bool = False,
         storage: str = "memory",
     ) -> None:
-        _int_at_least(num_batches, 2, "num_batches (L)")
-        _int_at_least(batch_size, 1, "batch_size (M)", optional=True)
+        check_int(num_batches, "num_batches (L)", 2)
+        check_int(batch_size, "batch_size (M)", 1, optional=True)
         check_bn_mode(bn_mode)
         self.num_batches = num_batches
         self.batch_size = batch_size
@@ -174,7 +169,7 @@ class GradientAlignment(Measure):
     keys = ("alignment", "k")
 
     def __init__(self, k: int = 5) -> None:
-        _int_at_least(k, 1, "k")
+        check_int(k, "k", 1)
         self.k = k
 
     def measure(self, ctx: Context) -> Measurement:
@@ -224,9 +219,9 @@ class HessianTop(Measure):
         bn_mode: BNMode = "eval",
         warm_start: bool = True,
     ) -> None:
-        _int_at_least(k, 1, "k")
-        _int_at_least(max_iter, 1, "max_iter", optional=True)
-        _int_at_least(chunk_size, 1, "chunk_size", optional=True)
+        check_int(k, "k", 1)
+        check_int(max_iter, "max_iter", 1, optional=True)
+        check_int(chunk_size, "chunk_size", 1, optional=True)
         check_bn_mode(bn_mode)
         _positive(tol, "tol")
         if max_iter is not None and max_iter < k:
@@ -288,7 +283,7 @@ class HessianTrace(Measure):
     keys = ("trace_H", "trace_H_stderr")
 
     def __init__(self, num_samples: int = 50, bn_mode: BNMode = "eval") -> None:
-        _int_at_least(num_samples, 1, "num_samples")
+        check_int(num_samples, "num_samples", 1)
         check_bn_mode(bn_mode)
         self.num_samples = num_samples
         self.bn_mode = bn_mode
@@ -316,8 +311,8 @@ class HessianDensity(Measure):
     keys = ("node_*", "weight_*")
 
     def __init__(self, num_probes: int = 1, num_steps: int = 40, bn_mode: BNMode = "eval") -> None:
-        _int_at_least(num_probes, 1, "num_probes")
-        _int_at_least(num_steps, 1, "num_steps")
+        check_int(num_probes, "num_probes", 1)
+        check_int(num_steps, "num_steps", 1)
         check_bn_mode(bn_mode)
         self.num_probes = num_probes
         self.num_steps = num_steps
@@ -373,7 +368,7 @@ class Stability(Measure):
         bn_mode: BNMode | None = None,
         tol: float = 1e-4,
     ) -> None:
-        _int_at_least(chunk_size, 1, "chunk_size", optional=True)
+        check_int(chunk_size, "chunk_size", 1, optional=True)
         if bn_mode is not None:
             check_bn_mode(bn_mode)
         _positive(tol, "tol")
@@ -536,7 +531,7 @@ class BatchNormScale(Measure):
         norms = {
             f"gamma_norm/{name}": float(m.weight.detach().norm())
             for name, m in ctx.model.named_modules()
-            if isinstance(m, _BN_TYPES) and m.weight is not None
+            if isinstance(m, BATCHNORM_TYPES) and m.weight is not None
         }
         if norms:
             norms["gamma_norm_last"] = list(norms.values())[-1]
@@ -575,7 +570,7 @@ class Predictions(Measure):
     no values."""
 
     def __init__(self, num_examples: int = 1000) -> None:
-        _int_at_least(num_examples, 1, "num_examples")
+        check_int(num_examples, "num_examples", 1)
         self.num_examples = num_examples
 
     def measure(self, ctx: Context) -> Measurement:

@@ -6,6 +6,8 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
+from .._core.state import BATCHNORM_TYPES
+
 
 def check_input(
     model_name: str,
@@ -54,6 +56,6 @@ def keras_init_(module: nn.Module) -> nn.Module:
                     nn.init.zeros_(p)
                     if name.startswith("bias_ih"):  # gates i, f, g, o: forget bias 1
                         nn.init.ones_(p[h : 2 * h])
-        elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+        elif isinstance(m, BATCHNORM_TYPES):
             m.reset_parameters()
     return module

@@ -1,8 +1,8 @@
 """What the matrices are: the Hessian and the gradient covariance as linear operators."""
 
-from .base import LinearOperator
 from .covariance import GradientCovarianceOperator, batch_gradients, per_example_gradients
 from .hessian import HessianOperator
+from .linear import LinearOperator
 
 __all__ = [
     "GradientCovarianceOperator",

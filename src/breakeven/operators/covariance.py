@@ -9,20 +9,18 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor, nn
 
-from .base import (
-    Batch,
-    BNMode,
-    LinearOperator,
+from .._core.data import Batch, as_chunks
+from .._core.distributed import all_gather_rows, check_distributed
+from .._core.functional import (
     LossFn,
-    all_gather_rows,
-    as_chunks,
-    check_distributed,
     check_finite,
     check_loss_fn,
     functional_loss,
-    measuring,
-    trainable,
+    loss_and_gradient,
 )
+from .._core.params import trainable
+from .._core.state import BNMode, measuring
+from .linear import LinearOperator
 
 #: Columns (parameters) processed at once when the Gram is accumulated in float64.
 _GRAM_COLUMNS = 1 << 15  # 25 x 32768 float64 = 6.6 MB: cache-sized (3x faster than 1 << 20)
@@ -151,11 +149,9 @@ def stored_gradient_blocks(
     with measuring(model, bn_mode):
         f = functional_loss(model, loss_fn)
         for row, (xb, yb) in enumerate(zip(xs, ys)):
-            leaves = [p.detach().requires_grad_(True) for p in params.values()]
-            loss = f(dict(zip(params, leaves)), xb, yb)
+            _, loss, grads = loss_and_gradient(f, params, xb, yb)
             if row == 0:
                 check_finite(loss.detach(), "the loss")
-            grads = torch.autograd.grad(loss, leaves, allow_unused=True, materialize_grads=True)
             start = 0
             for g, n in zip(grads, sizes):
                 store.write(row, start, g)
@@ -309,13 +305,7 @@ def gradient_blocks(
                 RuntimeWarning,
                 stacklevel=3,
             )
-            rows = []
-            for xb, yb in zip(xs, ys):
-                leaves = [p.detach().requires_grad_(True) for p in params.values()]
-                loss = f(dict(zip(params, leaves)), xb, yb)
-                rows.append(
-                    torch.autograd.grad(loss, leaves, allow_unused=True, materialize_grads=True)
-                )
+            rows = [loss_and_gradient(f, params, xb, yb)[2] for xb, yb in zip(xs, ys)]
             columns = [torch.stack(p) for p in zip(*rows)]
     return [
         block

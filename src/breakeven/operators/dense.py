@@ -12,19 +12,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .base import (
-    Batch,
-    BNMode,
-    Data,
-    LossFn,
-    as_chunks,
-    flatten,
-    functional_loss,
-    measuring,
-    num_examples,
-    trainable,
-    unflatten,
-)
+from .._core.data import Batch, Data, as_chunks, num_examples
+from .._core.functional import LossFn, functional_loss
+from .._core.params import flatten, trainable, unflatten
+from .._core.state import BNMode, measuring
 
 
 def _flat_loss(model: nn.Module, loss_fn: LossFn):

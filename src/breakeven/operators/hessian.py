@@ -8,25 +8,18 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from .base import (
-    BNMode,
-    Data,
-    LinearOperator,
+from .._core.data import Data, as_chunks, num_examples
+from .._core.distributed import all_reduce_sum, check_distributed
+from .._core.functional import (
     LossFn,
-    all_reduce_sum,
-    as_chunks,
-    check_bn_mode,
-    check_distributed,
     check_finite,
-    check_forward_mode,
     check_loss_fn,
-    flatten,
     functional_loss,
-    measuring,
-    num_examples,
-    trainable,
-    unflatten,
+    loss_and_gradient,
 )
+from .._core.params import flatten, trainable, unflatten
+from .._core.state import BNMode, check_bn_mode, check_forward_mode, measuring
+from .linear import LinearOperator
 
 HVPMethod = Literal["reverse", "forward"]
 
@@ -109,14 +102,12 @@ class HessianOperator(LinearOperator):
 
     def _first_order(self, x: Tensor, y: Tensor) -> tuple[list[Tensor], tuple]:
         """Leaf parameters and the gradient of the weighted chunk loss, with its graph."""
-        leaves = [p.detach().requires_grad_(True) for p in self.params.values()]
-        params = dict(zip(self.params, leaves))
-        loss = functional_loss(self.model, self.loss_fn)(params, x, y)
+        f = functional_loss(self.model, self.loss_fn)
+        leaves, loss, grads = loss_and_gradient(
+            f, self.params, x, y, scale=self._weight(x), create_graph=True
+        )
         if not self._checked:
             check_finite(loss.detach(), "the loss")
-        grads = torch.autograd.grad(
-            loss * self._weight(x), leaves, create_graph=True, allow_unused=True
-        )
         return leaves, grads
 
     @staticmethod
@@ -237,9 +228,7 @@ class HessianOperator(LinearOperator):
                 f = functional_loss(self.model, self.loss_fn)
                 parts = None
                 for x, y in self.chunks:
-                    leaves = [p.detach().requires_grad_(True) for p in self.params.values()]
-                    loss = f(dict(zip(self.params, leaves)), x, y) * self._weight(x)
-                    g = torch.autograd.grad(loss, leaves, allow_unused=True, materialize_grads=True)
+                    g = loss_and_gradient(f, self.params, x, y, scale=self._weight(x))[2]
                     parts = list(g) if parts is None else [a + b for a, b in zip(parts, g)]
         return self._reduce(flatten(parts))
 

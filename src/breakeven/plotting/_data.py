@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from .._core.formatting import fmt
 from ..analysis import Runs, read_runs
 from ..records import EVAL_MEASURE, decode_array, read_records
 
@@ -272,14 +273,6 @@ def paired(runs: Runs, run: str, x: tuple[str, str], y: tuple[str, str]) -> Any:
 # ----------------------------------------------------------------------------- groups
 
 
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return "nan" if math.isnan(v) else f"{v:g}"
-    if isinstance(v, np.floating):
-        return _fmt(float(v))
-    return str(v)
-
-
 def _plain(v: Any) -> Any:
     """A table cell as a hashable Python value; NaN (a run outside the sweep) as None."""
     if hasattr(v, "item"):
@@ -350,7 +343,9 @@ def groups(runs: Runs, by: Sequence[str] | str | None = None) -> Groups:
         colours = [cmap(i / (len(order) - 1)) for i in range(len(order))]
     colour_of = dict(zip(order, colours))
     if by:
-        label_of = {v: ", ".join(f"{c}={_fmt(x)}" for c, x in zip(by, v)) for v in order}
+        label_of = {
+            v: ", ".join(f"{c}={fmt(x, 'g', missing='None')}" for c, x in zip(by, v)) for v in order
+        }
     else:
         label_of = {v: "" for v in order}
     count = {v: sum(1 for r in names if values[r] == v) for v in order}

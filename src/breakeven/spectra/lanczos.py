@@ -13,7 +13,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from ..operators.base import LinearOperator, as_matvec
+from .._core.checks import check_int
+from ..operators.linear import LinearOperator, as_matvec
 
 
 @dataclass(frozen=True)
@@ -189,8 +190,7 @@ def lanczos(
     """
     matvec, dim, dtype = as_matvec(A)
     device = A.device
-    if not isinstance(k, int) or not 1 <= k <= dim:
-        raise ValueError(f"k must be an integer between 1 and the dimension {dim}, got {k!r}")
+    check_int(k, "k", 1, dim, maximum_name="the dimension")
     if which not in ("LA", "SA"):
         raise ValueError(f"which must be 'LA' or 'SA', got {which!r}")
     if not tol > 0:

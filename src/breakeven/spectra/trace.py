@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..operators.base import LinearOperator, as_matvec
+from .._core.checks import check_int
+from ..operators.linear import LinearOperator, as_matvec
 
 
 @dataclass(frozen=True)
@@ -43,10 +44,8 @@ def hutchinson(
     backward each (measured: 0.9x with 4 probes on the MLP and on SimpleCNN).
     """
     matvec, dim, dtype = as_matvec(A)
-    if not isinstance(num_samples, int) or num_samples < 1:
-        raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
-    if not isinstance(block_size, int) or block_size < 1:
-        raise ValueError(f"block_size must be a positive integer, got {block_size!r}")
+    check_int(num_samples, "num_samples")
+    check_int(block_size, "block_size")
     generator = torch.Generator().manual_seed(seed)
     samples = torch.empty(num_samples, dtype=torch.float64)
     for start in range(0, num_samples, block_size):

@@ -14,6 +14,8 @@ import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from .._core.checks import check_int
+
 
 class Schedule:
     """A set of steps, given as a predicate ``(step, steps_per_epoch) -> bool``."""
@@ -36,15 +38,9 @@ class Schedule:
         return self.description
 
 
-def _positive_int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return value
-
-
 def every(n: int, start: int = 0) -> Schedule:
     """Steps ``start, start + n, start + 2n, ...``."""
-    _positive_int(n, "every(n): n")
+    check_int(n, "every(n): n")
     return Schedule(lambda s, _: s >= start and (s - start) % n == 0, f"every({n})")
 
 
@@ -59,8 +55,8 @@ def at(steps: Iterable[int]) -> Schedule:
 def log_spaced(first: int, last: int, count: int) -> Schedule:
     """``count`` steps spaced evenly in log(step) from ``first`` to ``last`` (rounded, unique;
     dense early, where the break-even point lives). ``first`` >= 1."""
-    _positive_int(first, "log_spaced: first")
-    _positive_int(count, "log_spaced: count")
+    check_int(first, "log_spaced: first")
+    check_int(count, "log_spaced: count")
     if last < first:
         raise ValueError(f"log_spaced: last={last} is before first={first}")
     if count == 1:
@@ -74,7 +70,7 @@ def log_spaced(first: int, last: int, count: int) -> Schedule:
 
 def per_epoch(k: int = 1) -> Schedule:
     """The first step of every k-th epoch (0, k epochs, 2k epochs, ...)."""
-    _positive_int(k, "per_epoch(k): k")
+    check_int(k, "per_epoch(k): k")
 
     def due(step: int, steps_per_epoch: int | None) -> bool:
         if steps_per_epoch is None:

@@ -121,14 +121,8 @@ class ConfigMismatchError(RunStoreError, ValueError):
 # ------------------------------------------------------------------ atomic writes
 
 
-def _atomic_write(path: Path, write: Any) -> None:
-    """Write ``path`` through ``write(file)`` on a new ``path.tmp``, fsync, then rename over
-    it: :func:`breakeven.records.atomic_write`, the one implementation."""
-    atomic_write(path, write)
-
-
 def _atomic_text(path: Path, text: str) -> None:
-    _atomic_write(path, lambda f: f.write(text.encode()))
+    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def _plain(x: Any) -> Any:
@@ -404,7 +398,7 @@ class RunStore:
         """Write ``state`` plus ``n_records`` (records written so far) to checkpoint.pt,
         atomically."""
         full = {**state, "n_records": self.n_records_, "format_version": FORMAT_VERSION}
-        _atomic_write(self._where(CHECKPOINT), lambda f: torch.save(full, f))
+        atomic_write(self._where(CHECKPOINT), lambda f: torch.save(full, f))
 
     def load_checkpoint(self) -> dict[str, Any] | None:
         """The last checkpoint, or None."""
@@ -435,7 +429,7 @@ class RunStore:
         status; the checkpoint is removed last. The lock is held until the status is final,
         so no other process can open the run in between."""
         self._close_records()
-        _atomic_write(self._where(MODEL), lambda f: torch.save(dict(model_state), f))
+        atomic_write(self._where(MODEL), lambda f: torch.save(dict(model_state), f))
         text = to_json(_plain({**summary, "status": status}), indent=2) + "\n"
         _atomic_text(self._where(SUMMARY), text)
         self.set_status(status)

@@ -31,15 +31,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .._core.data import Batch
+from .._core.distributed import all_reduce_sum, check_distributed, world_and_rank
+from .._core.functional import LossFn, check_loss_fn
 from ..measures import MEASURES, Context, Measure, Measurement
-from ..operators.base import (
-    Batch,
-    LossFn,
-    all_reduce_sum,
-    check_distributed,
-    check_loss_fn,
-    world_and_rank,
-)
 from .hooks import TrainHooks
 from .schedules import Schedule, every, parse_schedule
 

@@ -1,0 +1,38 @@
+"""Argument checks shared by every room; free of torch."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def check_int(
+    value: Any,
+    what: str,
+    minimum: int = 1,
+    maximum: int | None = None,
+    *,
+    maximum_name: str = "",
+    optional: bool = False,
+) -> Any:
+    """``value`` unchanged if it is an ``int`` (never a ``bool``) in ``[minimum, maximum]``
+    (no upper bound when ``maximum`` is None), or ``None`` when ``optional``.
+
+    Otherwise raises ``ValueError("<what> must be an integer >= <minimum>, got <value>")``,
+    or ``"... an integer in [<minimum>, <maximum_name>=<maximum>]"`` with an upper bound
+    (``" or None"`` after it when ``optional``); a check for ``>= 1`` alone adds
+    ``(not a positive integer)`` at the end.
+    """
+    if optional and value is None:
+        return value
+    ok = isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+    if ok and (maximum is None or value <= maximum):
+        return value
+    if maximum is None:
+        wanted = f"an integer >= {minimum}"
+    else:
+        bound = f"{maximum_name}={maximum}" if maximum_name else str(maximum)
+        wanted = f"an integer in [{minimum}, {bound}]"
+    if optional:
+        wanted += " or None"
+    positive = " (not a positive integer)" if minimum == 1 and maximum is None else ""
+    raise ValueError(f"{what} must be {wanted}, got {value!r}{positive}")

@@ -1,0 +1,19 @@
+"""Numbers as text, for tables, progress lines and legends; free of torch."""
+
+from __future__ import annotations
+
+import math
+from numbers import Integral, Real
+from typing import Any
+
+
+def fmt(v: Any, spec: str = ".4g", *, missing: str = "-", nan: str = "nan") -> str:
+    """``v`` as text: ``None`` as ``missing``; a real number that is not an integer (a
+    Python float, a numpy float) as ``nan`` when it is NaN, else ``format(v, spec)``;
+    anything else (an int, a bool, a string) as ``str(v)``."""
+    if v is None:
+        return missing
+    if isinstance(v, Real) and not isinstance(v, Integral):
+        v = float(v)
+        return nan if math.isnan(v) else format(v, spec)
+    return str(v)
