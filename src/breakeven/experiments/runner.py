@@ -38,7 +38,7 @@ import torch
 
 from ..data import Dataset
 from ..operators.base import world_and_rank
-from ..records import EVAL_MEASURE, inside, name_problem
+from ..records import EVAL_MEASURE, canonical_key, inside, name_problem
 from ..tracking import MEASURES, build_tracker
 from ..tracking.store import (
     DEFAULT_MIN_FREE_BYTES,
@@ -590,14 +590,10 @@ class _Progress:
         print(f"step {step}/{self.total} {text} left {left:.0f}s", file=self.stream, flush=True)
 
     def record(self, record: dict[str, Any]) -> None:
-        values = record.get("values", {})
-        if "lambda_K_1" in values:
-            self.lam_k = values["lambda_K_1"]
-        if "lambda_H_1" in values:
-            self.lam_h = values["lambda_H_1"]
-        for key in ("val_acc", "val_accuracy"):
-            if key in values:
-                self.acc = values[key]
+        values = {canonical_key(k): v for k, v in record.get("values", {}).items()}
+        self.lam_k = values.get("lambda_K_1", self.lam_k)
+        self.lam_h = values.get("lambda_H_1", self.lam_h)
+        self.acc = values.get("val_acc", self.acc)
 
     def close(self) -> None:
         if self.bar is not None:

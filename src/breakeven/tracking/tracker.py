@@ -246,6 +246,7 @@ class Tracker:
             val_data=self._on(device, "val_data"),
             state=self.state_,
             distributed=self.distributed,
+            train_data=self.train_data,
         )
 
     def _part(self, data: Batch) -> Batch:
