@@ -278,8 +278,10 @@ def plot_trajectory(
 ) -> Figure:
     """One tracked key over training (paper Figs. 4, 5, 10-26): a curve per run, coloured by
     the swept value (seeds of one value share a colour, thinner), and dashed vertical lines
-    at the first evaluation where training accuracy (``accuracy_key``, default the
-    evaluation's ``train_acc``; None: no lines) is >= each of ``thresholds``. A run's series
+    at the first evaluation where training accuracy (``accuracy_key``, default ``train_acc``
+    of the evaluation, else of the ``train_accuracy`` measure; None: no lines) is >= each of
+    ``thresholds`` (default :data:`breakeven.analysis.DEFAULT_THRESHOLDS`, the tables'
+    thresholds). A run's series
     of at least 3 x ``smooth`` records is drawn as its centred moving average over
     ``smooth`` records (bold) over its recorded values (thin, faint); a shorter one (or any,
     with ``smooth <= 1``) as its recorded values alone, with markers when it has fewer than
