@@ -363,3 +363,14 @@ def test_figures_and_tables_find_the_measure_s_training_accuracy(tmp_path):
         + [rec(10 * i, "train_accuracy", train_acc=0.0) for i in range(5)],
     )
     assert series(read_runs([both]).records, "train_acc")["value"].tolist() == acc
+
+
+def test_a_missing_key_names_every_measure_that_records_it():
+    from breakeven.plotting._data import missing
+
+    text = missing(None, "train_acc")
+    assert "--set train.eval_every=N" in text and "--set track.train_accuracy.every=N" in text
+    assert text.index("eval_every") < text.index("train_accuracy")  # the preferred one first
+    assert missing(None, "lambda_K_1").endswith("track it with --set track.covariance.every=N")
+    assert "track.covariance.spectrum=true" in missing(None, "eig_K_3")
+    assert "no tracked measure recorded it" in missing(None, "custom_key")
