@@ -66,6 +66,7 @@ ALL = {
     "loss_change": {"every": 1},
     "probe": {"every": 2},
     "validation": {"every": 5},
+    "train_accuracy": {"every": 5, "num_examples": 64},
     "batchnorm": {"every": 2},
     "param_norm": {"every": 2},
     "lr": {"every": 2},

@@ -50,6 +50,7 @@ if TYPE_CHECKING:  # pragma: no cover  (for type checkers; _EXPORTS says the sam
         Predictions,
         ProbeMetrics,
         Stability,
+        TrainAccuracy,
         ValidationMetrics,
     )
     from .models import build_model, list_models, register_model
@@ -124,6 +125,7 @@ _EXPORTS = {
             "Predictions",
             "ProbeMetrics",
             "Stability",
+            "TrainAccuracy",
             "ValidationMetrics",
         ],
         ".measures.tracked",
@@ -211,6 +213,7 @@ __all__ = [
     "SweepOutcome",
     "TraceResult",
     "Tracker",
+    "TrainAccuracy",
     "TrainConfig",
     "TrainHooks",
     "TrainResult",

@@ -39,8 +39,10 @@ from .errors import ConfigError, CorruptDatasetError, DatasetNotFoundError
 from .records import (
     EVAL_MEASURE,
     RunStoreError,
+    canonical_key,
     export,
     inside,
+    key_symbol,
     load_run,
     read_config,
     read_records,
@@ -183,7 +185,7 @@ def summarize(run_dir: str | Path) -> list[tuple[str, str]]:
     rows.append(("steps", _fmt(summary.get("steps", last_step), "d")))
     evals = [r for r in records if r["measure"] == EVAL_MEASURE]
     if evals:
-        v = evals[-1]["values"]
+        v = {canonical_key(k): x for k, x in evals[-1]["values"].items()}
         rows.append(
             (
                 "final train loss / acc",
@@ -232,9 +234,8 @@ def _presets() -> int:
 
 def _max_label(key: str) -> str:
     """The label of the maximum of ``key`` along a trajectory in printed rows
-    (``lambda_K_1`` -> ``max lambda_K^1 after step 0``)."""
-    name, _, index = key.rpartition("_")
-    return f"max {name}^{index} after step 0"
+    (``lambda_K_1`` -> ``max lambda_K^1 after step 0``; the key catalogue's symbol)."""
+    return f"max {key_symbol(key)} after step 0"
 
 
 def _table(df: Any) -> str:

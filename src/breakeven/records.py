@@ -6,6 +6,11 @@ a tidy pandas DataFrame; :func:`export` writes it to TensorBoard event files (ne
 ``tensorboard`` package), Parquet (needs pyarrow) or CSV, and :func:`write_records` writes any
 such table (e.g. a sweep's, from :func:`breakeven.analysis.read_runs`).
 
+:data:`KEYS` is the one catalogue of record keys: which measures emit each key, its label, and
+its legacy names (:func:`load_run` reads ``val_accuracy`` as ``val_acc``, ``probe_accuracy``
+as ``probe_acc``). :func:`slq_density` is the one Gaussian broadening of an SLQ quadrature
+(the ``hessian_density`` records, and :meth:`breakeven.spectra.SpectralDensity.density`).
+
 Every reader here (:func:`read_records`, :func:`read_config`, :func:`read_summary`,
 :func:`read_status`, :func:`read_sweep_spec`, :func:`load_run`) raises
 :class:`RunFileError` naming the file (and the line of ``records.jsonl``) when a file is not
@@ -25,34 +30,44 @@ import json
 import math
 import os
 import stat
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NamedTuple
 
 __all__ = [
     "COLUMNS",
     "EVAL_MEASURE",
     "EXPORT_FORMATS",
+    "KEYS",
+    "LEGACY_KEYS",
     "MAX_NAME_BYTES",
+    "SLQ_SIGMA2",
     "SWEEP_FILE",
+    "KeyInfo",
     "RunFileError",
     "RunStoreError",
     "UnsafePathError",
     "atomic_write",
+    "canonical_key",
     "decode_array",
     "default_export_path",
     "export",
     "inside",
+    "key_info",
+    "key_label",
+    "key_symbol",
     "load_run",
     "name_problem",
     "open_for_reading",
     "open_for_writing",
+    "preferred_measure",
     "read_config",
     "read_records",
     "read_status",
     "read_summary",
     "read_sweep_spec",
     "short_key",
+    "slq_density",
     "to_json",
     "write_records",
 ]
@@ -74,6 +89,186 @@ def short_key(key: str) -> str:
     """The name of a dotted config key in run names and tables: its last part
     (``train.lr`` -> ``lr``)."""
     return key.rsplit(".", 1)[-1]
+
+
+# ------------------------------------------------------------------ record keys
+
+
+class KeyInfo(NamedTuple):
+    """What one record key (or ``fnmatch`` pattern of keys) means.
+
+    ``measures``: the registered measures that emit it (``evaluation``: the training loop's
+    evaluation records, :data:`EVAL_MEASURE`), in the order a bare key is read from them
+    when several recorded it (:func:`preferred_measure`). ``label``: its axis label
+    (matplotlib mathtext; for a pattern, ``{}`` stands for the part the ``*`` matched); None:
+    the key itself. ``symbol``: its name in plain text, for tables and printed rows
+    (``lambda_K^1``, ``Tr(K)``); None: the key itself. ``legacy``: older names of the key,
+    read as this key by :func:`load_run`."""
+
+    measures: tuple[str, ...]
+    label: str | None = None
+    symbol: str | None = None
+    legacy: tuple[str, ...] = ()
+
+
+def _k(
+    *measures: str, label: str | None = None, symbol: str | None = None, legacy: tuple = ()
+) -> KeyInfo:
+    return KeyInfo(measures, label, symbol, legacy)
+
+
+_COV, _H, _ST, _EOS, _SHARP = "covariance", "hessian", "stability", "edge_of_stability", "sharpness"
+_EVAL, _TRAIN, _VAL = EVAL_MEASURE, "train_accuracy", "validation"
+
+#: The one catalogue of record keys: ``{key or fnmatch pattern: KeyInfo}`` for every key a
+#: built-in measure (``breakeven.MEASURES``) or the training loop's evaluation emits; an exact
+#: key is looked up before the patterns (:func:`key_info`). Data only (no torch): the
+#: readers, figures, tables and the command line use it; a test checks it against every
+#: measure's declared keys.
+KEYS: dict[str, KeyInfo] = {
+    # covariance: the spectrum of K
+    "lambda_K_1": _k(_COV, label=r"$\lambda_K^1$", symbol="lambda_K^1"),
+    "lambda_K_star": _k(_COV, label=r"$\lambda_K^*$", symbol="lambda_K^*"),
+    "condition_K": _k(_COV, label=r"$\lambda_K^*/\lambda_K^1$", symbol="lambda_K^*/lambda_K^1"),
+    "trace_K": _k(_COV, label=r"$\mathrm{Tr}(\mathbf{K})$", symbol="Tr(K)"),
+    "per_example_lambda_K_1": _k(_COV, label=r"$M\,\lambda_K^1$"),
+    "per_example_trace_K": _k(_COV, label=r"$M\,\mathrm{Tr}(\mathbf{K})$"),
+    "rank_K": _k(_COV),
+    "resolution_K": _k(_COV),
+    "M": _k(_COV),
+    "L": _k(_COV),
+    "eig_K_*": _k(_COV),  # with spectrum = true
+    # alignment, noise_scale
+    "alignment": _k("alignment", label=r"$\|g\|/\|g_5\|$"),
+    "k": _k("alignment"),
+    "noise_scale": _k("noise_scale", label=r"$B_\mathrm{simple}$"),
+    "trace_sigma": _k("noise_scale"),
+    "grad_norm_sq": _k("noise_scale"),
+    # H: top eigenvalues, trace, density, stability
+    "lambda_H_1": _k(_H, _ST, _EOS, label=r"$\lambda_H^1$", symbol="lambda_H^1"),
+    "lambda_H_*": _k(_H, label=r"$\lambda_H^{{{}}}$"),
+    "residual_H_1": _k(_H, _ST),
+    "residual_H_*": _k(_H),
+    "converged": _k(_H),
+    "trace_H": _k("hessian_trace", label=r"$\mathrm{Tr}(\mathbf{H})$", symbol="Tr(H)"),
+    "trace_H_stderr": _k("hessian_trace"),
+    "node_*": _k("hessian_density"),
+    "weight_*": _k("hessian_density"),
+    "stability": _k(_ST, label=r"$(1-\eta\lambda_H^1)^2 + s^2\eta^2 (N-S)/(S(N-1))$"),
+    "break_even": _k(_ST, label="break-even reached"),
+    "s2": _k(_ST, label=r"$s^2$"),
+    "eos_ratio": _k(_EOS, _SHARP, label=r"$\lambda_H^1 / (2/\eta)$"),
+    "eos_threshold": _k(_EOS, _SHARP, label=r"$2/\eta$"),
+    "sharpness": _k(_SHARP, label=r"$\lambda_H^1$ (tracked every step)"),
+    "sharpness_residual": _k(_SHARP),
+    "sharpness_upper": _k(_SHARP),
+    "sharpness_fallback": _k(_SHARP),
+    # loss and accuracy
+    "delta_loss": _k("loss_change", label=r"$\Delta\mathcal{L}$"),
+    "loss_before": _k("loss_change", label=r"$\mathcal{L}$ before the step"),
+    "loss_after": _k("loss_change", label=r"$\mathcal{L}$ after the step"),
+    "train_loss": _k(_EVAL, _TRAIN, label="training loss"),
+    "train_acc": _k(_EVAL, _TRAIN, label="training accuracy"),
+    "val_loss": _k(_EVAL, _VAL, label="validation loss"),
+    "val_acc": _k(_EVAL, _VAL, label="validation accuracy", legacy=("val_accuracy",)),
+    "probe_loss": _k("probe", label="probe loss"),
+    "probe_acc": _k("probe", label="probe accuracy", legacy=("probe_accuracy",)),
+    # weights, learning rate
+    "gamma_norm/*": _k("batchnorm", label=r"$\|\gamma\|$ ({})"),
+    "gamma_norm_last": _k("batchnorm", label=r"$\|\gamma\|$ (last BN layer)"),
+    "param_norm": _k("param_norm", label=r"$\|\theta\|$"),
+    "lr": _k(_EVAL, "lr", label=r"$\eta$"),
+}
+
+#: ``{legacy name: key}``: the names older runs wrote, read as today's keys by :func:`load_run`.
+LEGACY_KEYS = {old: key for key, info in KEYS.items() for old in info.legacy}
+
+
+def canonical_key(key: str) -> str:
+    """Today's name of a record key: ``key`` itself unless it is a legacy name
+    (:data:`LEGACY_KEYS`, e.g. ``val_accuracy`` -> ``val_acc``)."""
+    return LEGACY_KEYS.get(key, key)
+
+
+def key_info(key: str) -> KeyInfo | None:
+    """The catalogue entry of ``key`` (:data:`KEYS`): its own, else that of the first
+    pattern it matches (``lambda_H_3`` -> ``lambda_H_*``); None for a key no built-in
+    measure emits (e.g. a custom measure's, or an integration's evaluation metric)."""
+    from fnmatch import fnmatchcase
+
+    key = canonical_key(key)
+    if key in KEYS:
+        return KEYS[key]
+    return next((info for p, info in KEYS.items() if "*" in p and fnmatchcase(key, p)), None)
+
+
+def key_symbol(key: str) -> str:
+    """The plain-text name of ``key`` (its catalogue ``symbol``, e.g. ``lambda_K_1`` ->
+    ``lambda_K^1``), else the key itself."""
+    info = key_info(key)
+    return (info.symbol if info else None) or canonical_key(key)
+
+
+def key_label(key: str) -> str:
+    """The axis label of ``key``: its catalogue label (for a pattern, with the matched part
+    filled in: ``gamma_norm/bn1`` -> ``$\\|\\gamma\\|$ (bn1)``), else the key itself."""
+    from fnmatch import fnmatchcase
+
+    key = canonical_key(key)
+    if key in KEYS:
+        return KEYS[key].label or key
+    for pattern, info in KEYS.items():
+        if "*" in pattern and fnmatchcase(key, pattern):
+            head, _, tail = pattern.partition("*")
+            part = key[len(head) : len(key) - len(tail)]
+            return info.label.format(part) if info.label else key
+    return key
+
+
+def preferred_measure(key: str, present: Iterable[str]) -> str | None:
+    """Which of the measures ``present`` (those that recorded ``key``) a bare ``key`` is
+    read from: the first of its catalogue ``measures`` that is present (``lambda_H_1``:
+    hessian, then stability, then edge_of_stability; ``train_acc``: the evaluation, then the
+    ``train_accuracy`` measure), else the first present one alphabetically; None when none
+    is present."""
+    present = sorted(set(present))
+    info = key_info(key)
+    for m in info.measures if info else ():
+        if m in present:
+            return m
+    return present[0] if present else None
+
+
+# ------------------------------------------------------------------ SLQ densities
+
+#: The variance of the Gaussian broadening of an SLQ density, per unit of the nodes' span
+#: (PyHessian's ``density_generate``): s^2 = SLQ_SIGMA2 * max(1, span of the nodes).
+SLQ_SIGMA2 = 1e-5
+
+
+def slq_density(
+    nodes: Sequence[float],
+    weights: Sequence[float],
+    grid: Sequence[float],
+    var: float | None = None,
+) -> Any:
+    """The Gaussian-broadened density of an SLQ quadrature on ``grid``: sum_i w_i N(t;
+    node_i, s^2), a numpy array (float64) of ``len(grid)``; not normalised (weights summing
+    to 1 give a density integrating to 1 over a grid that covers the nodes). ``var`` is
+    s^2, default ``SLQ_SIGMA2 * max(1, span of the nodes)``. ``nodes`` and ``weights``
+    may be flat or (probes, steps) arrays of the same shape."""
+    import numpy as np
+
+    t = np.asarray(nodes, dtype=float).ravel()
+    w = np.asarray(weights, dtype=float).ravel()
+    grid = np.asarray(grid, dtype=float)
+    if var is None:
+        var = SLQ_SIGMA2 * max(1.0, float(t.max() - t.min()) if len(t) else 0.0)
+    d = np.zeros_like(grid)
+    for start in range(0, len(t), 64):
+        dt = grid[:, None] - t[None, start : start + 64]
+        d += (np.exp(-(dt**2) / (2 * var)) / np.sqrt(2 * np.pi * var)) @ w[start : start + 64]
+    return d
 
 
 # ------------------------------------------------------------------ errors
@@ -496,6 +691,8 @@ def load_run(path: str | os.PathLike | Iterable[str | os.PathLike]) -> Any:
     ``measure``, ``key``, ``value`` (float; booleans as 0/1, None as NaN), and the record's
     cost ``seconds`` and ``matvecs`` (repeated on each of its rows). Non-scalar values
     (lists) are left out. Incomplete last lines are ignored (see :func:`read_records`).
+    Legacy key names of older runs are read as today's (:data:`LEGACY_KEYS`:
+    ``val_accuracy`` as ``val_acc``, ``probe_accuracy`` as ``probe_acc``).
     """
     import pandas as pd
 
@@ -513,7 +710,7 @@ def load_run(path: str | os.PathLike | Iterable[str | os.PathLike]) -> Any:
                             r.get("step"),
                             r.get("epoch"),
                             r.get("measure"),
-                            key,
+                            LEGACY_KEYS.get(key, key),
                             x,
                             r.get("seconds", math.nan),
                             r.get("matvecs", 0),

@@ -17,7 +17,8 @@ initialisation): that is not a break-even point; such a run has one only if it l
 becomes stable (< 1) and crosses 1 again. See :func:`break_even`.
 
 The training accuracy at a step is read from the training loop's evaluation records
-(measure ``evaluation``, key ``train_acc``), linearly interpolated between the two
+(measure ``evaluation``, key ``train_acc``), or, in a run without them, from the
+``train_accuracy`` measure (an own loop's), linearly interpolated between the two
 evaluations around the step (NaN outside the evaluated range).
 """
 
@@ -29,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from ..records import EVAL_MEASURE
+from ..records import preferred_measure
 from .runs import Runs
 
 __all__ = [
@@ -49,7 +50,9 @@ __all__ = [
     "trajectory_max",
 ]
 
-#: Training accuracies whose first crossing :func:`break_even_points` reports (Fig. 4's lines).
+#: Training accuracies whose first crossing :func:`break_even_points` reports, and at which
+#: the trajectory figures draw their dashed lines (Fig. 4's 65% among them): the one default
+#: of the tables, the figures, the report and the command line.
 DEFAULT_THRESHOLDS = (0.5, 0.65, 0.8)
 #: Maxima along a trajectory are taken over the measured steps >= FIRST_STEP.
 FIRST_STEP = 1
@@ -66,26 +69,45 @@ BREAK_EVEN_NOTE = (
 )
 
 
-def series(records: Any, key: str, measure: str | None = None, *, dropna: bool = True) -> Any:
-    """The values of ``key`` (of ``measure``, or of whichever measure records it first in
-    the order ``covariance``, ``hessian``, then any) as a DataFrame ``run, step, epoch,
-    value`` sorted by run and step, NaN values (not resolved) dropped unless ``dropna`` is
-    False."""
+def series(
+    records: Any,
+    key: str,
+    measure: str | None = None,
+    *,
+    run: str | None = None,
+    dropna: bool = True,
+) -> Any:
+    """The values of ``key`` of ``measure`` in ``records`` (a tidy table with the columns of
+    :func:`breakeven.load_run`, e.g. ``runs.records``; ``run``: that run's rows only) as a
+    DataFrame ``run, step, epoch, value`` sorted by run and step, one row per (run, step):
+    the step's last finite record; with ``dropna=False`` a step that has none keeps its last
+    record, NaN (recorded but not resolved), and without ``dropna=False`` it is left out.
+
+    ``measure`` None: the measure :func:`breakeven.records.preferred_measure` picks among
+    those that recorded ``key`` in these rows (the order of the key catalogue
+    :data:`breakeven.records.KEYS`: ``lambda_H_1`` from hessian, then stability, then
+    edge_of_stability; ``train_acc`` from the evaluation, then the ``train_accuracy``
+    measure). The one series function of ``analysis``, ``plotting`` and the command line."""
     df = records[records["key"] == key]
-    if measure is None and len(df):
-        found = list(dict.fromkeys(df["measure"]))
-        preferred = [m for m in ("covariance", "hessian") if m in found]
-        measure = preferred[0] if preferred else found[0]
-    if measure is not None:
-        df = df[df["measure"] == measure]
+    if run is not None:
+        df = df[df["run"] == run]
+    if measure is None:
+        measure = preferred_measure(key, df["measure"])
+    df = df.loc[df["measure"] == measure, ["run", "step", "epoch", "value"]]
+    finite = np.isfinite(df["value"].to_numpy(dtype=float))
     if dropna:
-        df = df[np.isfinite(df["value"].to_numpy(dtype=float))]
-    return df[["run", "step", "epoch", "value"]].sort_values(["run", "step"]).reset_index(drop=True)
+        df = df[finite]
+    else:  # a step's finite records come last, so that the last finite one is kept
+        df = df.iloc[np.argsort(finite, kind="stable")]
+    df = df.drop_duplicates(["run", "step"], keep="last")
+    return df.sort_values(["run", "step"], kind="stable").reset_index(drop=True)
 
 
 def train_accuracy_at(records: Any, run: str, steps: Sequence[float]) -> np.ndarray:
-    """Training accuracy of ``run`` at ``steps``, interpolated between evaluations."""
-    acc = series(records[records["run"] == run], "train_acc", EVAL_MEASURE)
+    """Training accuracy of ``run`` at ``steps``, interpolated between evaluations
+    (``train_acc`` as :func:`series` picks it: the evaluation's, else the
+    ``train_accuracy`` measure's)."""
+    acc = series(records, "train_acc", run=run)
     steps = np.asarray(steps, dtype=float)
     if acc.empty:
         return np.full(steps.shape, np.nan)
@@ -93,9 +115,10 @@ def train_accuracy_at(records: Any, run: str, steps: Sequence[float]) -> np.ndar
 
 
 def accuracy_crossings(records: Any, run: str, thresholds: Sequence[float]) -> dict[float, float]:
-    """For each threshold, the epoch of the first evaluation whose training accuracy is at
-    least the threshold (NaN if never)."""
-    acc = series(records[records["run"] == run], "train_acc", EVAL_MEASURE)
+    """For each threshold, the epoch of the first evaluation whose training accuracy
+    (``train_acc`` as :func:`train_accuracy_at` reads it) is at least the threshold (NaN if
+    never)."""
+    acc = series(records, "train_acc", run=run)
     out = {}
     for t in thresholds:
         hit = acc[acc["value"] >= t]

@@ -59,6 +59,7 @@ import numpy as np
 
 from .._core.checks import check_int
 from .._core.formatting import fmt
+from ..records import key_symbol
 from .breakeven import FIRST_STEP, max_column, series, trajectory_max
 from .runs import Runs
 
@@ -95,12 +96,19 @@ class Clause:
         return f"max {self.label} {'higher' if self.sign > 0 else 'lower'} with more noise"
 
 
+def _clause(
+    conjecture: int, quantity: str, measure: str | None, sign: int, stderr: str | None = None
+) -> Clause:
+    """A clause labelled with its quantity's plain-text symbol from the key catalogue."""
+    return Clause(conjecture, quantity, measure, key_symbol(quantity), sign, stderr)
+
+
 CLAUSES = (
-    Clause(1, "lambda_K_1", "covariance", "lambda_K^1", -1),
-    Clause(1, "lambda_H_1", None, "lambda_H^1", -1),
-    Clause(2, "condition_K", "covariance", "lambda_K^*/lambda_K^1", +1),
-    Clause(2, "trace_K", "covariance", "Tr(K)", -1),
-    Clause(2, "trace_H", "hessian_trace", "Tr(H)", -1, stderr="trace_H_stderr"),
+    _clause(1, "lambda_K_1", "covariance", -1),
+    _clause(1, "lambda_H_1", None, -1),
+    _clause(2, "condition_K", "covariance", +1),
+    _clause(2, "trace_K", "covariance", -1),
+    _clause(2, "trace_H", "hessian_trace", -1, stderr="trace_H_stderr"),
 )
 #: +1: a larger value of the key means more SGD noise; -1: less.
 NOISE_DIRECTION = {"lr": +1, "batch_size": -1, "momentum": +1}

@@ -41,7 +41,7 @@ import torch
 from .._core.distributed import world_and_rank
 from .._core.formatting import fmt
 from ..data import Dataset
-from ..records import EVAL_MEASURE, inside, name_problem
+from ..records import EVAL_MEASURE, canonical_key, inside, name_problem
 from ..tracking import MEASURES, Tracker, build_tracker
 from ..tracking.hooks import TrainHooks, as_hooks
 from ..tracking.sinks import close_sinks, make_sinks, parse_log
@@ -671,14 +671,10 @@ class _Progress:
         print(f"step {step}/{self.total} {text} left {left:.0f}s", file=self.stream, flush=True)
 
     def record(self, record: dict[str, Any]) -> None:
-        values = record.get("values", {})
-        if "lambda_K_1" in values:
-            self.lam_k = values["lambda_K_1"]
-        if "lambda_H_1" in values:
-            self.lam_h = values["lambda_H_1"]
-        for key in ("val_acc", "val_accuracy"):
-            if key in values:
-                self.acc = values[key]
+        values = {canonical_key(k): v for k, v in record.get("values", {}).items()}
+        self.lam_k = values.get("lambda_K_1", self.lam_k)
+        self.lam_h = values.get("lambda_H_1", self.lam_h)
+        self.acc = values.get("val_acc", self.acc)
 
     def close(self) -> None:
         if self.bar is not None:

@@ -33,6 +33,9 @@ class Context:
     ``distributed``: under torchrun each rank holds its part of the probe and of the
     training data, and every measure reduces over the ranks (every rank gets the same
     values; ``sample_batches`` then draws this rank's L / world size batches).
+    ``train_data``: the tracker's training set (this rank's part), on the device the tracker
+    holds it (not moved to the model's: a measure moves what it uses); read it, never draw
+    from it at random (``sample_batches`` does that with the tracker's generator).
     """
 
     step: int
@@ -51,6 +54,7 @@ class Context:
     cache: dict[str, Any] = field(default_factory=dict)
     state: dict[str, dict[str, Any]] = field(default_factory=dict)
     distributed: bool = False
+    train_data: Batch | None = None
 
 
 @dataclass(frozen=True)

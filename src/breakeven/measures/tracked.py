@@ -498,26 +498,78 @@ class LossChange(Measure):
 
 @register_measure("probe")
 class ProbeMetrics(Measure):
-    """``probe_loss`` and ``probe_accuracy`` on the probe subset (eval mode)."""
+    """``probe_loss`` and ``probe_acc`` on the probe subset (eval mode; older runs recorded
+    ``probe_accuracy``, read as ``probe_acc``)."""
 
-    keys = ("probe_loss", "probe_accuracy")
+    keys = ("probe_loss", "probe_acc")
 
     def measure(self, ctx: Context) -> Measurement:
         loss, acc = _loss_and_accuracy(ctx.model, ctx.loss_fn, ctx.probe, ctx.distributed)
-        return Measurement({"probe_loss": loss, "probe_accuracy": acc})
+        return Measurement({"probe_loss": loss, "probe_acc": acc})
 
 
 @register_measure("validation")
 class ValidationMetrics(Measure):
-    """``val_loss`` and ``val_accuracy`` on the validation (test) set (eval mode)."""
+    """``val_loss`` and ``val_acc`` on the validation (test) set (eval mode; older runs
+    recorded ``val_accuracy``, read as ``val_acc``)."""
 
-    keys = ("val_loss", "val_accuracy")
+    keys = ("val_loss", "val_acc")
 
     def measure(self, ctx: Context) -> Measurement:
         if ctx.val_data is None:
             raise ValueError("the validation measure needs validation data (Tracker(val_data=...))")
         loss, acc = _loss_and_accuracy(ctx.model, ctx.loss_fn, ctx.val_data, ctx.distributed)
-        return Measurement({"val_loss": loss, "val_accuracy": acc})
+        return Measurement({"val_loss": loss, "val_acc": acc})
+
+
+@register_measure("train_accuracy")
+class TrainAccuracy(Measure):
+    """``train_loss`` and ``train_acc`` on a fixed subset of the training data, in eval mode
+    (as the training loop's evaluation; the keys it records, so that the figures'
+    accuracy-threshold lines and the break-even table read an own loop's training accuracy
+    from here).
+
+    The subset: the training examples at ``indices`` (positions in the tracker's
+    ``train_data``) when given, else the first ``num_examples`` of them (default 1000; all of
+    them when there are fewer). The same examples at every measurement; nothing is drawn at
+    random, so training, the global RNG and the tracker's generator are untouched, as are the
+    parameters, buffers (BatchNorm statistics), ``.grad`` and train/eval modes. Under
+    torchrun: of each rank's part of the training data, reduced over the ranks."""
+
+    keys = ("train_loss", "train_acc")
+
+    def __init__(self, num_examples: int = 1000, indices: Any = None) -> None:
+        check_int(num_examples, "num_examples", 1)
+        if indices is not None:
+            indices = tuple(indices)
+            for i in indices:
+                check_int(i, "each of indices", 0)
+            if not indices:
+                raise ValueError("indices must name at least one training example, got none")
+        self.num_examples = num_examples
+        self.indices = indices
+
+    def check(self, n_params: int, n_train: int, batch_size: int) -> None:
+        if self.indices is not None and max(self.indices) >= n_train:
+            raise ValueError(
+                f"indices name example {max(self.indices)}; there are {n_train} training examples"
+            )
+
+    def measure(self, ctx: Context) -> Measurement:
+        if ctx.train_data is None:
+            raise ValueError(
+                "the train_accuracy measure needs training data (Tracker(train_data=...))"
+            )
+        x, y = ctx.train_data
+        if self.indices is None:
+            x, y = x[: self.num_examples], y[: self.num_examples]
+        else:
+            i = torch.tensor(self.indices, dtype=torch.long, device=y.device)
+            x, y = x[i], y[i]
+        device = next((p.device for p in ctx.model.parameters()), y.device)
+        data = (x.to(device), y.to(device))
+        loss, acc = _loss_and_accuracy(ctx.model, ctx.loss_fn, data, ctx.distributed)
+        return Measurement({"train_loss": loss, "train_acc": acc})
 
 
 @register_measure("batchnorm")

@@ -13,13 +13,11 @@ from typing import Any
 import numpy as np
 
 from .._core.formatting import fmt
-from ..analysis import Runs, read_runs
-from ..records import EVAL_MEASURE, decode_array, read_records
+from ..analysis import Runs, read_runs, series
+from ..records import EVAL_MEASURE, decode_array, key_info, preferred_measure, read_records
 
 __all__ = [
     "EVAL_MEASURE",
-    "KEY_MEASURE",
-    "PREFERRED",
     "RunsLike",
     "as_runs",
     "crossings",
@@ -34,48 +32,11 @@ __all__ = [
     "predictions",
     "resolve",
     "series",
+    "unresolved",
     "wants_log",
 ]
 
 RunsLike = Runs | str | os.PathLike | Iterable[str | os.PathLike]
-
-#: Which measure a bare key is read from when several measures record it (first found wins).
-PREFERRED = {
-    "lambda_H_1": ("hessian", "stability", "edge_of_stability"),
-    "lr": (EVAL_MEASURE, "lr"),
-    "train_acc": (EVAL_MEASURE,),
-    "val_acc": (EVAL_MEASURE,),
-}
-#: The measure that records each key (for the "how to track it" messages).
-KEY_MEASURE = {
-    **dict.fromkeys(
-        (
-            "lambda_K_1",
-            "lambda_K_star",
-            "condition_K",
-            "trace_K",
-            "per_example_lambda_K_1",
-            "per_example_trace_K",
-        ),
-        "covariance",
-    ),
-    **dict.fromkeys(("lambda_H_1", "residual_H_1", "converged"), "hessian"),
-    **dict.fromkeys(("stability", "break_even", "s2"), "stability"),
-    **dict.fromkeys(("eos_ratio", "eos_threshold"), "edge_of_stability"),
-    **dict.fromkeys(
-        ("sharpness", "sharpness_residual", "sharpness_upper", "sharpness_fallback"), "sharpness"
-    ),
-    **dict.fromkeys(("delta_loss", "loss_before", "loss_after"), "loss_change"),
-    **dict.fromkeys(("trace_H", "trace_H_stderr"), "hessian_trace"),
-    **dict.fromkeys(("noise_scale", "trace_sigma", "grad_norm_sq"), "noise_scale"),
-    **dict.fromkeys(("probe_loss", "probe_accuracy"), "probe"),
-    **dict.fromkeys(("val_loss", "val_accuracy"), "validation"),
-    **dict.fromkeys(("train_acc", "train_loss", "val_acc"), EVAL_MEASURE),
-    "alignment": "alignment",
-    "gamma_norm_last": "batchnorm",
-    "param_norm": "param_norm",
-    "lr": "lr",
-}
 
 
 def as_runs(runs: RunsLike) -> Runs:
@@ -113,11 +74,16 @@ def how_to_track(measure: str, key: str | None = None) -> str:
 
 
 def missing(measure: str | None, key: str) -> str:
-    """The message of a :class:`ValueError` for a key the records do not hold."""
-    m = measure or KEY_MEASURE.get(key) or ("covariance" if key.startswith("eig_K_") else None)
-    if m is None:
+    """The message of a :class:`ValueError` for a key the records do not hold: how to record
+    it with ``measure``, or (None) with the measures that emit it (:data:`~breakeven.records.KEYS`),
+    the first one first."""
+    info = key_info(key)
+    emitters = (measure,) if measure else info.measures if info else ()
+    if not emitters:
         return f"the records have no {key!r} values (no tracked measure recorded it)"
-    return f"the records have no {key!r} of measure {m!r}: {how_to_track(m, key)}"
+    m, *others = emitters
+    text = f"the records have no {key!r} of measure {m!r}: {how_to_track(m, key)}"
+    return text + "".join(f"; or of measure {o!r}: {how_to_track(o, key)}" for o in others)
 
 
 def keys_of(runs: Runs) -> set[tuple[str, str]]:
@@ -129,58 +95,40 @@ def keys_of(runs: Runs) -> set[tuple[str, str]]:
     return set(zip(rec["measure"], rec["key"]))
 
 
-def has_key(runs: Runs, measure: str, key: str) -> bool:
-    """Whether ``measure`` recorded a finite ``key`` in some run."""
-    return (measure, key) in keys_of(runs)
+def has_key(runs: Runs, measure: str | None, key: str) -> bool:
+    """Whether ``measure`` (None: any measure) recorded a finite ``key`` in some run."""
+    present = keys_of(runs)
+    if measure is None:
+        return any(k == key for _, k in present)
+    return (measure, key) in present
 
 
 def resolve(runs: Runs, key: str, measure: str | None = None) -> tuple[str, str]:
-    """(measure, key) of a key spec (``"key"`` or ``"measure:key"``) that the records hold;
-    a bare key is read from its preferred measure (``lambda_H_1``: hessian, then stability,
-    then edge_of_stability), else from the only (or first, alphabetically) measure with it.
-    Raises ``ValueError`` saying how to track it when no measure recorded it."""
+    """(measure, key) of a key spec (``"key"`` or ``"measure:key"``) that the records hold
+    (a finite value); a bare key is read from the measure
+    :func:`~breakeven.records.preferred_measure` picks (the key catalogue's order:
+    ``lambda_H_1`` from hessian, then stability, then edge_of_stability; ``train_acc`` from
+    the evaluation, then the ``train_accuracy`` measure), else from the first,
+    alphabetically, measure with it. Raises ``ValueError`` saying how to track it when no
+    measure recorded it."""
     measure, key = parse_key(key, measure)
     present = keys_of(runs)
     if measure is not None:
         if (measure, key) not in present:
             raise ValueError(missing(measure, key))
         return measure, key
-    found = sorted(m for m, k in present if k == key)
-    if not found:
+    found = preferred_measure(key, (m for m, k in present if k == key))
+    if found is None:
         raise ValueError(missing(None, key))
-    for m in PREFERRED.get(key, (KEY_MEASURE.get(key),)):
-        if m in found:
-            return m, key
-    return found[0], key
+    return found, key
 
 
-def series(runs: Runs, measure: str, key: str, run: str | None = None) -> Any:
-    """The finite values of ``key`` of ``measure`` as a DataFrame with columns ``run, step,
-    epoch, value``, sorted by run and step; one row per (run, step) (the last record wins)."""
-    rec = runs.records
-    sel = (rec["measure"] == measure) & (rec["key"] == key)
-    if run is not None:
-        sel &= rec["run"] == run
-    df = rec.loc[sel, ["run", "step", "epoch", "value"]]
-    df = df[np.isfinite(df["value"].to_numpy())]
-    df = df.drop_duplicates(["run", "step"], keep="last")
-    return df.sort_values(["run", "step"], kind="stable").reset_index(drop=True)
-
-
-def unresolved(runs: Runs, measure: str, key: str, run: str | None = None) -> Any:
-    """The records of ``key`` of ``measure`` whose value is NaN (recorded, but not resolved:
-    e.g. lambda_K^* below the resolution of K's float gradients), as :func:`series`'s
-    columns ``run, step, epoch``; a step that also has a finite record is left out."""
-    rec = runs.records
-    sel = (rec["measure"] == measure) & (rec["key"] == key)
-    if run is not None:
-        sel &= rec["run"] == run
-    df = rec.loc[sel, ["run", "step", "epoch", "value"]]
-    finite = np.isfinite(df["value"].to_numpy(dtype=float))
-    done = set(zip(df["run"][finite], df["step"][finite]))
-    df = df[~finite & [(r, s) not in done for r, s in zip(df["run"], df["step"])]]
-    df = df.drop_duplicates(["run", "step"], keep="last")
-    return df[["run", "step", "epoch"]].sort_values(["run", "step"]).reset_index(drop=True)
+def unresolved(rows: Any) -> Any:
+    """The steps of a series read with ``dropna=False`` (:func:`series`) whose value is NaN
+    (recorded, but not resolved: e.g. lambda_K^* below the resolution of K's float
+    gradients; a step with a finite record is never one), as columns ``run, step, epoch``."""
+    nan = ~np.isfinite(rows["value"].to_numpy(dtype=float))
+    return rows.loc[nan, ["run", "step", "epoch"]].reset_index(drop=True)
 
 
 def moving_average(values: Sequence[float], window: int) -> np.ndarray:
@@ -217,7 +165,7 @@ def crossings(
     out."""
     if accuracy is None or not thresholds:
         return {}
-    df = series(runs, *accuracy, run=run)
+    df = series(runs.records, accuracy[1], accuracy[0], run=run)
     out = {}
     for t in thresholds:
         i = first_at_least(df["step"], df["value"], t)
@@ -246,7 +194,8 @@ def paired(runs: Runs, run: str, x: tuple[str, str], y: tuple[str, str]) -> Any:
     Columns ``step, epoch, x, y`` (``step``/``epoch`` those of the sparser series)."""
     import pandas as pd
 
-    a, b = series(runs, *x, run=run), series(runs, *y, run=run)
+    a = series(runs.records, x[1], x[0], run=run)
+    b = series(runs.records, y[1], y[0], run=run)
     if len(a) == 0 or len(b) == 0:
         return pd.DataFrame(columns=["step", "epoch", "x", "y"])
     if len(b) < len(a):

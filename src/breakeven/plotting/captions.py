@@ -12,7 +12,6 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from ..analysis import Runs
-from ..records import EVAL_MEASURE
 from ._data import crossings, has_key, resolve
 from .api import FIGURES
 from .figures import MIN_WINDOWS, _batch_size_of, eos_threshold_label
@@ -72,7 +71,7 @@ def _over_training(kind: str, fig: Figure, runs: Runs, options: dict[str, Any]) 
             f"; dashed lines: each run's first evaluation with training accuracy ≥ {_ts(reached)}"
         )
     unreached = {float(t) for t in thresholds} - reached
-    if not has_key(runs, EVAL_MEASURE, "train_acc"):
+    if not has_key(runs, None, "train_acc"):
         text += "; no training accuracy recorded, so no threshold lines"
     elif unreached:
         text += f"; no run reached training accuracy {_ts(unreached)}"
@@ -128,7 +127,7 @@ def _embedding(fig: Figure, runs: Runs, options: dict[str, Any]) -> str:
     until = options.get("until_accuracy")
     if until is None:
         steps = "every step with recorded predictions"
-        if not has_key(runs, EVAL_MEASURE, "train_acc"):
+        if not has_key(runs, None, "train_acc"):
             steps += " (no training accuracy recorded to cut them at)"
     else:
         accuracy = resolve(runs, "train_acc")

@@ -282,7 +282,7 @@ def _colour_values(runs: Runs, points: Any, measure: str, key: str) -> np.ndarra
     """The value of (measure, key) of each embedded point's run at the nearest step."""
     out = np.full(len(points), np.nan)
     for run, idx in points.groupby("run").groups.items():
-        df = series(runs, measure, key, run=run)
+        df = series(runs.records, key, measure, run=run)
         if len(df) == 0:
             continue
         j = match_nearest(df["step"], points.loc[idx, "step"])

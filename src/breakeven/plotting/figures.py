@@ -31,10 +31,9 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-from ..analysis import Runs, break_even_points, trajectory_max
+from ..analysis import DEFAULT_THRESHOLDS, Runs, break_even_points, trajectory_max
+from ..records import SLQ_SIGMA2, key_info, key_label, slq_density
 from ._data import (
-    KEY_MEASURE,
-    PREFERRED,
     Groups,
     RunsLike,
     as_runs,
@@ -69,8 +68,6 @@ __all__ = [
 
 #: The keys of the default trajectory panel (paper Figs. 4, 5, 18).
 DEFAULT_KEYS = ("lambda_K_1", "condition_K", "trace_K", "lambda_H_1")
-#: The figure's thresholds of training accuracy (dashed vertical lines), as in Fig. 4.
-DEFAULT_THRESHOLDS = (0.65,)
 #: A series is smoothed only when it holds at least this many windows of records.
 MIN_WINDOWS = 3
 #: A series of fewer records than this is drawn with a marker at each record.
@@ -78,66 +75,15 @@ SPARSE = 15
 #: The legend entry of the marks of values recorded as NaN (not resolved).
 UNRESOLVED_LABEL = "not resolved (recorded as NaN)"
 
-LABELS = {
-    "lambda_K_1": r"$\lambda_K^1$",
-    "lambda_K_star": r"$\lambda_K^*$",
-    "condition_K": r"$\lambda_K^*/\lambda_K^1$",
-    "trace_K": r"$\mathrm{Tr}(\mathbf{K})$",
-    "per_example_lambda_K_1": r"$M\,\lambda_K^1$",
-    "per_example_trace_K": r"$M\,\mathrm{Tr}(\mathbf{K})$",
-    "lambda_H_1": r"$\lambda_H^1$",
-    "trace_H": r"$\mathrm{Tr}(\mathbf{H})$",
-    "alignment": r"$\|g\|/\|g_5\|$",
-    "gamma_norm_last": r"$\|\gamma\|$ (last BN layer)",
-    "stability": r"$(1-\eta\lambda_H^1)^2 + s^2\eta^2 (N-S)/(S(N-1))$",
-    "break_even": "break-even reached",
-    "s2": r"$s^2$",
-    "eos_ratio": r"$\lambda_H^1 / (2/\eta)$",
-    "eos_threshold": r"$2/\eta$",
-    "sharpness": r"$\lambda_H^1$ (tracked every step)",
-    "delta_loss": r"$\Delta\mathcal{L}$",
-    "loss_before": r"$\mathcal{L}$ before the step",
-    "loss_after": r"$\mathcal{L}$ after the step",
-    "noise_scale": r"$B_\mathrm{simple}$",
-    "train_acc": "training accuracy",
-    "val_acc": "validation accuracy",
-    "train_loss": "training loss",
-    "val_loss": "validation loss",
-    "probe_loss": "probe loss",
-    "probe_accuracy": "probe accuracy",
-    "val_accuracy": "validation accuracy",
-    "param_norm": r"$\|\theta\|$",
-    "lr": r"$\eta$",
-}
-
-
-def _usual_measures(key: str) -> set[str]:
-    """The measures that record ``key`` under their default names."""
-    if key.startswith(("lambda_H_", "residual_H_")):
-        return {"hessian", "stability", "edge_of_stability"}
-    if key.startswith("gamma_norm"):
-        return {"batchnorm"}
-    if key.startswith("eig_K_"):
-        return {"covariance"}
-    usual = {m for m in PREFERRED.get(key, ()) if m}
-    if key in KEY_MEASURE:
-        usual.add(KEY_MEASURE[key])
-    return usual
-
 
 def label_of(key: str, measure: str | None = None) -> str:
-    """The axis label of a key (math names, e.g. ``r"$\\lambda_K^1$"``); a key read from a
-    measure that does not usually record it (e.g. ``covariance_m1``) gets the measure's name
-    in brackets."""
-    if key in LABELS:
-        text = LABELS[key]
-    elif key.startswith("lambda_H_"):
-        text = rf"$\lambda_H^{{{key.rsplit('_', 1)[1]}}}$"
-    elif key.startswith("gamma_norm/"):
-        text = rf"$\|\gamma\|$ ({key.split('/', 1)[1]})"
-    else:
-        text = key
-    if measure is not None and measure != key and measure not in _usual_measures(key):
+    """The axis label of a key: its label in the key catalogue
+    (:func:`breakeven.records.key_label`: math names, e.g. ``r"$\\lambda_K^1$"``); a key read
+    from a measure that does not emit it under its registered name (e.g. ``covariance_m1``)
+    gets the measure's name in brackets."""
+    text = key_label(key)
+    info = key_info(key)
+    if measure is not None and measure != key and measure not in (info.measures if info else ()):
         text += f" [{measure}]"
     return text
 
@@ -256,14 +202,15 @@ def _draw_trajectory(
     all_values: list[float] = []
     smoothed, reached, n_unresolved = False, set(), 0
     for run in runs.table["run"]:
-        df = series(runs, measure, key, run=run)
-        if len(df) == 0 and len(unresolved(runs, measure, key, run=run)) == 0:
+        rows = series(runs.records, key, measure, run=run, dropna=False)
+        if len(rows) == 0:
             continue
+        df = rows[np.isfinite(rows["value"].to_numpy(dtype=float))]
         xs, ys = df[x].to_numpy(dtype=float), df["value"].to_numpy()
         all_values += list(ys)
         colour = g.color[run]
         smoothed |= _draw_series(ax, xs, ys, run, color=colour, lw=g.linewidth(run), smooth=smooth)
-        nan_rows = unresolved(runs, measure, key, run=run)
+        nan_rows = unresolved(rows)
         if len(nan_rows):  # recorded as NaN: a mark along the bottom, never a value
             n_unresolved += len(nan_rows)
             ax.plot(
@@ -331,8 +278,10 @@ def plot_trajectory(
 ) -> Figure:
     """One tracked key over training (paper Figs. 4, 5, 10-26): a curve per run, coloured by
     the swept value (seeds of one value share a colour, thinner), and dashed vertical lines
-    at the first evaluation where training accuracy (``accuracy_key``, default the
-    evaluation's ``train_acc``; None: no lines) is >= each of ``thresholds``. A run's series
+    at the first evaluation where training accuracy (``accuracy_key``, default ``train_acc``
+    of the evaluation, else of the ``train_accuracy`` measure; None: no lines) is >= each of
+    ``thresholds`` (default :data:`breakeven.analysis.DEFAULT_THRESHOLDS`, the tables'
+    thresholds). A run's series
     of at least 3 x ``smooth`` records is drawn as its centred moving average over
     ``smooth`` records (bold) over its recorded values (thin, faint); a shorter one (or any,
     with ``smooth <= 1``) as its recorded values alone, with markers when it has fewer than
@@ -600,7 +549,7 @@ def _pearson(x: np.ndarray, y: np.ndarray) -> float:
 
 
 def _batch_size_of(runs: Runs, measure: str) -> str:
-    df = series(runs, measure, "M")
+    df = series(runs.records, "M", measure)
     vals = sorted(set(df["value"]))
     return ", ".join(f"{v:g}" for v in vals) if vals else "?"
 
@@ -656,26 +605,22 @@ def spectral_density(
     nodes: Sequence[float],
     weights: Sequence[float],
     grid: Sequence[float] | None = None,
-    sigma2: float = 1e-5,
+    sigma2: float = SLQ_SIGMA2,
     num: int = 10000,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The Gaussian-broadened density of an SLQ quadrature (PyHessian's ``density_generate``):
-    sum_i w_i N(t; node_i, s^2) with variance s^2 = ``sigma2`` * max(1, span of the nodes),
-    normalised to integrate to 1 over ``grid`` (default ``num`` points from min - 1% span to
-    max + 1% span). Returns (grid, density)."""
+    """The Gaussian-broadened density of an SLQ quadrature (PyHessian's ``density_generate``,
+    by :func:`breakeven.records.slq_density`, the one broadening): sum_i w_i N(t; node_i,
+    s^2) with variance s^2 = ``sigma2`` * max(1, span of the nodes), normalised to integrate
+    to 1 over ``grid`` (default ``num`` points from min - 1% span to max + 1% span). Returns
+    (grid, density)."""
     t = np.asarray(nodes, dtype=float)
-    w = np.asarray(weights, dtype=float)
     lo, hi = t.min(), t.max()
     span = hi - lo
     if grid is None:
         pad = 0.01 * max(span, 1.0)
         grid = np.linspace(lo - pad, hi + pad, num)
     grid = np.asarray(grid, dtype=float)
-    var = sigma2 * max(1.0, span)
-    d = np.zeros_like(grid)
-    for start in range(0, len(t), 64):
-        dt = grid[:, None] - t[None, start : start + 64]
-        d += (np.exp(-(dt**2) / (2 * var)) / np.sqrt(2 * np.pi * var)) @ w[start : start + 64]
+    d = slq_density(t, weights, grid, sigma2 * max(1.0, span))
     area = float(np.sum((d[1:] + d[:-1]) / 2 * np.diff(grid))) if len(grid) > 1 else d.sum()
     return grid, d / area if area > 0 else d
 
@@ -693,12 +638,12 @@ def _row(runs: Runs, run: str, measure: str, step: int) -> dict[str, float]:
 
 def _peak_step(runs: Runs, run: str, measure: str, key: str) -> int | None:
     """The step of the run's maximum of ``key``, by the one convention of the tables."""
-    peak = trajectory_max(series(runs, measure, key, run=run))
+    peak = trajectory_max(series(runs.records, key, measure, run=run))
     return None if peak is None else peak.step
 
 
 def _nearest_step(runs: Runs, run: str, measure: str, key: str, step: int) -> int | None:
-    df = series(runs, measure, key, run=run)
+    df = series(runs.records, key, measure, run=run)
     if len(df) == 0:
         return None
     s = df["step"].to_numpy()
@@ -905,7 +850,7 @@ def plot_stability(
     values: list[float] = []
     points = _break_even(runs, measure)
     for run in runs.table["run"]:
-        df = series(runs, measure, "stability", run=run)
+        df = series(runs.records, "stability", measure, run=run)
         if len(df) == 0:
             continue
         xs, ys = df[x].to_numpy(dtype=float), df["value"].to_numpy()
@@ -993,7 +938,7 @@ def plot_edge_of_stability(
     for run in runs.table["run"]:
         colour, lw = g.color[run], g.linewidth(run)
         for key, ls in ((value, "-"), ("eos_threshold", "--")):
-            df = series(runs, measure, key, run=run)
+            df = series(runs.records, key, measure, run=run)
             if len(df) == 0:
                 continue
             values += list(df["value"])

@@ -23,7 +23,7 @@ from ..analysis import (
     break_even_points,
     verdicts,
 )
-from ..records import EVAL_MEASURE, atomic_write
+from ..records import atomic_write
 from ._data import RunsLike, as_runs, has_key
 from ._progress import listening
 from .api import FIGURES, available_figures
@@ -75,11 +75,11 @@ def _png(fig: Any) -> str:
 def figure_options(kind: str, runs: Runs, thresholds: Sequence[float]) -> dict[str, Any]:
     """The options the report draws the figure ``kind`` with: the report's accuracy
     thresholds for the trajectories; for the embedding, each run's steps up to 65% training
-    accuracy (:data:`FIG1_UNTIL_ACCURACY`, as the paper's Fig. 1) when the evaluation
-    recorded ``train_acc``."""
+    accuracy (:data:`FIG1_UNTIL_ACCURACY`, as the paper's Fig. 1) when ``train_acc`` was
+    recorded (by the evaluation or the ``train_accuracy`` measure)."""
     if kind == "trajectories":
         return {"thresholds": list(thresholds)}
-    if kind == "embedding" and has_key(runs, EVAL_MEASURE, "train_acc"):
+    if kind == "embedding" and has_key(runs, None, "train_acc"):
         return {"until_accuracy": FIG1_UNTIL_ACCURACY}
     return {}
 

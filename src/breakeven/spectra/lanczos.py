@@ -6,7 +6,6 @@ so the dense case serves as the test oracle.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -15,6 +14,7 @@ from torch import Tensor
 
 from .._core.checks import check_int
 from ..operators.linear import LinearOperator, as_matvec
+from ..records import slq_density
 
 
 @dataclass(frozen=True)
@@ -236,7 +236,8 @@ class SpectralDensity:
     For each of the ``num_probes`` random unit vectors v, ``v^T f(A) v ~ sum_j w_j f(t_j)``
     with nodes t_j (Ritz values) and weights w_j (squared first components of the Ritz
     vectors, summing to 1). The density is the average over probes of
-    ``sum_j w_j N(t - t_j; sigma^2)``; it integrates to 1 (multiply by D for counts).
+    ``sum_j w_j N(t - t_j; sigma^2)`` (:meth:`density`); it integrates to 1 (multiply by D
+    for counts).
 
     Attributes:
         nodes: (num_probes, m) float64.
@@ -251,14 +252,16 @@ class SpectralDensity:
     num_matvecs: int
 
     def density(self, grid: Tensor, sigma: float | None = None) -> Tensor:
-        """Density on ``grid``: Gaussian kernel of width ``sigma`` (default: 1% of range)."""
+        """Density on ``grid`` (float64, on ``grid``'s device): the average over probes of
+        ``sum_j w_j N(t; t_j, sigma^2)``, by the one Gaussian broadening of an SLQ
+        quadrature, :func:`breakeven.records.slq_density` (the figures' too). ``sigma``: the
+        Gaussian's standard deviation; default ``sqrt(SLQ_SIGMA2 * max(1, span of the
+        nodes))`` (PyHessian's width, :data:`breakeven.records.SLQ_SIGMA2`)."""
         grid = torch.as_tensor(grid, dtype=torch.float64)
-        if sigma is None:
-            span = float(self.nodes.max() - self.nodes.min())
-            sigma = 0.01 * span if span > 0 else 1.0
-        z = (grid[:, None, None] - self.nodes[None]) / sigma
-        kernel = torch.exp(-0.5 * z**2) / (sigma * math.sqrt(2 * math.pi))
-        return (kernel * self.weights[None]).sum(dim=2).mean(dim=1)
+        nodes, weights = self.nodes.detach().cpu(), self.weights.detach().cpu() / len(self.nodes)
+        var = None if sigma is None else float(sigma) ** 2
+        d = slq_density(nodes.numpy(), weights.numpy(), grid.cpu().numpy(), var)
+        return torch.from_numpy(d).to(grid.device)
 
     def trace(self) -> float:
         """The trace estimate D * mean_v sum_j w_j t_j (Hutchinson with exact quadrature)."""

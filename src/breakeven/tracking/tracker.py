@@ -248,6 +248,7 @@ class Tracker(TrainHooks):
             val_data=self._on(device, "val_data"),
             state=self.state_,
             distributed=self.distributed,
+            train_data=self.train_data,
         )
 
     def _part(self, data: Batch) -> Batch:
