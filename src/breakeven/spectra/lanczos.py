@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from ..operators.base import LinearOperator, as_matvec
+from ._progress import product_bar
 
 
 @dataclass(frozen=True)
@@ -250,12 +251,36 @@ class SpectralDensity:
     dim: int
     num_matvecs: int
 
-    def density(self, grid: Tensor, sigma: float | None = None) -> Tensor:
-        """Density on ``grid``: Gaussian kernel of width ``sigma`` (default: 1% of range)."""
-        grid = torch.as_tensor(grid, dtype=torch.float64)
+    def sigma(self) -> float:
+        """The default kernel width: 1% of the range of the Ritz values; when they coincide
+        (a range below 1e-6 of their magnitude, rounding), 1% of their magnitude (1% when
+        they are all 0)."""
+        span = float(self.nodes.max() - self.nodes.min())
+        size = float(self.nodes.abs().max())
+        if span <= 1e-6 * size or span == 0:
+            span = size or 1.0
+        return 0.01 * span
+
+    def grid(self, num_points: int = 400, sigma: float | None = None) -> Tensor:
+        """``num_points`` evenly spaced points (float64) over the range of the Ritz values,
+        padded on each side by ``3 sigma`` (default :meth:`sigma`), so that the density's
+        kernels fall to about 1% of their peak at its ends: where :meth:`density` is
+        evaluated when no grid is given."""
+        if num_points < 2:
+            raise ValueError(f"num_points must be at least 2, got {num_points}")
+        pad = 3 * (self.sigma() if sigma is None else sigma)
+        lo, hi = float(self.nodes.min()) - pad, float(self.nodes.max()) + pad
+        return torch.linspace(lo, hi, num_points, dtype=torch.float64)
+
+    def density(self, grid: Tensor | None = None, sigma: float | None = None) -> Tensor:
+        """The density on ``grid`` (default :meth:`grid` with this ``sigma``: plot it as
+        ``result.grid(), result.density()``), a Gaussian kernel of width ``sigma`` (default
+        :meth:`sigma`) around each Ritz value. Costs no products."""
         if sigma is None:
-            span = float(self.nodes.max() - self.nodes.min())
-            sigma = 0.01 * span if span > 0 else 1.0
+            sigma = self.sigma()
+        grid = (
+            self.grid(sigma=sigma) if grid is None else torch.as_tensor(grid, dtype=torch.float64)
+        )
         z = (grid[:, None, None] - self.nodes[None]) / sigma
         kernel = torch.exp(-0.5 * z**2) / (sigma * math.sqrt(2 * math.pi))
         return (kernel * self.weights[None]).sum(dim=2).mean(dim=1)
@@ -271,22 +296,34 @@ def slq(
     num_probes: int = 5,
     num_steps: int = 80,
     seed: int = 0,
+    progress: bool = False,
 ) -> SpectralDensity:
     """Stochastic Lanczos quadrature: ``num_probes`` Rademacher start vectors,
-    ``num_steps`` Lanczos steps each (capped at D), full re-orthogonalisation."""
+    ``num_steps`` Lanczos steps each (capped at D), full re-orthogonalisation.
+
+    Cost: ``num_probes * min(num_steps, D)`` products with A (400 by default).
+    ``progress=True`` shows a bar over them on stderr."""
     matvec, dim, dtype = as_matvec(A)
     if num_probes < 1 or num_steps < 1:
         raise ValueError("num_probes and num_steps must be positive")
     steps = min(num_steps, dim)
     generator = torch.Generator().manual_seed(seed)
     nodes, weights, used = [], [], 0
-    for _ in range(num_probes):
-        z = torch.randint(0, 2, (dim,), generator=generator, dtype=torch.float64) * 2 - 1
-        kr = _Krylov(matvec, dim, dtype, A.device, z[None], steps, generator)
-        while not kr.exhausted:
-            kr.step()
-        theta, S = kr.ritz()
-        nodes.append(theta)
-        weights.append(S[0] ** 2)
-        used += kr.num_matvecs
+    bar = product_bar(progress, num_probes * steps, "spectral density")
+    try:
+        for _ in range(num_probes):
+            z = torch.randint(0, 2, (dim,), generator=generator, dtype=torch.float64) * 2 - 1
+            kr = _Krylov(matvec, dim, dtype, A.device, z[None], steps, generator)
+            while not kr.exhausted:
+                before = kr.num_matvecs
+                kr.step()
+                if bar is not None:
+                    bar.update(kr.num_matvecs - before)
+            theta, S = kr.ritz()
+            nodes.append(theta)
+            weights.append(S[0] ** 2)
+            used += kr.num_matvecs
+    finally:
+        if bar is not None:
+            bar.close()
     return SpectralDensity(torch.stack(nodes), torch.stack(weights), dim, used)
