@@ -16,7 +16,7 @@
 
 Options that take several values take them comma-separated (``--thresholds 0.5,0.65``);
 repeating the option adds more. The old spellings ``--threshold T`` and ``--key K`` of
-``plot`` still work (hidden from ``--help``, with a note on stderr).
+``plot`` still work (deprecated, hidden from ``--help``).
 
 Exit codes: 0 finished, 1 the run failed or diverged, 2 invalid config, arguments or output
 directory (nothing was trained), or a run or sweep file that cannot be read or written safely
@@ -130,23 +130,16 @@ def _comma_list(convert: Any) -> Any:
     return parse
 
 
-class _DeprecatedAlias(argparse._ExtendAction):
-    """An old spelling of an option (hidden from --help): works, with a note on stderr."""
-
-    def __init__(self, *args: Any, new: str = "", **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.new = new
-
-    def __call__(self, parser, namespace, values, option_string=None) -> None:
-        print(f"note: {option_string} is deprecated; use {self.new} A,B,...", file=sys.stderr)
-        super().__call__(parser, namespace, values, option_string)
+#: Old spellings that still work, hidden from ``--help``: old -> new.
+DEPRECATED = {"--threshold": "--thresholds", "--key": "--keys"}
 
 
 def _list_option(
     parser: argparse.ArgumentParser, name: str, old: str, convert: Any, metavar: str, help: str
 ) -> None:
     """``--NAME A,B,...`` (also repeated: the lists are joined), and ``--OLD A`` (the old,
-    repeated spelling) as a hidden deprecated alias of it."""
+    repeated spelling) as a deprecated alias of it, hidden from ``--help`` (listed in
+    :data:`DEPRECATED`)."""
     dest = name.removeprefix("--")
     parser.add_argument(
         name,
@@ -156,13 +149,9 @@ def _list_option(
         metavar=f"{metavar},...",
         help=help + " (comma-separated; repeating the option adds more)",
     )
+    assert old in DEPRECATED
     parser.add_argument(
-        old,
-        dest=dest,
-        action=_DeprecatedAlias,
-        new=name,
-        type=_comma_list(convert),
-        help=argparse.SUPPRESS,
+        old, dest=dest, action="extend", type=_comma_list(convert), help=argparse.SUPPRESS
     )
 
 
@@ -274,9 +263,8 @@ def _parser() -> argparse.ArgumentParser:
         help="a progress bar on stderr over the figures drawn (default: when stderr is a terminal)",
     )
     f = _sub(sub, "plot", "draw a figure of runs and sweeps (PNG, PDF or SVG)")
-    f.add_argument(
-        "kind", metavar="KIND", choices=PLOT_KINDS, help="one of: " + ", ".join(PLOT_KINDS)
-    )
+    # not choices=: plot() names the kinds in its one-line error (exit 2, as for other errors)
+    f.add_argument("kind", metavar="KIND", help="one of: " + ", ".join(PLOT_KINDS))
     f.add_argument(
         "paths", nargs="+", metavar="RUN_OR_SWEEP", help="run and sweep directories, drawn together"
     )
