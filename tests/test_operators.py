@@ -285,3 +285,41 @@ def test_k_of_convolutional_and_recurrent_models_is_computed_by_a_loop():
     looped = stored_gradient_blocks(c.model, c.loss_fn, xs, ys, bn_mode="train", storage="memory")
     vmapped = gradient_blocks(c.model, c.loss_fn, xs, ys, bn_mode="train", per_pass=None)
     torch.testing.assert_close(torch.cat(looped, 1), torch.cat(vmapped, 1), rtol=1e-12, atol=1e-14)
+
+
+class _ReadsAValue(torch.nn.Module):
+    """A tiny model vmap cannot batch: its forward pass reads a value (``.item()``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = torch.nn.Linear(3, 2)
+
+    def forward(self, x):
+        h = self.lin(x)
+        return h if h.abs().sum().item() >= 0 else -h
+
+
+@pytest.mark.parametrize("n_models", [1, 2])
+def test_a_model_vmap_cannot_batch_warns_once_per_model_in_one_line(n_models):
+    import warnings
+
+    torch.manual_seed(0)
+    models = [_ReadsAValue().double() for _ in range(n_models)]
+    x = torch.randn(6, 3, dtype=torch.float64)
+    y = torch.tensor([0, 1, 0, 1, 1, 0])
+    loss_fn = torch.nn.functional.cross_entropy
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(3):  # three measurements of each model
+            results = [be.per_example_gradient_covariance(m, loss_fn, x, y) for m in models]
+    assert len(caught) == n_models, [str(w.message) for w in caught]  # nothing from PyTorch
+    for w in caught:
+        message = str(w.message)
+        assert w.category is RuntimeWarning and "\n" not in message and len(message) < 250
+        assert message.startswith("torch.func.vmap cannot batch this model (_ReadsAValue;")
+    for m, s in zip(models, results):  # the loop gives the exact per-example K
+        loop = [(x[i : i + 1], y[i : i + 1]) for i in range(6)]
+        K = dense_covariance(dense_gradients(m, loss_fn, loop, bn_mode="eval"))
+        torch.testing.assert_close(
+            s.eigenvalues[:5], torch.linalg.eigvalsh(K).flip(0)[:5], rtol=1e-8, atol=1e-13
+        )

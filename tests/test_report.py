@@ -131,6 +131,61 @@ def test_renders_in_headless_chromium_with_every_image_loaded(made, tmp_path):
     assert (img < 100).mean() > 0.005  # dark pixels: text and plotted lines
 
 
+LAYOUT_PROBE = """<script>window.addEventListener('load', () => {
+  const width = document.documentElement.clientWidth;
+  const scrolled = el => el.parentElement && el.parentElement.closest('.scroll');
+  const over = [...document.body.querySelectorAll('*')]
+    .filter(el => !scrolled(el) && el.getBoundingClientRect().right > width + 0.5)
+    .map(el => `${el.tagName}.${el.className}`);
+  const wide = [...document.querySelectorAll('.scroll')]
+    .filter(el => el.scrollWidth > el.clientWidth).length;
+  const img = document.querySelector('#fig-trajectories img');
+  const fitted = img.getBoundingClientRect().width;
+  const column = img.closest('figure').getBoundingClientRect().width;
+  img.click();
+  const zoomed = img.closest('figure').classList.contains('zoom');
+  const full = img.getBoundingClientRect().width;
+  const report = {width, scrollWidth: document.documentElement.scrollWidth, over, wide,
+    fitted, column, natural: img.naturalWidth, zoomed, full};
+  document.body.insertAdjacentHTML('beforeend',
+    `<pre id="layout">${JSON.stringify(report)}</pre>`);
+});</script>"""
+
+
+@pytest.mark.slow  # browser: make test-slow (CI runs it)
+@pytest.mark.skipif(_chromium() is None, reason="chromium is not installed (make test installs it)")
+def test_nothing_overflows_a_1280_px_window_and_figures_open_full_size(made, tmp_path):
+    import json
+
+    _, page = made
+    probe = tmp_path / "layout.html"
+    probe.write_text(page.replace("</body>", LAYOUT_PROBE + "</body>"))
+    flags = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars"]
+    flags += ["--virtual-time-budget=10000", "--window-size=1280,2000"]
+    dom = subprocess.run(
+        [*flags, "--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=120
+    ).stdout
+    found = re.findall(r'<pre id="layout">(\{.*?)</pre>', dom)  # not the probe's own text
+    assert found, dom[-2000:]
+    layout = json.loads(html.unescape(found[-1]))
+    assert layout["width"] == 1280
+    assert layout["scrollWidth"] <= 1280 and layout["over"] == [], layout
+    assert layout["wide"] >= 1  # the break-even table is wider than the page: it scrolls
+    # the four-panel figure takes the page width, and a click shows it at its full size
+    assert layout["natural"] > layout["column"] > 1100
+    assert abs(layout["fitted"] - layout["column"]) <= 1
+    assert layout["zoomed"] and 0 <= layout["full"] - layout["natural"] <= 2  # + its border
+
+
+def test_tables_scroll_and_figures_enlarge_on_a_click(made):
+    _, page = made
+    tables = page.count("<table>")
+    assert tables >= 3 and page.count('<div class="scroll"><table>') == tables
+    assert ".scroll { overflow-x: auto;" in page and "figure.zoom img { max-width: none;" in page
+    assert "classList.toggle('zoom')" in page.split("<script>")[-1]
+    assert page.count('title="click to enlarge"') == len(images(page))
+
+
 def _html_table(page, heading):
     """The header and rows (cell texts) of the first table after ``<h2>heading</h2>``."""
     part = page.split(f"<h2>{heading}</h2>", 1)[1].split("</table>", 1)[0]

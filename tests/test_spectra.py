@@ -111,6 +111,43 @@ def test_slq_nodes_weights_and_trace():
     assert abs(float(torch.trapezoid(density, grid)) - 1.0) < 1e-3
 
 
+@pytest.mark.parametrize(
+    "eigenvalues",
+    [[-2.0, 0.5, 1.0, 40.0], [3.0] * 6, [1e-4, 2e-4, 5e-4, 1e-3], list(range(-20, 21))],
+)
+@pytest.mark.parametrize("sigma", [None, 0.5])
+def test_slq_density_defaults_to_a_grid_over_the_ritz_values(eigenvalues, sigma):
+    A = sym(eigenvalues, seed=len(eigenvalues))
+    res = be.slq(A, num_probes=2, num_steps=len(eigenvalues))
+    grid = res.grid(sigma=sigma)
+    width = res.sigma() if sigma is None else sigma
+    assert len(grid) >= 400 and grid.dtype == torch.float64
+    assert float(grid[1] - grid[0]) <= width / 3 * (1 + 1e-9)  # the kernels are resolved
+    torch.testing.assert_close(grid[0], res.nodes.min() - 3 * width)
+    torch.testing.assert_close(grid[-1], res.nodes.max() + 3 * width)
+    density = res.density(sigma=sigma)
+    torch.testing.assert_close(density, res.density(grid, sigma))
+    # the grid holds the whole density: it integrates to one (tails beyond 3 sigma: 0.3%)
+    assert abs(float(torch.trapezoid(density, grid)) - 1.0) < 5e-3
+    with pytest.raises(ValueError, match="num_points"):
+        res.grid(num_points=1)
+
+
+@pytest.mark.parametrize("estimator", ["slq", "hutchinson"])
+def test_slow_estimators_show_progress_over_their_products(estimator, capsys):
+    A = random_sym(12, 3)
+    if estimator == "slq":
+        res = be.slq(A, num_probes=3, num_steps=80, progress=True)  # capped at D = 12
+        used = res.num_matvecs
+        assert used == 36
+    else:
+        used = be.hutchinson(A, 7, block_size=3, progress=True).num_matvecs
+    err = capsys.readouterr().err
+    assert f"{used}/{used}" in err and "product" in err
+    (be.slq(A, num_probes=1) if estimator == "slq" else be.hutchinson(A, 3))
+    assert capsys.readouterr().err == ""  # off by default
+
+
 def test_slq_trace_converges():
     A = random_sym(100, 5) + 2 * torch.eye(100, dtype=torch.float64)
     exact = float(A.trace())

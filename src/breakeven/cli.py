@@ -9,11 +9,16 @@
                     [--log tensorboard|mlflow|wandb ...]
     breakeven verdict SWEEP_DIR... [--support F] [--min-pairs N] [--thresholds a,b,...]
     breakeven presets
-    breakeven show RUN_DIR
+    breakeven show RUN_OR_SWEEP
     breakeven export RUN_OR_SWEEP [--to tensorboard|parquet|csv] [--out PATH]
     breakeven report RUN_OR_SWEEP... [--out report.html] [--thresholds a,b,...]
                      [--progress | --no-progress]
-    breakeven plot KIND RUN_OR_SWEEP... --out FILE.png|pdf|svg [--key KEY ...] [--threshold T ...]
+    breakeven plot KIND RUN_OR_SWEEP... --out FILE.png|pdf|svg [--keys K1,K2] [--thresholds a,b]
+    breakeven --version
+
+Options that take several values take them comma-separated (``--thresholds 0.5,0.65``);
+repeating the option adds more. The old spellings ``--threshold T`` and ``--key K`` of
+``plot`` still work (deprecated, hidden from ``--help``).
 
 Exit codes: 0 finished, 1 the run failed or diverged, 2 invalid config, arguments or output
 directory (nothing was trained), or a run or sweep file that cannot be read or written safely
@@ -59,13 +64,134 @@ LOG_HELP = (
     "mlflow.tracking_uri=URI"
 )
 
+EXIT_CODES = """exit codes:
+  0    finished (every run of a sweep finished or diverged; a command that reads records)
+  1    a run failed or diverged (run), or a run of the sweep failed (sweep)
+  2    invalid arguments, config or output directory (nothing was trained), a dataset
+       that cannot be found or read (reported once), or a run or sweep file that cannot
+       be read or written safely (a one-line message naming the file)
+  130  `breakeven run` was interrupted (Ctrl-C): its status says so; rerun to resume
+  143  `breakeven run` was terminated (SIGTERM): its status says so; rerun to resume
+"""
+
+#: Examples shown at the end of each subcommand's help.
+EXAMPLES = {
+    "run": """examples:
+  breakeven run fig4_simplecnn_lr --scale quick
+  breakeven run my.toml --set train.lr=0.05 --set track.covariance.every=100 --out runs/a""",
+    "sweep": """examples:
+  breakeven sweep fig4_simplecnn_lr --scale quick --workers 2
+  breakeven sweep fig4_simplecnn_lr --grid lr=0.1,0.01 --grid batch_size=64,128 --seeds 3""",
+    "verdict": """examples:
+  breakeven verdict runs/sweeps/fig4_simplecnn_lr-quick
+  breakeven verdict runs/sweeps/a runs/sweeps/b --thresholds 0.5,0.65 --min-pairs 2""",
+    "presets": """example:
+  breakeven presets""",
+    "show": """examples:
+  breakeven show runs/fig4_simplecnn_lr
+  breakeven show runs/sweeps/fig4_simplecnn_lr-quick    (one line per run)""",
+    "export": """examples:
+  breakeven export runs/sweeps/fig4_simplecnn_lr-quick --to parquet
+  breakeven export runs/fig4_simplecnn_lr --to tensorboard --out tb/""",
+    "report": """examples:
+  breakeven report runs/sweeps/fig4_simplecnn_lr-quick
+  breakeven report runs/sweeps/a runs/sweeps/b --out report.html --thresholds 0.5,0.65""",
+    "plot": """examples:
+  breakeven plot trajectories runs/sweeps/fig4_simplecnn_lr-quick --out traj.png
+  breakeven plot trajectories RUN --keys lambda_K_1,trace_K --thresholds 0.5,0.65 --out t.svg""",
+}
+
+
+def _version() -> str:
+    """The installed distribution's version (package metadata), else the package's own."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("breakeven")
+    except PackageNotFoundError:  # pragma: no cover  (run from a source tree)
+        from . import __version__
+
+        return __version__
+
+
+def _preset_scales() -> list[str]:
+    """The scales the bundled presets offer (``full`` first), read from their TOML files."""
+    from .experiments.configs import FULL, PRESETS_DIR, list_presets, list_scales, load_config
+
+    scales = [FULL]
+    for name in list_presets():
+        for scale in list_scales(load_config(PRESETS_DIR / f"{name}.toml")):
+            if scale not in scales:
+                scales.append(scale)
+    return scales
+
+
+def _comma_list(convert: Any) -> Any:
+    """An argparse ``type``: ``"a,b"`` as a list of ``convert``-ed items (empty items dropped)."""
+
+    def parse(text: str) -> list[Any]:
+        try:
+            return [convert(t.strip()) for t in text.split(",") if t.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is invalid: must be comma-separated values like 0.5,0.65"
+            ) from None
+
+    parse.__name__ = getattr(convert, "__name__", "value")
+    return parse
+
+
+#: Old spellings that still work, hidden from ``--help``: old -> new.
+DEPRECATED = {"--threshold": "--thresholds", "--key": "--keys"}
+
+
+def _list_option(
+    parser: argparse.ArgumentParser, name: str, old: str, convert: Any, metavar: str, help: str
+) -> None:
+    """``--NAME A,B,...`` (also repeated: the lists are joined), and ``--OLD A`` (the old,
+    repeated spelling) as a deprecated alias of it, hidden from ``--help`` (listed in
+    :data:`DEPRECATED`)."""
+    dest = name.removeprefix("--")
+    parser.add_argument(
+        name,
+        dest=dest,
+        action="extend",
+        type=_comma_list(convert),
+        metavar=f"{metavar},...",
+        help=help + " (comma-separated; repeating the option adds more)",
+    )
+    assert old in DEPRECATED
+    parser.add_argument(
+        old, dest=dest, action="extend", type=_comma_list(convert), help=argparse.SUPPRESS
+    )
+
+
+def _sub(sub: Any, name: str, help: str) -> argparse.ArgumentParser:
+    return sub.add_parser(
+        name,
+        help=help,
+        description=help[0].upper() + help[1:] + ".",
+        epilog=EXAMPLES[name],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="breakeven", description="Track the break-even point of neural-network training."
+        prog="breakeven",
+        description="Track the break-even point of neural-network training.",
+        epilog=EXIT_CODES
+        + "\nRun `breakeven COMMAND --help` for a command's options and examples.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = p.add_subparsers(dest="command", required=True)
-    r = sub.add_parser("run", help="train and track one run (resumes an interrupted one)")
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    scales = ", ".join(_preset_scales())
+    scale_help = (
+        "the config's scale: full (its own values, for a preset the paper's; default) or the "
+        f"name of one of its [scale.NAME] tables; the presets offer: {scales}."
+    )
+    r = _sub(sub, "run", "train and track one run (resumes an interrupted one)")
     r.add_argument("config", help="a TOML file or a preset name (see `breakeven presets`)")
     r.add_argument(
         "--set",
@@ -73,15 +199,16 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a config value, e.g. train.lr=0.05 or track.covariance.every=100",
+        help="override a config value, e.g. train.lr=0.05 or track.covariance.every=100 "
+        "(repeat for more)",
     )
     r.add_argument("--out", help="run directory (default runs/<name>[-<hash of the --set>])")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     r.add_argument("--log", action="append", default=[], metavar="SINK[.KEY=VALUE]", help=LOG_HELP)
-    r.add_argument("--scale", help="a preset's scale: full (the paper's values, default) or quick")
-    w = sub.add_parser("sweep", help="run a preset over a grid of values and seeds (resumable)")
+    r.add_argument("--scale", metavar="SCALE", help=scale_help)
+    w = _sub(sub, "sweep", "run a preset over a grid of values and seeds (resumable)")
     w.add_argument("config", help="a TOML file or a preset name (see `breakeven presets`)")
-    w.add_argument("--scale", help="full (the paper's values, default) or quick (minutes on a CPU)")
+    w.add_argument("--scale", metavar="SCALE", help=scale_help)
     w.add_argument(
         "--grid",
         action="append",
@@ -91,21 +218,35 @@ def _parser() -> argparse.ArgumentParser:
     )
     w.add_argument("--seeds", type=int, help="seeds 0..N-1 (default: the preset's)")
     w.add_argument("--workers", type=int, default=1, help="runs at a time (default 1)")
-    w.add_argument("--backend", choices=["local", "ray"], default="local")
+    w.add_argument(
+        "--backend",
+        choices=["local", "ray"],
+        default="local",
+        help="local: worker processes on this machine (default); ray: Ray tasks of one CPU",
+    )
     w.add_argument("--address", help="Ray cluster address (--backend ray; default: local Ray)")
-    w.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    w.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value in every run, e.g. train.epochs=2 (repeat for more)",
+    )
     w.add_argument("--out", help="sweep directory (default runs/sweeps/<preset>-<scale>)")
     w.add_argument("--log", action="append", default=[], metavar="SINK[.KEY=VALUE]", help=LOG_HELP)
-    v = sub.add_parser("verdict", help="break-even points and conjecture verdicts of sweeps")
-    v.add_argument("paths", nargs="+", metavar="SWEEP_DIR")
+    v = _sub(sub, "verdict", "break-even points and conjecture verdicts of sweeps")
+    v.add_argument(
+        "paths", nargs="+", metavar="SWEEP_DIR", help="sweep (or run) directories, read together"
+    )
     v.add_argument("--support", type=float, help="fraction of ordered pairs (default 0.8)")
     v.add_argument("--min-pairs", type=int, help="fewest untied pairs for a verdict (default 3)")
-    v.add_argument("--thresholds", help=THRESHOLDS_HELP)
-    sub.add_parser("presets", help="list the bundled presets")
-    s = sub.add_parser("show", help="summary table of a run directory")
-    s.add_argument("run_dir")
-    e = sub.add_parser(
-        "export", help="write the records of a run or a sweep as a tidy table or TensorBoard events"
+    _list_option(v, "--thresholds", "--threshold", float, "ACC", THRESHOLDS_HELP)
+    _sub(sub, "presets", "list the bundled presets")
+    s = _sub(sub, "show", "summary table of a run directory, or one line per run of a sweep")
+    s.add_argument("run_dir", metavar="RUN_OR_SWEEP", help="a run directory or a sweep directory")
+    e = _sub(
+        sub, "export", "write the records of a run or a sweep as a tidy table or TensorBoard events"
     )
     e.add_argument("run_dir", metavar="RUN_OR_SWEEP", help="a run directory or a sweep directory")
     e.add_argument(
@@ -120,32 +261,43 @@ def _parser() -> argparse.ArgumentParser:
         help="file (or, for tensorboard, directory) to write "
         "(default RUN_OR_SWEEP/records.<ext> or RUN_OR_SWEEP/tensorboard/)",
     )
-    rp = sub.add_parser("report", help="one self-contained HTML report of runs and sweeps")
-    rp.add_argument("paths", nargs="+", metavar="RUN_OR_SWEEP")
+    rp = _sub(sub, "report", "one self-contained HTML report of runs and sweeps")
+    rp.add_argument(
+        "paths",
+        nargs="+",
+        metavar="RUN_OR_SWEEP",
+        help="run and sweep directories, reported together",
+    )
     rp.add_argument("--out", help="the HTML file (default: report.html in the first directory)")
-    rp.add_argument("--thresholds", help=THRESHOLDS_HELP)
+    _list_option(rp, "--thresholds", "--threshold", float, "ACC", THRESHOLDS_HELP)
     rp.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
         help="a progress bar on stderr over the figures drawn (default: when stderr is a terminal)",
     )
-    f = sub.add_parser("plot", help="draw a figure of runs and sweeps (PNG, PDF or SVG)")
+    f = _sub(sub, "plot", "draw a figure of runs and sweeps (PNG, PDF or SVG)")
+    # not choices=: plot() names the kinds in its one-line error (exit 2, as for other errors)
     f.add_argument("kind", metavar="KIND", help="one of: " + ", ".join(PLOT_KINDS))
-    f.add_argument("paths", nargs="+", metavar="RUN_OR_SWEEP")
-    f.add_argument("--out", required=True, help="the file to write: .png, .pdf or .svg")
     f.add_argument(
+        "paths", nargs="+", metavar="RUN_OR_SWEEP", help="run and sweep directories, drawn together"
+    )
+    f.add_argument("--out", required=True, help="the file to write: .png, .pdf or .svg")
+    _list_option(
+        f,
+        "--keys",
         "--key",
-        action="append",
-        metavar="KEY",
-        help="trajectories: a key to plot (repeat; 'measure:key' picks the measure); "
+        str,
+        "KEY",
+        "trajectories: the keys to plot ('measure:key' picks the measure); "
         "embedding: the background key; m1-vs-m128: the K key",
     )
-    f.add_argument(
+    _list_option(
+        f,
+        "--thresholds",
         "--threshold",
-        action="append",
-        type=float,
-        metavar="ACC",
-        help="trajectories, batchnorm: training accuracy marked by dashed lines (repeat)",
+        float,
+        "ACC",
+        "trajectories, batchnorm: training accuracies marked by dashed lines",
     )
     f.add_argument(
         "--smooth",
@@ -214,10 +366,42 @@ def summarize(run_dir: str | Path) -> list[tuple[str, str]]:
 
 
 def _show(run_dir: str) -> int:
+    from .records import SWEEP_FILE
+
+    if (Path(run_dir) / SWEEP_FILE).exists():
+        return _show_sweep(Path(run_dir))
     rows = summarize(run_dir)
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         print(f"{k:<{width}}  {v}")
+    return 0
+
+
+def _show_sweep(path: Path) -> int:
+    """``breakeven show SWEEP_DIR``: the sweep's runs in its plan's order, one line each
+    (status, steps, final validation accuracy, the maxima of ``breakeven show RUN``); a
+    run not started yet shows ``not started``."""
+    from .analysis import TOP_EIGENVALUES
+    from .records import read_sweep_spec
+
+    maxima = [_max_label(key) for key, _ in TOP_EIGENVALUES]
+    header = ["run", "status", "steps", "val acc", *maxima]
+    table = [header]
+    for run in read_sweep_spec(path).get("runs", []):
+        run_dir = inside(path, "runs", run["name"])
+        try:
+            rows = dict(summarize(run_dir))
+        except FileNotFoundError:  # no config.json: the sweep has not reached this run
+            table.append([run["name"], "not started"] + ["-"] * (len(header) - 2))
+            continue
+        val = rows.get("final val loss / acc", "- / -").rpartition(" / ")[2]
+        table.append(
+            [run["name"], rows["status"], rows["steps"], val, *(rows.get(m, "-") for m in maxima)]
+        )
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    print(f"sweep {path}: {len(table) - 1} runs")
+    for row in table:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
     return 0
 
 
@@ -251,7 +435,7 @@ def _table(df: Any) -> str:
 def _verdict(args: argparse.Namespace) -> int:
     rule = {"support": args.support, "min_pairs": args.min_pairs}
     return _print_verdicts(
-        args.paths, _thresholds(args.thresholds), **{k: v for k, v in rule.items() if v is not None}
+        args.paths, args.thresholds, **{k: v for k, v in rule.items() if v is not None}
     )
 
 
@@ -415,25 +599,14 @@ PLOT_KINDS = (
 
 
 #: Default: breakeven.analysis.DEFAULT_THRESHOLDS (not imported here: it needs numpy).
-THRESHOLDS_HELP = "training accuracies to report crossings of"
-
-
-def _thresholds(text: str | None) -> list[float] | None:
-    """The ``--thresholds`` option as numbers; ``None`` when not given (the default)."""
-    if text is None:
-        return None
-    try:
-        return [float(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        raise ConfigError(f"--thresholds {text!r}: must be numbers like 0.5,0.65") from None
+THRESHOLDS_HELP = "training accuracies to report crossings of (default 0.5,0.65,0.8)"
 
 
 def _report(args: argparse.Namespace) -> int:
     from .plotting import report
 
     out = args.out or inside(args.paths[0], "report.html")
-    thresholds = _thresholds(args.thresholds)
-    given = {} if thresholds is None else {"thresholds": thresholds}
+    given = {} if args.thresholds is None else {"thresholds": args.thresholds}
     print(report(args.paths, out, progress=args.progress, **given))
     return 0
 
@@ -442,14 +615,14 @@ def _plot(args: argparse.Namespace) -> int:
     from .plotting import plot
 
     given = {
-        "thresholds": args.threshold,
+        "thresholds": args.thresholds,
         "smooth": args.smooth,
         "x": args.x,
         "until_accuracy": args.until_accuracy,
     }
     options = {k: v for k, v in given.items() if v is not None}
     try:
-        print(plot(args.kind, args.paths, args.out, keys=args.key, **options))
+        print(plot(args.kind, args.paths, args.out, keys=args.keys, **options))
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -24,11 +24,20 @@ else:  # pragma: no cover
 __all__ = ["PRESETS_DIR", "list_presets", "load_config"]
 
 PRESETS_DIR = Path(__file__).parent / "presets"
+FULL = "full"  # the scale of a preset's own values (the paper's)
 
 
 def list_presets() -> list[str]:
     """Names of the bundled presets (``experiments/presets/*.toml``), sorted."""
     return sorted(p.stem for p in PRESETS_DIR.glob("*.toml"))
+
+
+def list_scales(config: Mapping[str, Any]) -> list[str]:
+    """The scales a config offers: ``"full"`` (its own values) and its ``[scale.*]`` tables."""
+    scales = config.get("scale", {})
+    if not isinstance(scales, Mapping) or not all(isinstance(v, Mapping) for v in scales.values()):
+        raise ConfigError("scale is invalid: must hold tables such as [scale.quick]")
+    return [FULL, *scales]
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

@@ -61,7 +61,7 @@ from ..train import (
     prepare_model,
     train,
 )
-from .configs import PRESETS_DIR, _parse_value, list_presets, load_config
+from .configs import FULL, PRESETS_DIR, _parse_value, list_presets, list_scales, load_config
 
 __all__ = [
     "PRESETS_DIR",
@@ -83,7 +83,6 @@ TABLES = ("train", "track", "run")
 SWEEP_TABLES = ("sweep", "scale")  # read by sweeps and scales; not part of a run's config
 LOG_TABLE = "log"  # live logging sinks: read by run(), not part of a run's config
 TOP_KEYS = ("name", "description", *TABLES, *SWEEP_TABLES, LOG_TABLE)
-FULL = "full"  # the scale of a preset's own values (the paper's)
 RUN_KEYS = {"checkpoint_every": 500}  # key: default
 
 
@@ -161,14 +160,6 @@ def log_table(table: Any = None, flags: Sequence[str] | Mapping[str, Any] = ()) 
             options[key] = _parse_value(value)
         out[name] = options
     return out
-
-
-def list_scales(config: Mapping[str, Any]) -> list[str]:
-    """The scales a config offers: ``"full"`` (its own values) and its ``[scale.*]`` tables."""
-    scales = config.get("scale", {})
-    if not isinstance(scales, Mapping) or not all(isinstance(v, Mapping) for v in scales.values()):
-        raise ConfigError("scale is invalid: must hold tables such as [scale.quick]")
-    return [FULL, *scales]
 
 
 def apply_scale(config: Mapping[str, Any], scale: str | None = None) -> dict[str, Any]:
@@ -629,6 +620,8 @@ class _Progress:
         self.total = 0
         self.first = 0  # the step this process started from (> 0 when resumed)
         self.t0 = self.last_print = 0.0
+        self.step = 0  # steps done
+        self.printed: str | None = None  # the fields of the last line printed (no tqdm)
 
     def start(self, total: int, first: int = 0) -> None:
         self.total, self.first = total, first
@@ -657,6 +650,7 @@ class _Progress:
 
     def update(self, step: int) -> None:
         """``step`` steps are done."""
+        self.step = step
         if self.bar is not None:
             self.bar.set_postfix(self.fields(), refresh=False)
             self.bar.update(step - self.bar.n)
@@ -664,21 +658,34 @@ class _Progress:
         now = time.perf_counter()
         if now - self.last_print < 10 and step % max(1, self.total // 20) and step != self.total:
             return
+        self._print(now)
+
+    def _print(self, now: float) -> None:
         self.last_print = now
-        done = step - self.first
-        left = (self.total - step) * (now - self.t0) / done if done > 0 else math.nan
+        done = self.step - self.first
+        left = (self.total - self.step) * (now - self.t0) / done if done > 0 else math.nan
         text = " ".join(f"{k} {v}" for k, v in self.fields().items())
-        print(f"step {step}/{self.total} {text} left {left:.0f}s", file=self.stream, flush=True)
+        line = f"step {self.step}/{self.total} {text} left {left:.0f}s"
+        print(line, file=self.stream, flush=True)
+        self.printed = text
 
     def record(self, record: dict[str, Any]) -> None:
+        """Take the latest lambdas and validation accuracy of ``record``; after the last
+        step (the final evaluation and measurements) they are shown at once, so that the
+        bar ends with the numbers of the run's summary."""
         values = {canonical_key(k): v for k, v in record.get("values", {}).items()}
         self.lam_k = values.get("lambda_K_1", self.lam_k)
         self.lam_h = values.get("lambda_H_1", self.lam_h)
         self.acc = values.get("val_acc", self.acc)
+        if self.bar is not None:
+            self.bar.set_postfix(self.fields(), refresh=self.step >= self.total)
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+        elif self.total and self.printed is not None:  # what changed since the last line
+            if " ".join(f"{k} {v}" for k, v in self.fields().items()) != self.printed:
+                self._print(time.perf_counter())
 
 
 def _make_progress(progress: bool | Callable[[], Any]) -> Any:

@@ -17,8 +17,9 @@ of a fixed ``M = 128`` (paper Sec. 4) in every run whose ``covariance`` measures
 
 Resumable: running the same sweep into the same directory skips finished and diverged runs
 and resumes interrupted ones from their last checkpoint. A diverged or failed run is
-reported in the outcome, never fatal; a dataset that cannot be found stops the sweep (every
-run would fail the same way).
+reported in the outcome, never fatal; a dataset that cannot be found stops the sweep before
+any run starts (each distinct dataset is loaded once first; every run would fail the same
+way), and is reported once.
 
 Workers: the local backend runs the runs in worker processes, one run at a time each. A
 worker that dies (killed, out of memory) fails only the run it was running, reported with
@@ -51,13 +52,14 @@ from ..records import (
     hold_lock,
     inside,
     name_problem,
+    read_status,
     read_sweep_spec,
     short_key,
     to_json,
 )
 from ..tracking import build_tracker
 from ..tracking.sinks import parse_log
-from ..train import ConfigError, TrainConfig
+from ..train import ConfigError, TrainConfig, prepare_dataset
 from .runner import (
     FULL,
     LOG_TABLE,
@@ -386,7 +388,9 @@ def sweep(
     before any run starts; each run logs under its own directory by default.
 
     Raises :class:`SweepBusyError`, before writing anything or starting any run, when
-    another sweep runs in the output directory.
+    another sweep runs in the output directory. With the local backend each dataset is
+    loaded once before anything is written: if one cannot be read, no run starts, every run
+    is ``skipped`` and ``dataset_error`` holds the loader's message.
     """
     if backend not in BACKENDS:
         raise ConfigError(f"backend={backend!r} is invalid: must be one of {list(BACKENDS)}")
@@ -407,6 +411,11 @@ def sweep(
             configs[r.name] = {**r.config, LOG_TABLE: log_table(r.config.get(LOG_TABLE), log)}
     for cfg in configs.values():
         parse_log(cfg.get(LOG_TABLE))
+    if backend == "local":  # a Ray worker may see other files than this process
+        error = _dataset_error(plan, path)
+        if error is not None:
+            runs = [(r.name, "skipped", 0.0) for r in plan.runs]
+            return SweepOutcome(path, runs, dataset_error=error)
     # absolute (workers may start elsewhere) without resolving links: inside() refuses them
     jobs = [
         (r.name, configs[r.name], os.path.abspath(inside(path, "runs", r.name)), plan.threads)
@@ -418,6 +427,28 @@ def sweep(
     finally:
         if lock is not None:
             lock.close()
+
+
+def _dataset_error(plan: SweepPlan, path: Path) -> str | None:
+    """The loader's message when a dataset of a run still to do cannot be read, else None.
+
+    Each distinct dataset (name and loader options) is loaded once, here, before any run
+    starts or any file of the sweep is written, so that a missing dataset is reported once
+    instead of by every run (and worker) that would load it."""
+    seen: set[str] = set()
+    for r in plan.runs:
+        if read_status(inside(path, "runs", r.name)) in ("finished", "diverged"):
+            continue
+        c = resolve_config(r.config).train
+        key = to_json([c.dataset, dict(c.dataset_kwargs)])
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            prepare_dataset(c)
+        except (DatasetNotFoundError, CorruptDatasetError) as e:
+            return str(e)
+    return None
 
 
 def _sweep(plan, path, jobs, workers, backend, address, on_done) -> SweepOutcome:

@@ -74,7 +74,8 @@ def hessian_eigenvalues(
     Lanczos with full re-orthogonalisation; stops when each eigenvalue's error bound is at
     most ``tol`` relative (``max_iter`` products at most, default ``max(100, 20 k)``; a
     warning when it did not converge); ``converged`` certifies that each value is within
-    ``tol`` (relative) of an eigenvalue of H (see :func:`~breakeven.lanczos`). Block
+    ``tol`` (relative) of an eigenvalue of H (see :func:`~breakeven.lanczos`); cost: at
+    most ``max_iter`` Hessian-vector products (often far fewer for k = 1). Block
     Lanczos from a random vector and, beside it, the loss gradient (which lies mostly in the
     top eigenspace) plus ``v0``, the previous result's eigenvectors, when tracking (a warm
     start that cannot lock onto a previous top that has been overtaken). See
@@ -144,15 +145,19 @@ def hessian_trace(
     method: HVPMethod = "reverse",
     seed: int = 0,
     distributed: bool = False,
+    progress: bool = False,
 ) -> TraceResult:
     """Tr(H) by Hutchinson's estimator with ``num_samples`` Rademacher probes (mean of
-    z^T H z, with its standard error). H as in :func:`hessian_eigenvalues`."""
+    z^T H z, with its standard error). H as in :func:`hessian_eigenvalues`.
+
+    Cost: ``num_samples`` Hessian-vector products over ``data`` (100 by default);
+    ``progress=True`` shows a bar over them on stderr."""
     start = time.perf_counter()
     op = HessianOperator(
         model, loss_fn, data, chunk_size=chunk_size, bn_mode=bn_mode, method=method,
         distributed=distributed,
     )  # fmt: skip
-    res = hutchinson(op, num_samples, seed=seed)
+    res = hutchinson(op, num_samples, seed=seed, progress=progress)
     return dataclasses.replace(res, seconds=time.perf_counter() - start)
 
 
@@ -168,15 +173,21 @@ def hessian_density(
     method: HVPMethod = "reverse",
     seed: int = 0,
     distributed: bool = False,
+    progress: bool = False,
 ) -> SpectralDensity:
     """The spectral density of H by stochastic Lanczos quadrature (paper Fig. 3):
     ``num_probes`` random starts, ``num_steps`` Lanczos steps each. Evaluate it with
-    ``result.density(grid, sigma)``. H as in :func:`hessian_eigenvalues`."""
+    ``result.density()`` on ``result.grid()`` (the Ritz values' range, padded by the kernel
+    width), or ``result.density(grid, sigma)``. H as in :func:`hessian_eigenvalues`.
+
+    Cost: ``num_probes * min(num_steps, D)`` Hessian-vector products over ``data`` (400 by
+    default), the slowest of these estimators; ``progress=True`` shows a bar over them on
+    stderr."""
     op = HessianOperator(
         model, loss_fn, data, chunk_size=chunk_size, bn_mode=bn_mode, method=method,
         distributed=distributed,
     )  # fmt: skip
-    return slq(op, num_probes=num_probes, num_steps=num_steps, seed=seed)
+    return slq(op, num_probes=num_probes, num_steps=num_steps, seed=seed, progress=progress)
 
 
 def per_example_curvatures(

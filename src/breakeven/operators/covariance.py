@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tempfile
 import warnings
+import weakref
 from collections.abc import Iterable
 
 import torch
@@ -290,21 +291,10 @@ def gradient_blocks(
         with torch.no_grad():
             check_finite(f(params, xs[0], ys[0]), "the loss")
         factored = _rank_one_linears(model, loss_fn, params, xs[0], ys[0]) if factor_linear else {}
-        try:
-            per = _per_row_gradients(model, loss_fn, params, factored)
-            passes = [
-                per(xs[start : start + step], ys[start : start + step])
-                for start in range(0, len(xs), step)
-            ]
-            columns = [p[0] if len(passes) == 1 else _cat(p) for p in zip(*passes, strict=True)]
-        except (RuntimeError, NotImplementedError) as err:
-            warnings.warn(
-                f"torch.func.vmap cannot batch this model ({type(err).__name__}: "
-                f"{str(err).splitlines()[0]}); computing the gradients in a loop, "
-                "which is slower",
-                RuntimeWarning,
-                stacklevel=3,
-            )
+        columns = (
+            None if model in _LOOPED else _vmapped(model, loss_fn, params, factored, xs, ys, step)
+        )
+        if columns is None:
             rows = [loss_and_gradient(f, params, xb, yb)[2] for xb, yb in zip(xs, ys)]
             columns = [torch.stack(p) for p in zip(*rows)]
     return [
@@ -314,6 +304,45 @@ def gradient_blocks(
             [g] if isinstance(g, RankOneRows) else g.reshape(g.shape[0], -1).split(_GRAM_COLUMNS, 1)
         )
     ]
+
+
+#: Models whose gradients vmap could not batch: warned about once, then looped at once.
+_LOOPED: weakref.WeakSet[nn.Module] = weakref.WeakSet()
+
+
+def _vmapped(model, loss_fn, params, factored, xs, ys, step) -> list | None:
+    """The column blocks of :func:`gradient_blocks` by ``vmap(grad)``, ``step`` batches per
+    pass; None when vmap cannot batch ``model``. Then one short warning (a single line,
+    once per model; PyTorch's own warnings from the failed attempt are dropped) and the
+    model is remembered in :data:`_LOOPED`, so that later measurements loop at once."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            per = _per_row_gradients(model, loss_fn, params, factored)
+            passes = [
+                per(xs[start : start + step], ys[start : start + step])
+                for start in range(0, len(xs), step)
+            ]
+        except (RuntimeError, NotImplementedError) as err:
+            failed: BaseException | None = err
+        else:
+            failed = None
+    if failed is None:
+        for w in caught:  # the successful pass's warnings, as they were
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
+        return [p[0] if len(passes) == 1 else _cat(p) for p in zip(*passes, strict=True)]
+    _LOOPED.add(model)
+    reason = str(failed).strip().splitlines()[0] if str(failed).strip() else ""
+    if len(reason) > 80:
+        reason = reason[:77] + "..."
+    warnings.warn(
+        f"torch.func.vmap cannot batch this model ({type(model).__name__}; "
+        f"{type(failed).__name__}: {reason}): its per-example gradients are computed in a "
+        "loop (slower, same values); warned once per model",
+        RuntimeWarning,
+        stacklevel=4,
+    )
+    return None
 
 
 def _cat(parts: tuple) -> Tensor | RankOneRows:

@@ -33,15 +33,34 @@ from .embedding import FIG1_UNTIL_ACCURACY
 __all__ = ["report"]
 
 CSS = """
-body { font-family: sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
+body { font-family: sans-serif; margin: 2em; color: #222; }
+h1, h2, p, ul, figcaption { max-width: 75em; }
 h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ccc; margin-top: 2em; }
+.scroll { overflow-x: auto; max-width: 100%; }
 table { border-collapse: collapse; font-size: 0.85em; margin: 0.5em 0; }
 th, td { border: 1px solid #ccc; padding: 3px 6px; text-align: right; }
 th { background: #f3f3f3; } td.text { text-align: left; }
 .supported { background: #d9f2d9; } .contradicted { background: #f7d4d4; }
 .inconclusive { background: #f5f0d0; }
-figure { margin: 1.5em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
+figure { margin: 1.5em 0; }
+figure img { max-width: 100%; height: auto; box-sizing: border-box; border: 1px solid #eee;
+  cursor: zoom-in; }
+figure.zoom { position: fixed; inset: 0; margin: 0; padding: 1em; overflow: auto; z-index: 1;
+  background: #fff; cursor: zoom-out; }
+figure.zoom img { max-width: none; cursor: zoom-out; }
 figcaption { font-size: 0.9em; color: #555; } .note { color: #555; font-size: 0.9em; }
+"""
+
+#: Click a figure to see it at its full size (click again, or Esc, to close).
+SCRIPT = """
+document.addEventListener('click', e => {
+  const f = e.target.closest('figure');
+  if (f && (e.target.tagName === 'IMG' || f.classList.contains('zoom'))) f.classList.toggle('zoom');
+});
+document.addEventListener('keydown', e => {
+  if (e.key !== 'Escape') return;
+  document.querySelectorAll('figure.zoom').forEach(f => f.classList.remove('zoom'));
+});
 """
 
 
@@ -60,7 +79,8 @@ def _table(df: Any) -> str:
     rows = "".join(
         "<tr>" + "".join(_cell(v) for v in row) + "</tr>" for row in df.itertuples(index=False)
     )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
+    table = f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
+    return f'<div class="scroll">{table}</div>'  # a wide table scrolls, not the page
 
 
 def _png(fig: Any) -> str:
@@ -165,6 +185,10 @@ def report(
     parts.append(_table(break_even_points(runs, thresholds)))
 
     parts.append("<h2>Figures</h2>")
+    parts.append(
+        '<p class="note">Each figure takes the page width; click it to see it at full size '
+        "(click again or press Esc to close).</p>"
+    )
     available = available_figures(runs)
     missing = [(kind, reason) for kind, reason in available.items() if reason]
     drawn = [kind for kind, reason in available.items() if not reason]
@@ -183,7 +207,8 @@ def report(
             finally:
                 bar.update(1)
             parts.append(
-                f'<figure id="fig-{kind}"><img alt="{kind}" src="data:image/png;base64,{data}">'
+                f'<figure id="fig-{kind}"><img alt="{kind}" src="data:image/png;base64,{data}" '
+                'title="click to enlarge">'
                 f"<figcaption><b>{kind}</b>: {text}</figcaption></figure>"
             )
     if missing:
@@ -195,7 +220,7 @@ def report(
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
         f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>"
         + "\n".join(parts)
-        + "</body></html>\n"
+        + f"<script>{SCRIPT}</script></body></html>\n"
     )
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)

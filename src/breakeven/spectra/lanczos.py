@@ -6,6 +6,7 @@ so the dense case serves as the test oracle.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -14,7 +15,8 @@ from torch import Tensor
 
 from .._core.checks import check_int
 from ..operators.linear import LinearOperator, as_matvec
-from ..records import slq_density
+from ..records import SLQ_SIGMA2, slq_density
+from ._progress import product_bar
 
 
 @dataclass(frozen=True)
@@ -251,12 +253,35 @@ class SpectralDensity:
     dim: int
     num_matvecs: int
 
-    def density(self, grid: Tensor, sigma: float | None = None) -> Tensor:
-        """Density on ``grid`` (float64, on ``grid``'s device): the average over probes of
-        ``sum_j w_j N(t; t_j, sigma^2)``, by the one Gaussian broadening of an SLQ
+    def sigma(self) -> float:
+        """The default kernel width, that of the one SLQ broadening
+        (:func:`breakeven.records.slq_density`, the figures' too): ``sqrt(SLQ_SIGMA2 * max(1,
+        span of the Ritz values))`` (PyHessian's width)."""
+        span = float(self.nodes.max() - self.nodes.min())
+        return math.sqrt(SLQ_SIGMA2 * max(1.0, span))
+
+    def grid(self, num_points: int | None = None, sigma: float | None = None) -> Tensor:
+        """Evenly spaced points (float64) over the range of the Ritz values, padded on each
+        side by ``3 sigma`` (default :meth:`sigma`), so that the density's kernels fall to
+        about 1% of their peak at its ends: where :meth:`density` is evaluated when no grid is
+        given. ``num_points``: default enough for a spacing of at most ``sigma / 3`` (so the
+        kernels are resolved), at least 400 and at most 100,000."""
+        width = self.sigma() if sigma is None else float(sigma)
+        lo = float(self.nodes.min()) - 3 * width
+        hi = float(self.nodes.max()) + 3 * width
+        if num_points is None:
+            num_points = min(max(400, math.ceil(3 * (hi - lo) / width) + 1), 100_000)
+        if num_points < 2:
+            raise ValueError(f"num_points must be at least 2, got {num_points}")
+        return torch.linspace(lo, hi, num_points, dtype=torch.float64)
+
+    def density(self, grid: Tensor | None = None, sigma: float | None = None) -> Tensor:
+        """Density on ``grid`` (default :meth:`grid` with this ``sigma``: plot it as
+        ``result.grid(), result.density()``; float64, on ``grid``'s device): the average over
+        probes of ``sum_j w_j N(t; t_j, sigma^2)``, by the one Gaussian broadening of an SLQ
         quadrature, :func:`breakeven.records.slq_density` (the figures' too). ``sigma``: the
-        Gaussian's standard deviation; default ``sqrt(SLQ_SIGMA2 * max(1, span of the
-        nodes))`` (PyHessian's width, :data:`breakeven.records.SLQ_SIGMA2`)."""
+        Gaussian's standard deviation, default :meth:`sigma`. Costs no products."""
+        grid = self.grid(sigma=sigma) if grid is None else grid
         grid = torch.as_tensor(grid, dtype=torch.float64)
         nodes, weights = self.nodes.detach().cpu(), self.weights.detach().cpu() / len(self.nodes)
         var = None if sigma is None else float(sigma) ** 2
@@ -274,22 +299,34 @@ def slq(
     num_probes: int = 5,
     num_steps: int = 80,
     seed: int = 0,
+    progress: bool = False,
 ) -> SpectralDensity:
     """Stochastic Lanczos quadrature: ``num_probes`` Rademacher start vectors,
-    ``num_steps`` Lanczos steps each (capped at D), full re-orthogonalisation."""
+    ``num_steps`` Lanczos steps each (capped at D), full re-orthogonalisation.
+
+    Cost: ``num_probes * min(num_steps, D)`` products with A (400 by default).
+    ``progress=True`` shows a bar over them on stderr."""
     matvec, dim, dtype = as_matvec(A)
     if num_probes < 1 or num_steps < 1:
         raise ValueError("num_probes and num_steps must be positive")
     steps = min(num_steps, dim)
     generator = torch.Generator().manual_seed(seed)
     nodes, weights, used = [], [], 0
-    for _ in range(num_probes):
-        z = torch.randint(0, 2, (dim,), generator=generator, dtype=torch.float64) * 2 - 1
-        kr = _Krylov(matvec, dim, dtype, A.device, z[None], steps, generator)
-        while not kr.exhausted:
-            kr.step()
-        theta, S = kr.ritz()
-        nodes.append(theta)
-        weights.append(S[0] ** 2)
-        used += kr.num_matvecs
+    bar = product_bar(progress, num_probes * steps, "spectral density")
+    try:
+        for _ in range(num_probes):
+            z = torch.randint(0, 2, (dim,), generator=generator, dtype=torch.float64) * 2 - 1
+            kr = _Krylov(matvec, dim, dtype, A.device, z[None], steps, generator)
+            while not kr.exhausted:
+                before = kr.num_matvecs
+                kr.step()
+                if bar is not None:
+                    bar.update(kr.num_matvecs - before)
+            theta, S = kr.ritz()
+            nodes.append(theta)
+            weights.append(S[0] ** 2)
+            used += kr.num_matvecs
+    finally:
+        if bar is not None:
+            bar.close()
     return SpectralDensity(torch.stack(nodes), torch.stack(weights), dim, used)
