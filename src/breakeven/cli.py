@@ -36,7 +36,7 @@ from .errors import ConfigError, CorruptDatasetError, DatasetNotFoundError
 from .records import (
     EVAL_MEASURE,
     RunStoreError,
-    export,
+    export_run,
     inside,
     load_run,
     read_config,
@@ -379,7 +379,7 @@ def _export(args: argparse.Namespace) -> int:
         out = args.out if args.out is not None else default_export_path(path, args.to)
         print(write_records(records, args.to, out))
     else:
-        print(export(path, args.to, args.out))
+        print(export_run(path, args.to, args.out))
     return 0
 
 

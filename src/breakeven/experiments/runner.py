@@ -37,16 +37,15 @@ from typing import Any
 import torch
 
 from ..data import Dataset
+from ..measures import MEASURES
 from ..operators.base import world_and_rank
-from ..records import EVAL_MEASURE, inside, name_problem
-from ..tracking import MEASURES, build_tracker
+from ..records import EVAL_MEASURE, inside, name_problem, read_config, read_summary
+from ..tracking import build_tracker
 from ..tracking.store import (
     DEFAULT_MIN_FREE_BYTES,
     ConfigMismatchError,
     RunStore,
     config_diff,
-    read_config,
-    read_summary,
 )
 from ..train import (
     ConfigError,
@@ -56,19 +55,16 @@ from ..train import (
     prepare_model,
     train,
 )
-from .configs import PRESETS_DIR, _parse_value, list_presets, load_config
+from .configs import _parse_value, load_config
 
 __all__ = [
-    "PRESETS_DIR",
     "RunConfig",
     "RunOutcome",
     "RunTerminated",
     "apply_overrides",
     "apply_scale",
     "default_out_dir",
-    "list_presets",
     "list_scales",
-    "load_config",
     "resolve_config",
     "run",
 ]

@@ -19,7 +19,6 @@ from torch import Tensor, nn
 
 from ..operators.base import Batch, BNMode, LossFn, all_reduce_sum, check_bn_mode, measuring
 from ..operators.covariance import STORAGES
-from .base import MEASURES as MEASURES  # the registry, importable from here as before
 from .base import Context, Measure, Measurement, register_measure
 from .covariance import (
     CovarianceSpectrum,
