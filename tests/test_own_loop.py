@@ -263,12 +263,15 @@ def test_steps_per_epoch_is_derived_from_the_data_and_batch_size(
     n, batch_size, drop_last, expected
 ):
     x, y = data()
-    tracker = be.Tracker(
-        ["lr"], train_data=(x[:n], y[:n]), batch_size=batch_size, drop_last=drop_last
-    )
-    assert tracker.steps_per_epoch == expected
-    by_n = be.Tracker(["lr"], n_train=n, batch_size=batch_size, drop_last=drop_last)
-    assert by_n.steps_per_epoch == expected
+    kw = {"batch_size": batch_size, "drop_last": drop_last, "probe": (x, y), "lr": 0.1}
+    by_data = be.Tracker([("lr", 1)], train_data=(x[:n], y[:n]), **kw)
+    by_n = be.Tracker([("lr", 1)], train_data=(x, y), n_train=n, **kw)
+    for tracker in (by_data, by_n):
+        assert tracker.steps_per_epoch is None  # derived at the first step
+        assert tracker.run_config()["train"]["steps_per_epoch"] == expected
+        loop(tracker, steps=2)
+        assert tracker.steps_per_epoch == expected
+        assert [r["epoch"] for r in tracker.records_] == [0.0, 1 / expected]
 
 
 def test_steps_per_epoch_from_a_dataloader_and_refusals():

@@ -77,9 +77,10 @@ class Tracker:
         batch_size: training batch size S (K's default M; Eq. 1).
         n_train: training-set size N (default ``len(train_data)``).
         steps_per_epoch: for ``per_epoch`` schedules and the records' ``epoch``: an int, or
-            the training ``DataLoader`` (its ``len``). Default: derived from ``n_train``
-            (or ``train_data``) and ``batch_size``, ``ceil(N / batch_size)``, or
-            ``N // batch_size`` with ``drop_last=True``. When it cannot be derived the
+            the training ``DataLoader`` (its ``len``). Default: at the first step (after
+            ``breakeven.train`` or a callback gave what they know), derived from
+            ``n_train`` (or ``train_data``) and ``batch_size``: ``ceil(N / batch_size)``,
+            or ``N // batch_size`` with ``drop_last=True``. When it cannot be derived the
             records' ``epoch`` is None and a warning says so once (a ``per_epoch``
             schedule raises ``ValueError``).
         drop_last: the loop drops each epoch's last, smaller batch (for ``steps_per_epoch``).
@@ -191,7 +192,7 @@ class Tracker:
         self._started: float | None = None
         self.total_seconds_: float | None = None
         self._epoch_warned = False
-        self._derive_steps_per_epoch(collective=False)
+        self._epoch_from_data(collective=False)  # refuses an empty epoch now
         self.out_dir = None if out_dir is None else Path(out_dir)
         #: The run's name in tables (:func:`breakeven.load_run`): out_dir's name.
         self.name = self.out_dir.resolve().name if self.out_dir is not None else "tracker"
@@ -243,7 +244,7 @@ class Tracker:
         if self._replaying:
             self._drop_records_from(step)
         if self.steps_per_epoch is None:
-            self._derive_steps_per_epoch(collective=True)
+            self._derive_steps_per_epoch()
         due = [m for m, s in self.measures if s(step, self.steps_per_epoch)]
         self._pending = []
         if not due:
@@ -409,26 +410,35 @@ class Tracker:
 
     # ------------------------------------------------------------------ steps per epoch
 
-    def _derive_steps_per_epoch(self, collective: bool) -> None:
-        """Set ``steps_per_epoch`` from N and ``batch_size`` when both are known (N summed
-        over the ranks only when ``collective``: every rank is in the same hook); else warn
-        once, at the first step, that the records' epoch is None."""
-        bs = self.batch_size
-        n = self.n_train
+    def _epoch_from_data(self, collective: bool) -> int | None:
+        """The steps per epoch from N and ``batch_size`` when both are known (N summed over
+        the ranks only when ``collective``: every rank is in the same hook), else None."""
+        bs, n = self.batch_size, self.n_train
         if n is None and _is_pair(self.train_data) and (collective or not self.distributed):
             n = self._global_count(len(self.train_data[1]))
-        if n is not None and bs:
-            per_epoch = n // bs if self.drop_last else math.ceil(n / bs)
-            if per_epoch < 1:
-                raise ValueError(
-                    f"batch_size={bs} with drop_last=True exceeds the {n} training examples: "
-                    "no step per epoch"
-                )
-            self.steps_per_epoch = per_epoch
-        elif collective and not self._epoch_warned:
+        if n is None or not bs:
+            return None
+        per_epoch = n // bs if self.drop_last else math.ceil(n / bs)
+        if per_epoch < 1:
+            raise ValueError(
+                f"batch_size={bs} with drop_last=True exceeds the {n} training examples: "
+                "no step per epoch"
+            )
+        return per_epoch
+
+    def _derive_steps_per_epoch(self) -> None:
+        """At the first step (after ``on_start`` or a callback filled in what they know):
+        ``steps_per_epoch`` from the data, or a warning, once, that the epoch is None."""
+        self.steps_per_epoch = self._epoch_from_data(collective=True)
+        if self.steps_per_epoch is None and not self._epoch_warned:
             self._epoch_warned = True
             missing = " and ".join(
-                w for w, v in (("train_data (or n_train)", n), ("batch_size", bs)) if not v
+                w
+                for w, v in (
+                    ("train_data (or n_train)", self.n_train or _is_pair(self.train_data)),
+                    ("batch_size", self.batch_size),
+                )
+                if not v
             )
             warnings.warn(
                 f"the records' epoch is None: the tracker cannot derive the steps per epoch "
@@ -454,7 +464,7 @@ class Tracker:
             "momentum": self.momentum,
             "batch_size": self.batch_size,
             "n_train": n_train,
-            "steps_per_epoch": self.steps_per_epoch,
+            "steps_per_epoch": self.steps_per_epoch or self._epoch_from_data(collective=False),
             "seed": self.seed,
         }
         given = _jsonable(dict(config or {}), "config")
