@@ -15,7 +15,7 @@ import pytest
 
 from breakeven.analysis import read_runs
 from breakeven.cli import main
-from breakeven.records import default_export_path, export, load_run, write_records
+from breakeven.records import default_export_path, export_run, load_run, write_records
 from breakeven.tracking import RunStore
 
 SRC = Path(__file__).parents[1] / "src" / "breakeven"
@@ -148,7 +148,7 @@ def test_parquet_of_a_sweep(tmp_path: Path) -> None:
     assert main(["export", str(sweep), "--to", "parquet"]) == 0
     assert pd.read_parquet(sweep / "records.parquet").equals(read_runs(sweep).records)
     run = sweep / "runs" / "lr0.1"
-    assert export(run, "parquet") == run / "records.parquet"
+    assert export_run(run, "parquet") == run / "records.parquet"
     assert pd.read_parquet(run / "records.parquet").equals(load_run(run))
 
 
@@ -178,7 +178,7 @@ def test_tensorboard_events_hold_every_scalar_of_every_run(tmp_path: Path) -> No
 def test_tensorboard_export_of_one_run(tmp_path: Path) -> None:
     pytest.importorskip("tensorboard")
     run = _make_run(tmp_path / "solo", 0.05)
-    target = export(run, "tensorboard")
+    target = export_run(run, "tensorboard")
     assert target == default_export_path(run, "tensorboard") == run / "tensorboard"
     assert _same(_read_events(target / "solo"), _expected(load_run(run)))
     custom = write_records(load_run(run), "tensorboard", tmp_path / "tb")
@@ -190,7 +190,7 @@ def test_missing_tensorboard_is_a_clear_error(tmp_path: Path, monkeypatch, capsy
     monkeypatch.setitem(sys.modules, "tensorboard", None)
     monkeypatch.setitem(sys.modules, "tensorboard.summary", None)
     with pytest.raises(ImportError, match=r"pip install 'breakeven\[tensorboard\]'"):
-        export(run, "tensorboard")
+        export_run(run, "tensorboard")
     assert main(["export", str(run), "--to", "tensorboard"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "pip install 'breakeven[tensorboard]'" in err
@@ -200,10 +200,10 @@ def test_missing_tensorboard_is_a_clear_error(tmp_path: Path, monkeypatch, capsy
 def test_export_errors(tmp_path: Path, capsys) -> None:
     run = _make_run(tmp_path / "run", 0.1)
     with pytest.raises(ValueError, match="'tensorboard', 'parquet' or 'csv'"):
-        export(run, "xlsx")
+        export_run(run, "xlsx")
     sweep = _make_sweep(tmp_path / "sweep")
     with pytest.raises(ValueError, match="is a sweep directory"):
-        export(sweep, "csv")
+        export_run(sweep, "csv")
     assert main(["export", str(tmp_path / "nothing")]) == 2
     assert "not a run directory" in capsys.readouterr().err
     pytest.importorskip("tensorboard")

@@ -16,8 +16,8 @@ from torch import nn
 
 import breakeven as be
 from breakeven.cli import summarize
-from breakeven.tracking import RunStoreError, build_tracker, read_records
-from breakeven.tracking.store import read_status
+from breakeven.records import RunStoreError, read_records, read_status
+from breakeven.tracking import build_tracker
 
 N, D_IN, CLASSES = 64, 6, 3
 

@@ -1,5 +1,6 @@
 """Every curvature operator against a dense float64 torch.func reference on tiny cases."""
 
+import dataclasses
 import functools
 
 import pytest
@@ -323,3 +324,56 @@ def test_a_model_vmap_cannot_batch_warns_once_per_model_in_one_line(n_models):
         torch.testing.assert_close(
             s.eigenvalues[:5], torch.linalg.eigvalsh(K).flip(0)[:5], rtol=1e-8, atol=1e-13
         )
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_per_example_gradients_and_covariance_from_gradients_equal_dense(name):
+    """``be.per_example_gradients``: row i is the gradient of example i's loss (a batch of
+    one, eval-mode BatchNorm), flattened in parameter order; ``be.covariance_from_gradients``
+    of it: the spectrum of the dense (1/L) centred covariance, in float64."""
+    c = make_case(name, n=10)
+    G = be.per_example_gradients(c.model, c.loss_fn, c.x, c.y)
+    ref = dense_gradients(
+        c.model, c.loss_fn, [(c.x[i : i + 1], c.y[i : i + 1]) for i in range(10)], bn_mode="eval"
+    )
+    torch.testing.assert_close(G, ref, rtol=1e-10, atol=1e-12)
+    K = dense_covariance(ref)
+    spec = be.covariance_from_gradients(G)
+    k = min(9, K.shape[0])  # the non-zero eigenvalues: at most L - 1 and D
+    torch.testing.assert_close(
+        spec.eigenvalues[:k], torch.linalg.eigvalsh(K).flip(0)[:k], rtol=1e-8, atol=1e-12
+    )
+    assert spec.trace == pytest.approx(float(K.trace()), rel=1e-10)
+    assert (spec.batch_size, spec.num_batches, spec.bn_mode) == (1, 10, None)
+    assert spec.eigenvalues.dtype == torch.float64
+    # the same spectrum as the estimator that never forms G
+    per = be.per_example_gradient_covariance(c.model, c.loss_fn, c.x, c.y)
+    torch.testing.assert_close(spec.eigenvalues, per.eigenvalues, rtol=1e-8, atol=1e-12)
+    # float32 gradients: the Gram is still float64
+    spec32 = be.covariance_from_gradients(G.float())
+    assert spec32.eigenvalues.dtype == torch.float64
+    assert spec32.resolution == pytest.approx(torch.finfo(torch.float32).eps * spec32.top)
+
+
+@pytest.mark.parametrize("name", ["mlp_ce", "cnn_bn"])
+def test_covariance_from_batch_gradients_is_gradient_covariance(name):
+    c = make_case(name, n=20)
+    batches = [(c.x[i : i + 4], c.y[i : i + 4]) for i in range(0, 20, 4)]
+    ref = be.gradient_covariance(c.model, c.loss_fn, batches)
+    G = dense_gradients(c.model, c.loss_fn, batches)
+    spec = be.covariance_from_gradients(G, batch_size=4)
+    assert type(spec) is type(ref)
+    for f in dataclasses.fields(ref):
+        a, b = getattr(spec, f.name), getattr(ref, f.name)
+        if f.name in ("seconds", "operator", "bn_mode"):
+            continue
+        if isinstance(a, torch.Tensor):
+            if f.name == "gram_eigenvectors":  # up to sign
+                a, b = a.abs(), b.abs()
+            torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-12)
+        else:
+            assert a == pytest.approx(b, rel=1e-8, abs=1e-14), f.name
+    by_blocks = be.covariance_from_gradients(list(G.split(3, dim=1)), batch_size=4)
+    torch.testing.assert_close(by_blocks.eigenvalues, spec.eigenvalues, rtol=1e-12, atol=1e-15)
+    with pytest.raises(ValueError, match="at least 2 gradients"):
+        be.covariance_from_gradients(G[:1])

@@ -19,6 +19,7 @@ from breakeven.experiments import default_out_dir, plan_sweep, resolve_config, r
 from breakeven.records import (
     MAX_NAME_BYTES,
     RunFileError,
+    RunStoreError,
     UnsafePathError,
     atomic_write,
     inside,
@@ -31,7 +32,7 @@ from breakeven.records import (
     read_summary,
     read_sweep_spec,
 )
-from breakeven.tracking.store import RUN_FILES, RunStore, RunStoreError
+from breakeven.tracking.store import RUN_FILES, RunStore
 from breakeven.train import ConfigError
 from cases import write_tiny_npz
 

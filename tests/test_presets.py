@@ -17,7 +17,7 @@ from breakeven.data import _base
 from breakeven.experiments import list_presets, load_config, resolve_config
 from breakeven.experiments.runner import apply_scale, list_scales
 from breakeven.experiments.sweep import FIXED_M, plan_sweep
-from breakeven.measures.tracked import MEASURES
+from breakeven.measures import MEASURES
 from breakeven.tracking import build_tracker
 from breakeven.tracking.schedules import parse_schedule
 from breakeven.train import TrainConfig

@@ -21,8 +21,8 @@ from torch import nn
 from breakeven import models
 from breakeven.data import Dataset
 from breakeven.experiments import run
+from breakeven.records import read_records, read_status
 from breakeven.tracking import build_tracker
-from breakeven.tracking.store import read_records, read_status
 from breakeven.train import TrainConfig, train
 
 

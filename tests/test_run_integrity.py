@@ -15,14 +15,9 @@ import torch
 
 from breakeven.experiments import run
 from breakeven.experiments import runner as runner_mod
+from breakeven.records import RunStoreError, read_records, read_status
 from breakeven.tracking import store as store_mod
-from breakeven.tracking.store import (
-    ConfigMismatchError,
-    RunStore,
-    RunStoreError,
-    read_records,
-    read_status,
-)
+from breakeven.tracking.store import ConfigMismatchError, RunStore
 from cases import write_tiny_npz
 
 

@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 import breakeven as be
-from breakeven.measures.tracked import MEASURES, eos_threshold
+from breakeven.measures import MEASURES
+from breakeven.measures.tracked import eos_threshold
 from breakeven.operators.dense import dense_hessian
 from test_certificate import random_problem
 

@@ -16,17 +16,9 @@ import torch
 
 from breakeven.data import Dataset
 from breakeven.experiments import run
+from breakeven.records import RunStoreError, export_run, load_run, read_records, read_status
 from breakeven.tracking import store as store_mod
-from breakeven.tracking.store import (
-    ConfigMismatchError,
-    OutputDirError,
-    RunStore,
-    RunStoreError,
-    export,
-    load_run,
-    read_records,
-    read_status,
-)
+from breakeven.tracking.store import ConfigMismatchError, OutputDirError, RunStore
 
 
 def toy(n: int = 60, classes: int = 3) -> Dataset:
@@ -149,7 +141,7 @@ def test_load_run_is_tidy_and_exports_to_csv(tmp_path: Path) -> None:
     k1 = df[(df.measure == "covariance") & (df.key == "lambda_K_1")]
     assert k1["step"].tolist() == [0, 2, 4, 6, 8, 10] and (k1["value"] > 0).all()
     assert df[df.measure == "evaluation"]["step"].unique().tolist() == [0, 3, 6, 9, 12]
-    csv = export(out.path, to="csv")
+    csv = export_run(out.path, to="csv")
     assert csv == out.path / "records.csv"
     back = pd.read_csv(csv)
     assert len(back) == len(df) and back["value"].tolist() == pytest.approx(df["value"].tolist())
@@ -160,13 +152,13 @@ def test_load_run_is_tidy_and_exports_to_csv(tmp_path: Path) -> None:
 def test_parquet_export_needs_pyarrow(tmp_path: Path, monkeypatch) -> None:
     out = run({**CONFIG, "track": {}}, tmp_path / "run", dataset=toy())
     with pytest.raises(ValueError, match="'parquet' or 'csv'"):
-        export(out.path, to="xlsx")
+        export_run(out.path, to="xlsx")
     with monkeypatch.context() as m:
         m.setitem(sys.modules, "pyarrow", None)
         with pytest.raises(ImportError, match="pip install pyarrow"):
-            export(out.path, to="parquet")
+            export_run(out.path, to="parquet")
     pytest.importorskip("pyarrow")
-    target = export(out.path, to="parquet", out=tmp_path / "r.parquet")
+    target = export_run(out.path, to="parquet", out=tmp_path / "r.parquet")
     assert pd.read_parquet(target).equals(load_run(out.path))
 
 

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import breakeven as be
-from breakeven.measures.tracked import MEASURES
+from breakeven.measures import MEASURES
 from breakeven.records import decode_array
 from breakeven.tracking import at, build_tracker, every, log_spaced, parse_schedule, per_epoch
 

@@ -1,11 +1,26 @@
 """breakeven: the break-even point of neural-network training.
 
 Spectra of the gradient covariance K and of the Hessian H along any training trajectory
-(Jastrzebski et al., ICLR 2020). The public API is flat: everything is imported from here.
+(Jastrzebski et al., ICLR 2020). Every public name is imported from here (``import breakeven
+as be``), once: ``breakeven.X`` is the object of the module defining it, and no other
+package re-exports it. ``__all__`` is grouped by purpose:
+
+- **Measure in your own loop**: the :class:`Tracker` (its ``out_dir`` writes a run
+  directory), schedules (:func:`every`, :func:`at`, :func:`log_spaced`, :func:`per_epoch`),
+  the measures (by name in :data:`MEASURES`, or as classes) and the contract of a new one
+  (:class:`Measure`, :func:`register_measure`).
+- **Quantities, one call each**: K (:func:`gradient_covariance`,
+  :func:`per_example_gradient_covariance`, :func:`covariance_from_gradients`), per-example
+  gradients, the Hessian's top eigenpairs, trace and density, Eq. 1, and their results.
+- **Building blocks**: the linear operators and the spectral algorithms that take either
+  an operator or a dense tensor.
+- **Records and run directories**: read and export what a run wrote.
+- **Reproduce the paper**: the training loop, configs, presets, sweeps, models, datasets.
+- **Analysis**: break-even points and the conjecture verdicts, from records only.
 
 The names are imported on first use (PEP 562): ``import breakeven`` imports neither torch nor
 pandas, so code that only reads records (``breakeven.read_runs``, ``breakeven.verdicts``,
-``breakeven show``) starts fast. ``breakeven.X`` is the object of the module defining it.
+``breakeven show``) starts fast.
 """
 
 from __future__ import annotations
@@ -21,8 +36,10 @@ if TYPE_CHECKING:  # pragma: no cover  (for type checkers; _EXPORTS says the sam
     from .experiments import RunConfig, RunOutcome, SweepOutcome, plan_sweep, run, sweep
     from .experiments.configs import list_presets, load_config
     from .measures import (
+        MEASURES,
         CovarianceSpectrum,
         EigenResult,
+        covariance_from_gradients,
         curvature_variance,
         gradient_alignment,
         gradient_covariance,
@@ -54,19 +71,23 @@ if TYPE_CHECKING:  # pragma: no cover  (for type checkers; _EXPORTS says the sam
         ValidationMetrics,
     )
     from .models import build_model, list_models, register_model
-    from .operators import GradientCovarianceOperator, HessianOperator, LinearOperator
+    from .operators import (
+        GradientCovarianceOperator,
+        HessianOperator,
+        LinearOperator,
+        per_example_gradients,
+    )
     from .records import (
         RunFileError,
         RunStoreError,
         UnsafePathError,
+        export_run,
         load_run,
         read_records,
         write_records,
     )
-    from .records import export as export_run
     from .spectra import LanczosResult, SpectralDensity, TraceResult, hutchinson, lanczos, slq
     from .tracking import (
-        MEASURES,
         ConfigMismatchError,
         OutputDirError,
         RunStore,
@@ -93,8 +114,10 @@ _EXPORTS = {
     **dict.fromkeys(["list_presets", "load_config"], ".experiments.configs"),
     **dict.fromkeys(
         [
+            "MEASURES",
             "CovarianceSpectrum",
             "EigenResult",
+            "covariance_from_gradients",
             "curvature_variance",
             "gradient_alignment",
             "gradient_covariance",
@@ -132,27 +155,32 @@ _EXPORTS = {
     ),
     **dict.fromkeys(["build_model", "list_models", "register_model"], ".models"),
     **dict.fromkeys(
-        ["GradientCovarianceOperator", "HessianOperator", "LinearOperator"], ".operators"
+        [
+            "GradientCovarianceOperator",
+            "HessianOperator",
+            "LinearOperator",
+            "per_example_gradients",
+        ],
+        ".operators",
     ),
     **dict.fromkeys(
         [
             "RunFileError",
             "RunStoreError",
             "UnsafePathError",
+            "export_run",
             "load_run",
             "read_records",
             "write_records",
         ],
         ".records",
     ),
-    "export_run": ".records:export",
     **dict.fromkeys(
         ["LanczosResult", "SpectralDensity", "TraceResult", "hutchinson", "lanczos", "slq"],
         ".spectra",
     ),
     **dict.fromkeys(
         [
-            "MEASURES",
             "ConfigMismatchError",
             "OutputDirError",
             "RunStore",
@@ -170,92 +198,101 @@ _EXPORTS = {
 }
 lazy_exports(__name__, _EXPORTS)
 
-__all__ = [
+__all__ = [  # noqa: RUF022  (grouped by purpose, as the docstring)
+    "__version__",
+    # -- measure in your own loop: the Tracker, schedules, measures
+    "Tracker",
+    "build_tracker",
+    "Schedule",
+    "every",
+    "at",
+    "log_spaced",
+    "per_epoch",
     "MEASURES",
-    "BatchNormScale",
-    "ConfigError",
-    "ConfigMismatchError",
-    "Context",
-    "CorruptDatasetError",
-    "CovarianceSpectrum",
-    "Dataset",
-    "DatasetNotFoundError",
-    "EdgeOfStability",
-    "EigenResult",
-    "GradientAlignment",
     "GradientCovariance",
-    "GradientCovarianceOperator",
+    "GradientAlignment",
     "GradientNoiseScale",
-    "HessianDensity",
-    "HessianOperator",
     "HessianTop",
     "HessianTrace",
-    "LanczosResult",
-    "LearningRate",
-    "LinearOperator",
+    "HessianDensity",
+    "Sharpness",
+    "Stability",
+    "EdgeOfStability",
     "LossChange",
+    "ProbeMetrics",
+    "ValidationMetrics",
+    "TrainAccuracy",
+    "BatchNormScale",
+    "ParameterNorm",
+    "LearningRate",
+    "Predictions",
+    # -- write your own measure
     "Measure",
     "Measurement",
-    "OutputDirError",
-    "ParameterNorm",
-    "Predictions",
-    "ProbeMetrics",
-    "RunConfig",
-    "RunFileError",
-    "RunOutcome",
+    "Context",
+    "register_measure",
+    # -- quantities, one call each, and their results
+    "gradient_covariance",
+    "per_example_gradient_covariance",
+    "covariance_from_gradients",
+    "per_example_gradients",
+    "gradient_alignment",
+    "CovarianceSpectrum",
+    "hessian_eigenvalues",
+    "EigenResult",
+    "hessian_trace",
+    "hessian_density",
+    "curvature_variance",
+    "per_example_curvatures",
+    "stability",
+    # -- building blocks: linear operators and spectral algorithms
+    "LinearOperator",
+    "HessianOperator",
+    "GradientCovarianceOperator",
+    "lanczos",
+    "LanczosResult",
+    "slq",
+    "SpectralDensity",
+    "hutchinson",
+    "TraceResult",
+    # -- records and run directories
+    "load_run",
+    "read_records",
+    "write_records",
+    "export_run",
     "RunStore",
     "RunStoreError",
-    "Runs",
-    "Schedule",
-    "Sharpness",
-    "SpectralDensity",
-    "Stability",
-    "SweepOutcome",
-    "TraceResult",
-    "Tracker",
-    "TrainAccuracy",
+    "RunFileError",
+    "UnsafePathError",
+    "OutputDirError",
+    "ConfigMismatchError",
+    # -- reproduce the paper: training, configs, presets, sweeps, models, datasets
+    "train",
     "TrainConfig",
     "TrainHooks",
     "TrainResult",
-    "UnsafePathError",
-    "ValidationMetrics",
-    "__version__",
-    "at",
-    "augment_crop_flip",
-    "break_even_points",
-    "build_model",
-    "build_tracker",
-    "curvature_variance",
-    "every",
-    "export_run",
-    "gradient_alignment",
-    "gradient_covariance",
-    "hessian_density",
-    "hessian_eigenvalues",
-    "hessian_trace",
-    "hutchinson",
-    "lanczos",
-    "list_datasets",
-    "list_models",
+    "run",
+    "RunConfig",
+    "RunOutcome",
+    "sweep",
+    "plan_sweep",
+    "SweepOutcome",
     "list_presets",
     "load_config",
-    "load_dataset",
-    "load_run",
-    "log_spaced",
-    "maxima",
-    "per_epoch",
-    "per_example_curvatures",
-    "per_example_gradient_covariance",
-    "plan_sweep",
-    "read_records",
-    "read_runs",
-    "register_measure",
+    "ConfigError",
+    "build_model",
+    "list_models",
     "register_model",
-    "run",
-    "slq",
-    "stability",
-    "sweep",
-    "train",
+    "Dataset",
+    "load_dataset",
+    "list_datasets",
+    "augment_crop_flip",
+    "DatasetNotFoundError",
+    "CorruptDatasetError",
+    # -- analysis: break-even points and conjecture verdicts, from records only
+    "read_runs",
+    "Runs",
+    "break_even_points",
+    "maxima",
     "verdicts",
-    "write_records",
 ]

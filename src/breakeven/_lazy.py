@@ -49,7 +49,7 @@ def lazy_exports(package: str, exports: Mapping[str, str]) -> None:
     ``exports`` on first access and list it in ``dir()``.
 
     ``exports`` maps a public name to the module that defines it, relative to the package
-    (``".train"``), optionally with the attribute's name there (``".tracking:export"``).
+    (``".train"``), optionally with the attribute's name there (``".records:export"``).
     The object returned is the module's own (``package.X is module.X``); an unknown name
     raises :class:`AttributeError` as for any module."""
     module = sys.modules[package]

@@ -45,7 +45,7 @@ from .records import (
     EVAL_MEASURE,
     RunStoreError,
     canonical_key,
-    export,
+    export_run,
     inside,
     key_symbol,
     load_run,
@@ -579,7 +579,7 @@ def _export(args: argparse.Namespace) -> int:
         out = args.out if args.out is not None else default_export_path(path, args.to)
         print(write_records(records, args.to, out))
     else:
-        print(export(path, args.to, args.out))
+        print(export_run(path, args.to, args.out))
     return 0
 
 

@@ -2,7 +2,7 @@
 
 The layout of a run directory and the format of a record are described in
 :mod:`breakeven.tracking.store`, which writes them. :func:`load_run` returns the records as
-a tidy pandas DataFrame; :func:`export` writes it to TensorBoard event files (needs the
+a tidy pandas DataFrame; :func:`export_run` writes it to TensorBoard event files (needs the
 ``tensorboard`` package), Parquet (needs pyarrow) or CSV, and :func:`write_records` writes any
 such table (e.g. a sweep's, from :func:`breakeven.analysis.read_runs`).
 
@@ -51,7 +51,7 @@ __all__ = [
     "canonical_key",
     "decode_array",
     "default_export_path",
-    "export",
+    "export_run",
     "inside",
     "key_info",
     "key_label",
@@ -684,7 +684,7 @@ def _number(v: Any) -> float | None:
     return None  # lists, strings: not a scalar
 
 
-def load_run(path: str | os.PathLike | Iterable[str | os.PathLike]) -> Any:
+def load_run(path: str | os.PathLike | Any | Iterable[str | os.PathLike | Any]) -> Any:
     """The records of one run directory (or several) as a tidy pandas DataFrame.
 
     One row per scalar value: columns ``run`` (the directory name), ``step``, ``epoch``,
@@ -693,15 +693,23 @@ def load_run(path: str | os.PathLike | Iterable[str | os.PathLike]) -> Any:
     (lists) are left out. Incomplete last lines are ignored (see :func:`read_records`).
     Legacy key names of older runs are read as today's (:data:`LEGACY_KEYS`:
     ``val_accuracy`` as ``val_acc``, ``probe_accuracy`` as ``probe_acc``).
+
+    A :class:`~breakeven.Tracker` (anything with ``records_``) in place of a directory gives
+    its records in memory, named by its ``name`` (its ``out_dir``'s name, else
+    ``"tracker"``): the same table as ``load_run(out_dir)`` of the directory it writes.
     """
     import pandas as pd
 
-    paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
+    single = isinstance(path, (str, os.PathLike)) or hasattr(path, "records_")
+    paths = [path] if single else list(path)
     rows = []
     for p in paths:
-        run = Path(p).resolve().name
-        for r in read_records(p):
-            for key, v in r.get("values", {}).items():
+        if hasattr(p, "records_"):
+            run, records = str(getattr(p, "name", "tracker")), p.records_
+        else:
+            run, records = Path(p).resolve().name, read_records(p)
+        for r in records:
+            for key, v in sorted(r.get("values", {}).items()):  # as records.jsonl has them
                 x = _number(v)
                 if x is not None:
                     rows.append(
@@ -724,7 +732,7 @@ EXPORT_FORMATS = ("tensorboard", "parquet", "csv")
 
 
 def default_export_path(path: str | os.PathLike, to: str) -> Path:
-    """Where :func:`export` writes by default: ``<path>/records.parquet``,
+    """Where :func:`export_run` writes by default: ``<path>/records.parquet``,
     ``<path>/records.csv`` or the directory ``<path>/tensorboard/`` (checked with
     :func:`inside`: a symbolic link there raises :class:`UnsafePathError`)."""
     _check_format(to)
@@ -801,7 +809,7 @@ def _write_tensorboard(records: Any, out: Path) -> None:
             writer.close()
 
 
-def export(
+def export_run(
     path: str | os.PathLike, to: str = "parquet", out: str | os.PathLike | None = None
 ) -> Path:
     """Write the records of the run directory ``path`` (:func:`load_run`) with

@@ -41,8 +41,9 @@ import torch
 from .._core.distributed import world_and_rank
 from .._core.formatting import fmt
 from ..data import Dataset
-from ..records import EVAL_MEASURE, canonical_key, inside, name_problem
-from ..tracking import MEASURES, Tracker, build_tracker
+from ..measures import MEASURES
+from ..records import EVAL_MEASURE, canonical_key, inside, name_problem, read_config, read_summary
+from ..tracking import Tracker, build_tracker
 from ..tracking.hooks import TrainHooks, as_hooks
 from ..tracking.sinks import close_sinks, make_sinks, parse_log
 from ..tracking.store import (
@@ -50,8 +51,6 @@ from ..tracking.store import (
     ConfigMismatchError,
     RunStore,
     config_diff,
-    read_config,
-    read_summary,
 )
 from ..train import (
     ConfigError,
@@ -61,19 +60,16 @@ from ..train import (
     prepare_model,
     train,
 )
-from .configs import FULL, PRESETS_DIR, _parse_value, list_presets, list_scales, load_config
+from .configs import FULL, _parse_value, list_scales, load_config
 
 __all__ = [
-    "PRESETS_DIR",
     "RunConfig",
     "RunOutcome",
     "RunTerminated",
     "apply_overrides",
     "apply_scale",
     "default_out_dir",
-    "list_presets",
     "list_scales",
-    "load_config",
     "log_table",
     "resolve_config",
     "run",

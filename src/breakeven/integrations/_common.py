@@ -18,8 +18,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..records import EVAL_MEASURE
-from ..tracking import RunStore, RunStoreError, Tracker, build_tracker
+from ..records import EVAL_MEASURE, RunStoreError
+from ..tracking import RunStore, Tracker, build_tracker
 from ..tracking.sinks import Sink, close_sinks, make_sinks, parse_log
 
 Record = dict[str, Any]

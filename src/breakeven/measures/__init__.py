@@ -7,6 +7,7 @@ from . import tracked as _tracked  # noqa: F401  (registers the built-in measure
 from .base import MEASURES, Context, Measure, Measurement, register_measure
 from .covariance import (
     CovarianceSpectrum,
+    covariance_from_gradients,
     gradient_alignment,
     gradient_covariance,
     per_example_gradient_covariance,
@@ -29,6 +30,7 @@ __all__ = [
     "EigenResult",
     "Measure",
     "Measurement",
+    "covariance_from_gradients",
     "curvature_variance",
     "gradient_alignment",
     "gradient_covariance",

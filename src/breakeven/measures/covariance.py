@@ -156,6 +156,29 @@ def gradient_covariance(
     return spectrum_of(op, time.perf_counter() - start)
 
 
+def covariance_from_gradients(
+    gradients: Tensor | Sequence[Tensor], batch_size: int = 1
+) -> CovarianceSpectrum:
+    """The spectrum of K from gradients you already have.
+
+    ``gradients``: an (L, D) matrix (or a list of its (L, d_i) column blocks) whose row l is
+    g_l, the gradient of a mean loss over ``batch_size`` (M) examples: M = 1 for per-example
+    gradients (:func:`~breakeven.per_example_gradients`), M for mini-batch gradients. K is
+    ``(1/L) sum_l (g_l - g)(g_l - g)^T``, g the mean of the rows (centred; divided by L, not
+    L - 1); its non-zero eigenvalues are those of the L x L Gram ``C C^T / L``, C the centred
+    rows, accumulated in float64 whatever the gradients' dtype. The same Gram and the same
+    :class:`CovarianceSpectrum` as :func:`gradient_covariance` (``bn_mode`` None; the
+    ``resolution`` from the gradients' dtype): ``covariance_from_gradients(G, M)`` of the L
+    batch gradients equals ``gradient_covariance`` of those batches. ``ValueError`` for
+    fewer than 2 rows or a gradient that is not finite.
+    """
+    start = time.perf_counter()
+    op = GradientCovarianceOperator.from_gradients(
+        gradients if isinstance(gradients, Tensor) else list(gradients), batch_size
+    )
+    return spectrum_of(op, time.perf_counter() - start)
+
+
 def per_example_gradient_covariance(
     model: nn.Module,
     loss_fn: LossFn,

@@ -20,34 +20,27 @@ from .._core.functional import LossFn, check_finite, check_loss_fn, loss_and_gra
 from .._core.params import as_flat, trainable, unflatten
 from .._core.state import BNMode, check_forward_mode, measuring
 from ..operators.hessian import HessianOperator, HVPMethod
-from ..spectra import SpectralDensity, TraceResult, hutchinson, lanczos, slq
+from ..spectra import LanczosResult, SpectralDensity, TraceResult, hutchinson, lanczos, slq
 from ..spectra.lanczos import as_start
 
 CurvatureMethod = Literal["auto", "forward", "reverse"]
 
 
 @dataclass(frozen=True)
-class EigenResult:
-    """Top-k eigenpairs of the Hessian of the mean loss over the data (largest algebraic).
+class EigenResult(LanczosResult):
+    """Top-k eigenpairs of the Hessian of the mean loss over the data (largest algebraic):
+    the :class:`~breakeven.LanczosResult` of the Hessian operator (``eigenvalues`` descending,
+    ``eigenvectors`` in the parameters' dtype and order, ``residuals`` the certified error
+    bounds, ``converged``, ``num_matvecs`` Hessian-vector products), plus what defines the
+    Hessian and the cost.
 
     Attributes:
-        eigenvalues: (k,) float64, descending.
-        eigenvectors: (D, k), unit columns, in the parameters' dtype and order.
-        residuals: (k,) float64, ``||H v - lambda v||``: an eigenvalue of H lies within it
-            of each value (the certified error bound).
-        converged: all ``residuals <= tol * |eigenvalues|``.
-        num_matvecs: Hessian-vector products used.
         seconds: wall time.
         bn_mode: ``"eval"`` or ``"train"``: the BatchNorm mode that defines this Hessian.
         chunk_size: examples per forward pass (defines H under ``bn_mode="train"``).
         num_examples: N, the examples the loss averages over.
     """
 
-    eigenvalues: Tensor
-    eigenvectors: Tensor
-    residuals: Tensor
-    converged: bool
-    num_matvecs: int
     seconds: float
     bn_mode: str
     chunk_size: int | None
@@ -101,11 +94,7 @@ def hessian_eigenvalues(
             stacklevel=2,
         )
     return EigenResult(
-        eigenvalues=res.eigenvalues,
-        eigenvectors=res.eigenvectors,
-        residuals=res.residuals,
-        converged=res.converged,
-        num_matvecs=res.num_matvecs,
+        **{f.name: getattr(res, f.name) for f in dataclasses.fields(res)},
         seconds=time.perf_counter() - start,
         bn_mode=bn_mode,
         chunk_size=chunk_size,

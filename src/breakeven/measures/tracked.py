@@ -23,7 +23,6 @@ from .._core.distributed import all_reduce_sum
 from .._core.functional import LossFn
 from .._core.state import BATCHNORM_TYPES, BNMode, check_bn_mode, measuring
 from ..operators.covariance import STORAGES
-from .base import MEASURES as MEASURES  # the registry, importable from here as before
 from .base import Context, Measure, Measurement, register_measure
 from .covariance import (
     CovarianceSpectrum,

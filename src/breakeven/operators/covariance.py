@@ -237,7 +237,17 @@ def per_example_gradients(
     chunk_size: int | None = 256,
     bn_mode: BNMode = "eval",
 ) -> Tensor:
-    """The gradients of each example's loss, as rows of an (N, D) matrix."""
+    """The gradient of each example's loss, as the rows of an (N, D) matrix.
+
+    Row i is the gradient of ``loss_fn(model(x[i:i+1]), y[i:i+1])`` (a batch of one: with a
+    mean-reduced loss, example i's own loss; no 1/N factor) with respect to the trainable
+    parameters, flattened in the order of ``model.parameters()`` (each row-major), in the
+    parameters' dtype. ``vmap(grad)`` over ``chunk_size`` examples at a time (a loop, with
+    a warning, for modules ``vmap`` cannot batch); dropout is off and BatchNorm uses its
+    running statistics (``bn_mode="eval"``; one example has no batch statistics); the model
+    is left unchanged. N x D numbers: for K of a large model prefer
+    :func:`~breakeven.per_example_gradient_covariance`, which never forms this matrix.
+    """
     return torch.cat(
         _per_example_blocks(
             model, loss_fn, x, y, chunk_size=chunk_size, bn_mode=bn_mode, factor_linear=False

@@ -35,8 +35,8 @@ the final status, with the lock held until the status is final). A directory who
 says neither (e.g. a status file missing or unreadable beside records, or ``summary.json``
 beside a status that is not final) is refused with :class:`RunStoreError`, unchanged.
 
-:func:`load_run` returns the records as a tidy pandas DataFrame; :func:`export` writes it
-to Parquet (needs pyarrow) or CSV.
+The readers (:func:`breakeven.load_run`, :func:`breakeven.read_records`, ...) and
+:func:`breakeven.export_run` are in :mod:`breakeven.records`.
 """
 
 from __future__ import annotations
@@ -57,18 +57,13 @@ from ..records import (
     RECORDS,
     STATUS,
     SUMMARY,
-    RunFileError,
     RunStoreError,
-    UnsafePathError,
     atomic_write,
-    export,
     hold_lock,
     inside,
-    load_run,
     open_for_reading,
     open_for_writing,
     read_config,
-    read_records,
     read_status,
     read_summary,
     to_json,
@@ -89,17 +84,8 @@ __all__ = [
     "ENDED",
     "ConfigMismatchError",
     "OutputDirError",
-    "RunFileError",
     "RunStore",
-    "RunStoreError",
-    "UnsafePathError",
     "config_diff",
-    "export",
-    "load_run",
-    "read_config",
-    "read_records",
-    "read_status",
-    "read_summary",
 ]
 
 
@@ -371,6 +357,14 @@ class RunStore:
         self.n_records_ = keep
 
     # -- writing
+
+    def truncate_records(self, keep: int) -> None:
+        """Keep the first ``keep`` records of an open run and remove the ones after them
+        (a resumed loop that replays their steps records them again); fsynced. Save a
+        checkpoint next: the last one may count more records."""
+        if self._file is None:
+            raise RunStoreError("truncate_records() before open()")
+        self._truncate_records(keep)
 
     def append(self, record: Mapping[str, Any]) -> None:
         """Append one record as a JSON line; flushed and fsynced before returning. On an

@@ -12,6 +12,15 @@ In a plain PyTorch loop::
         tracker.after_step(step, model)                    # loss change; emits the records
     tracker.records_, tracker.summary()
 
+With ``out_dir=`` the records go to a run directory, the same store as ``breakeven run``
+writes (``breakeven show``, ``plot``, ``report``, ``verdict``, ``export`` and
+:func:`breakeven.load_run` read it)::
+
+    with Tracker([...], every(50), ..., out_dir="runs/mine") as tracker:
+        for step, ...:  # the same hooks
+            ...
+    # leaving the block writes summary.json, model.pt (the last model seen) and the status
+
 ``breakeven.train`` calls the same hooks (plus ``on_start``, which fills in the probe, the
 data, the learning rate and the batch size from the run's config). Every measurement happens
 at the parameters before the step and leaves training bitwise unchanged: the estimators
@@ -23,9 +32,12 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
+import os
 import time
-from collections.abc import Callable, Iterable
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Sized
 from fnmatch import fnmatchcase
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -35,8 +47,10 @@ from .._core.data import Batch
 from .._core.distributed import all_reduce_sum, check_distributed, world_and_rank
 from .._core.functional import LossFn, check_loss_fn
 from ..measures import MEASURES, Context, Measure, Measurement
+from ..records import read_records
 from .hooks import TrainHooks
 from .schedules import Schedule, every, parse_schedule
+from .store import ENDED, OutputDirError, RunStore, RunStoreError
 
 Record = dict[str, Any]
 _SCHEDULE_KEYS = ("every", "at", "log_spaced", "schedule")
@@ -47,8 +61,9 @@ class Tracker(TrainHooks):
     :func:`breakeven.train`, or called from any loop).
 
     Args:
-        measures: :class:`Measure` objects, or ``(measure, schedule)`` pairs to give one its
-            own schedule.
+        measures: :class:`Measure` objects or registered measure names (``"covariance"``:
+            the measure with its default options, as a config's ``[track]`` table), or
+            ``(measure, schedule)`` pairs to give one its own schedule.
         schedule: the default schedule (``every(100)``).
         loss_fn: mean-reduced loss (default: cross-entropy, as ``breakeven.train``).
         probe: fixed ``(x, y)`` for Hessian quantities and the loss change.
@@ -58,9 +73,34 @@ class Tracker(TrainHooks):
         momentum: SGD momentum beta (edge-of-stability threshold).
         batch_size: training batch size S (K's default M; Eq. 1).
         n_train: training-set size N (default ``len(train_data)``).
-        steps_per_epoch: for ``per_epoch`` schedules and the records' ``epoch``.
+        steps_per_epoch: for ``per_epoch`` schedules and the records' ``epoch``: an int, or
+            the training ``DataLoader`` (its ``len``). Default: at the first step (after
+            ``breakeven.train`` or a callback gave what they know), derived from
+            ``n_train`` (or ``train_data``) and ``batch_size``: ``ceil(N / batch_size)``,
+            or ``N // batch_size`` with ``drop_last=True``. When it cannot be derived the
+            records' ``epoch`` is None and a warning says so once (a ``per_epoch``
+            schedule raises ``ValueError``).
+        drop_last: the loop drops each epoch's last, smaller batch (for ``steps_per_epoch``).
         seed: seeds the tracker's own generator (K's mini-batches).
         on_record: called with each record as soon as it is complete (e.g. a run store).
+        out_dir: a run directory to write, the store of ``breakeven run`` (see
+            :mod:`breakeven.tracking.store`): ``config.json`` (``config`` plus the tracker's
+            settings and measures), ``records.jsonl`` (each record appended and fsynced as
+            it is emitted), ``status``, ``checkpoint.pt`` (the tracker's state after each
+            step that recorded) and, at :meth:`close`, ``summary.json`` and ``model.pt``.
+            Nothing is written outside it. Checked before anything is written: a file, a
+            directory of a different config (:class:`~breakeven.ConfigMismatchError`), one
+            whose run has ended, or one another process is writing is refused. An existing
+            directory of the same config is resumed: ``records_`` holds its records and the
+            tracker its saved state, and at the first step the loop calls, the records of
+            that step and later ones are dropped (the loop replays them), so the records
+            are neither lost nor doubled. For records bitwise equal to an uninterrupted
+            run's, save :meth:`state_dict` with the loop's own checkpoint and
+            :meth:`load_state_dict` it on resume. Under ``distributed``, rank 0 writes it.
+        config: what else defines the run (the loop's hyperparameters, e.g. ``{"model":
+            "resnet32", "weight_decay": 5e-4}``; JSON-able), stored in ``config.json``
+            under ``train`` beside ``lr``, ``momentum``, ``batch_size``, ``n_train``,
+            ``steps_per_epoch`` and ``seed``; a resume must give the same.
         distributed: under torchrun (a process group initialised), each rank passes its own
             part of ``probe``, ``train_data`` and ``val_data``; every measure reduces over
             the ranks, so every rank computes the same values (K draws L / world size
@@ -81,6 +121,11 @@ class Tracker(TrainHooks):
     the step's ``ctx.cache`` under its class-level name, the first of the step when a
     measure is tracked twice. A value key that the measure does not declare
     (:meth:`Measure.emits`) raises ``ValueError``.
+
+    With ``out_dir``, end the run with :meth:`close` (or use the tracker as a context
+    manager: leaving the block closes it, and an exception marks the run ``failed: ...``,
+    resumable, before it propagates). :func:`breakeven.load_run` of the tracker gives its
+    records as the DataFrame that ``load_run(out_dir)`` reads back.
     """
 
     def __init__(
@@ -96,10 +141,13 @@ class Tracker(TrainHooks):
         momentum: float = 0.0,
         batch_size: int | None = None,
         n_train: int | None = None,
-        steps_per_epoch: int | None = None,
+        steps_per_epoch: int | Sized | None = None,
+        drop_last: bool = False,
         seed: int = 0,
         on_record: Callable[[Record], None] | None = None,
         distributed: bool = False,
+        out_dir: str | os.PathLike | None = None,
+        config: Mapping[str, Any] | None = None,
         sinks: Iterable[Any] = (),
     ) -> None:
         check_distributed(distributed)
@@ -108,8 +156,7 @@ class Tracker(TrainHooks):
         self.measures: list[tuple[Measure, Schedule]] = []
         for item in measures:
             m, s = item if isinstance(item, tuple) else (item, default)
-            if not isinstance(m, Measure):
-                raise TypeError(f"not a measure: {m!r} (choose from {sorted(MEASURES)})")
+            m = _as_measure(m)
             if not isinstance(m.name, str) or not m.name:
                 raise ValueError(
                     f"{type(m).__qualname__} has no name: register it with @register_measure"
@@ -130,7 +177,8 @@ class Tracker(TrainHooks):
         self.momentum = momentum
         self.batch_size = batch_size
         self.n_train = n_train
-        self.steps_per_epoch = steps_per_epoch
+        self.steps_per_epoch = _epoch_length(steps_per_epoch)
+        self.drop_last = drop_last
         self.seed = seed
         self.on_record = on_record
         self.sinks = list(sinks)
@@ -145,6 +193,18 @@ class Tracker(TrainHooks):
         self._n_global: int | None = None  # probe / validation data moved to the model's device
         self._started: float | None = None
         self.total_seconds_: float | None = None
+        self._epoch_warned = False
+        self._epoch_from_data(collective=False)  # refuses an empty epoch now
+        self.out_dir = None if out_dir is None else Path(out_dir)
+        #: The run's name in tables (:func:`breakeven.load_run`): out_dir's name.
+        self.name = self.out_dir.resolve().name if self.out_dir is not None else "tracker"
+        self._store: RunStore | None = None
+        self._replaying = False  # resumed: the first step drops the records it replays
+        self._model: nn.Module | None = None  # the last model seen (what close() saves)
+        self._loss: Tensor | None = None  # the last loss seen (summary.json's last_loss)
+        self._steps = 0  # the last step seen + 1
+        if self.out_dir is not None and (not distributed or world_and_rank()[1] == 0):
+            self._open(self.out_dir, config)
 
     # ------------------------------------------------------------------ hooks of breakeven.train
 
@@ -180,6 +240,13 @@ class Tracker(TrainHooks):
         ``loss.backward()`` and before ``optimizer.step()``)."""
         if self._started is None:
             self._started = time.perf_counter()
+        self._model, self._steps = model, max(self._steps, step + 1)
+        if loss is not None:
+            self._loss = loss.detach()
+        if self._replaying:
+            self._drop_records_from(step)
+        if self.steps_per_epoch is None:
+            self._derive_steps_per_epoch()
         due = [m for m, s in self.measures if s(step, self.steps_per_epoch)]
         self._pending = []
         if not due:
@@ -212,6 +279,8 @@ class Tracker(TrainHooks):
                 )
             self._emit(step, m, result, seconds + time.perf_counter() - t0)
         self._pending, self._ctx = [], None
+        if self._store is not None:
+            self._checkpoint(step + 1)
 
     # ------------------------------------------------------------------ internals
 
@@ -337,11 +406,180 @@ class Tracker(TrainHooks):
         self.seconds_[m.name] += seconds
         self.matvecs_[m.name] += matvecs
         self.records_.append(record)
+        if self._store is not None:
+            self._store.append(record)
         if not self.distributed or world_and_rank()[1] == 0:
             if self.on_record is not None:
                 self.on_record(record)
             for sink in self.sinks:
                 sink.write(record)
+
+    # ------------------------------------------------------------------ steps per epoch
+
+    def _epoch_from_data(self, collective: bool) -> int | None:
+        """The steps per epoch from N and ``batch_size`` when both are known (N summed over
+        the ranks only when ``collective``: every rank is in the same hook), else None."""
+        bs, n = self.batch_size, self.n_train
+        if n is None and _is_pair(self.train_data) and (collective or not self.distributed):
+            n = self._global_count(len(self.train_data[1]))
+        if n is None or not bs:
+            return None
+        per_epoch = n // bs if self.drop_last else math.ceil(n / bs)
+        if per_epoch < 1:
+            raise ValueError(
+                f"batch_size={bs} with drop_last=True exceeds the {n} training examples: "
+                "no step per epoch"
+            )
+        return per_epoch
+
+    def _derive_steps_per_epoch(self) -> None:
+        """At the first step (after ``on_start`` or a callback filled in what they know):
+        ``steps_per_epoch`` from the data, or a warning, once, that the epoch is None."""
+        self.steps_per_epoch = self._epoch_from_data(collective=True)
+        if self.steps_per_epoch is None and not self._epoch_warned:
+            self._epoch_warned = True
+            missing = " and ".join(
+                w
+                for w, v in (
+                    ("train_data (or n_train)", self.n_train or _is_pair(self.train_data)),
+                    ("batch_size", self.batch_size),
+                )
+                if not v
+            )
+            warnings.warn(
+                f"the records' epoch is None: the tracker cannot derive the steps per epoch "
+                f"without {missing}; pass them, or steps_per_epoch= (an int or the DataLoader)",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+
+    # ------------------------------------------------------------------ the run directory
+
+    def run_config(self, config: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """What ``config.json`` of ``out_dir`` holds: ``name``, ``train`` (``config`` plus the
+        tracker's ``lr``, ``momentum``, ``batch_size``, ``n_train``, ``steps_per_epoch``,
+        ``seed``; a learning-rate function by its qualified name) and ``track`` (one table
+        per measure, as in a TOML config: its options, ``schedule`` and, when renamed,
+        ``measure``)."""
+        lr = self.lr if not callable(self.lr) else _qualname(self.lr)
+        n_train = self.n_train
+        if n_train is None and _is_pair(self.train_data) and not self.distributed:
+            n_train = len(self.train_data[1])
+        own = {
+            "lr": lr,
+            "momentum": self.momentum,
+            "batch_size": self.batch_size,
+            "n_train": n_train,
+            "steps_per_epoch": self.steps_per_epoch or self._epoch_from_data(collective=False),
+            "seed": self.seed,
+        }
+        given = _jsonable(dict(config or {}), "config")
+        clash = sorted(k for k in set(given) & set(own) if given[k] != own[k])
+        if clash:
+            raise ValueError(
+                f"config gives {clash} = {[given[k] for k in clash]}, but the tracker has "
+                f"{[own[k] for k in clash]}: pass them to the Tracker only"
+            )
+        track = {}
+        for m, s in self.measures:
+            options = {k: v for k, v in vars(m).items() if k != "name" and k[:1] != "_"}
+            table = {**_jsonable(options, f"the options of {m.name!r}"), "schedule": repr(s)}
+            if m.name != type(m).name:
+                table["measure"] = type(m).name
+            track[m.name] = table
+        return {"name": self.name, "train": {**given, **own}, "track": track}
+
+    def _open(self, path: Path, config: Mapping[str, Any] | None) -> None:
+        """Open (or resume) the run store in ``path``; see ``out_dir``."""
+        if path.exists() and not path.is_dir():
+            raise OutputDirError(
+                f"out_dir={str(path)!r} is a file, not a directory: pass a directory (created "
+                "if missing) for the run's files"
+            )
+        spec = self.run_config(config)  # refuses what is not JSON-able before any file
+        store = RunStore(path)
+        checkpoint = store.open(spec)
+        if store.ended_ is not None:
+            raise RunStoreError(
+                f"{path} holds a run that has ended ({store.ended_}): its records are complete "
+                "(read them with breakeven.load_run); record a new run in another out_dir"
+            )
+        self._store = store
+        self.records_ = read_records(path)  # cut back to the checkpoint by open()
+        if checkpoint is not None:
+            self.load_state_dict(checkpoint["tracker"])
+            self._started = time.perf_counter() - float(checkpoint["seconds"])
+            self._steps = int(checkpoint["steps"])
+        self._recount()
+        self._replaying = bool(self.records_)
+
+    def _checkpoint(self, steps: int) -> None:
+        """Save the tracker's state and the count of records written (after ``steps``)."""
+        elapsed = time.perf_counter() - self._started if self._started is not None else 0.0
+        self._store.save_checkpoint(
+            {"tracker": self.state_dict(), "steps": steps, "seconds": elapsed}
+        )
+
+    def _drop_records_from(self, step: int) -> None:
+        """A resumed loop's first step: drop the records from the first one at ``step`` or
+        later (the loop replays those steps) in the file and in ``records_``."""
+        self._replaying = False
+        keep = next((i for i, r in enumerate(self.records_) if r["step"] >= step), None)
+        if keep is None:
+            return
+        del self.records_[keep:]
+        self._recount()
+        self._store.truncate_records(keep)
+        self._checkpoint(step)
+
+    def _recount(self) -> None:
+        """Costs from the records (a run directory's records are all of the run's)."""
+        self.seconds_ = {n: 0.0 for n in self.seconds_}
+        self.matvecs_ = {n: 0 for n in self.matvecs_}
+        for r in self.records_:
+            if r["measure"] in self.seconds_:
+                self.seconds_[r["measure"]] += float(r.get("seconds") or 0.0)
+                self.matvecs_[r["measure"]] += int(r.get("matvecs") or 0)
+
+    def close(self, model: nn.Module | None = None, *, status: str = "finished") -> None:
+        """End the run in ``out_dir``: ``model.pt`` (``model``'s state_dict, default the last
+        model the hooks saw; empty when none), ``summary.json`` (``status``, ``steps`` = the
+        last step seen + 1, ``seconds``, ``last_loss``, the tracker's :meth:`summary`), then
+        the status ``status`` (``"finished"`` or ``"diverged"``); the directory's lock is
+        released. Without ``out_dir`` (or once closed) it does nothing."""
+        if status not in ENDED:
+            raise ValueError(f"status={status!r} is invalid: must be one of {list(ENDED)}")
+        store, self._store = self._store, None
+        if store is None:
+            return
+        model = model if model is not None else self._model
+        seconds = time.perf_counter() - self._started if self._started is not None else 0.0
+        steps = max([self._steps, *(r["step"] + 1 for r in self.records_)])
+        summary = {
+            "steps": steps,
+            "seconds": seconds,
+            "last_loss": float(self._loss) if self._loss is not None else None,
+            "final": None,
+            "tracking": self.summary(seconds),
+        }
+        store.finish(status, summary, model.state_dict() if model is not None else {})
+
+    def fail(self, message: str) -> None:
+        """Mark the run in ``out_dir`` ``failed: <message>`` (resumable) and release it."""
+        store, self._store = self._store, None
+        if store is not None:
+            store.fail(message)
+
+    def __enter__(self) -> Tracker:
+        return self
+
+    def __exit__(self, kind: type | None, error: BaseException | None, tb: Any) -> None:
+        if kind is None:
+            self.close()
+        elif issubclass(kind, KeyboardInterrupt):
+            self.fail("interrupted")
+        else:
+            self.fail(f"{kind.__name__}: {error}")
 
     # ------------------------------------------------------------------ reporting, resume
 
@@ -379,6 +617,67 @@ class Tracker(TrainHooks):
         self.state_ = {k: dict(v) for k, v in d["state"].items()}
         self.seconds_.update(d["seconds"])
         self.matvecs_.update(d["matvecs"])
+
+
+def _as_measure(m: Any) -> Measure:
+    """``m``, or the registered measure named ``m`` with its default options."""
+    if isinstance(m, str):
+        if m not in MEASURES:
+            raise ValueError(
+                f"unknown measure {m!r}: pass a registered name, one of {sorted(MEASURES)}, "
+                "or a Measure instance such as breakeven.GradientCovariance(num_batches=25)"
+            )
+        return MEASURES[m]()
+    if isinstance(m, type) and issubclass(m, Measure):
+        raise TypeError(
+            f"{m.__qualname__} is a class: pass an instance, {m.__qualname__}(...), "
+            f"or its name {m.name!r}"
+        )
+    if not isinstance(m, Measure):
+        raise TypeError(
+            f"not a measure: {m!r}; pass a Measure instance (e.g. "
+            f"breakeven.GradientCovariance()) or a registered name, one of {sorted(MEASURES)}"
+        )
+    return m
+
+
+def _epoch_length(steps_per_epoch: Any) -> int | None:
+    """``steps_per_epoch`` as given to the Tracker: None, an int >= 1, or a sized loader."""
+    if steps_per_epoch is None:
+        return None
+    if not isinstance(steps_per_epoch, int) and isinstance(steps_per_epoch, Sized):
+        steps_per_epoch = len(steps_per_epoch)  # a DataLoader: its batches per epoch
+    if isinstance(steps_per_epoch, bool) or not isinstance(steps_per_epoch, int):
+        raise TypeError(f"steps_per_epoch must be an int or a DataLoader, got {steps_per_epoch!r}")
+    if steps_per_epoch < 1:
+        raise ValueError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}")
+    return steps_per_epoch
+
+
+def _is_pair(data: Any) -> bool:
+    return isinstance(data, tuple) and len(data) == 2 and isinstance(data[1], Tensor)
+
+
+def _qualname(f: Any) -> str:
+    return f"{getattr(f, '__module__', '?')}.{getattr(f, '__qualname__', type(f).__name__)}"
+
+
+def _jsonable(x: Any, what: str) -> Any:
+    """``x`` as plain JSON data (tuples as lists, tensors and numpy values as lists or
+    numbers, functions by their qualified name); ``TypeError`` naming ``what`` otherwise."""
+    if isinstance(x, Mapping):
+        return {str(k): _jsonable(v, what) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v, what) for v in x]
+    if x is None or isinstance(x, (bool, int, float, str)):
+        return x
+    if hasattr(x, "tolist"):
+        return x.tolist()
+    if isinstance(x, os.PathLike):
+        return os.fspath(x)
+    if callable(x):
+        return _qualname(x)
+    raise TypeError(f"{what}: {x!r} cannot be written to config.json (use JSON values)")
 
 
 def _run_order(measures: list[Measure]) -> list[Measure]:
