@@ -23,7 +23,8 @@ from breakeven.data import Dataset
 from breakeven.errors import ConfigError
 from breakeven.experiments import run
 from breakeven.experiments.runner import log_table
-from breakeven.tracking import Tracker, build_tracker, read_records
+from breakeven.records import read_records
+from breakeven.tracking import Tracker, build_tracker
 from breakeven.tracking.sinks import (
     MLflowSink,
     TensorBoardSink,

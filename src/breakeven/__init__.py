@@ -99,7 +99,8 @@ if TYPE_CHECKING:  # pragma: no cover  (for type checkers; _EXPORTS says the sam
         log_spaced,
         per_epoch,
     )
-    from .train import TrainConfig, TrainHooks, TrainResult, train
+    from .tracking.hooks import TrainHooks
+    from .train import TrainConfig, TrainResult, train
 
 __version__ = "0.1.0"
 
@@ -194,7 +195,8 @@ _EXPORTS = {
         ],
         ".tracking",
     ),
-    **dict.fromkeys(["TrainConfig", "TrainHooks", "TrainResult", "train"], ".train"),
+    **dict.fromkeys(["TrainConfig", "TrainResult", "train"], ".train"),
+    "TrainHooks": ".tracking.hooks",
 }
 lazy_exports(__name__, _EXPORTS)
 

@@ -64,7 +64,6 @@ __all__ = [
     "CHECKPOINT_KEYS",
     "ConfigError",
     "TrainConfig",
-    "TrainHooks",
     "TrainResult",
     "conv_weight_decay_groups",
     "evaluate",
