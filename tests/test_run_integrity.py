@@ -23,17 +23,15 @@ from breakeven.tracking.store import (
     read_records,
     read_status,
 )
-from cases import write_tiny_npz
 
 
 @pytest.fixture
-def config(tmp_path: Path) -> dict:
+def config(tiny_npz: Path) -> dict:
     """A tiny run on the tiny .npz data: 6 steps an epoch, 18 steps, a checkpoint every 4."""
-    npz = write_tiny_npz(tmp_path / "tiny.npz")
     return {
         "run": {"checkpoint_every": 4},
         "train": {"model": "mlp", "model_kwargs": {"hidden": [8]}, "dataset": "npz",
-                  "dataset_kwargs": {"root": str(npz)}, "batch_size": 10, "lr": 0.1,
+                  "dataset_kwargs": {"root": str(tiny_npz)}, "batch_size": 10, "lr": 0.1,
                   "epochs": 3, "eval_every": 5},
         "track": {"covariance": {"every": 2, "num_batches": 3}, "hessian": {"every": 6}},
     }  # fmt: skip

@@ -9,6 +9,7 @@ from torch import nn
 import breakeven as be
 from breakeven.measures.tracked import MEASURES, eos_threshold
 from breakeven.operators.dense import dense_hessian
+from helpers import assert_same_state
 from test_certificate import random_problem
 
 LOSS = nn.CrossEntropyLoss()
@@ -161,8 +162,7 @@ def test_training_is_bitwise_unchanged(bn_mode):
     tracker = tracker_for_loop(spec)
     tracked = loop(tracker, steps=6)
     plain = loop(None, steps=6)
-    for a, b in zip(tracked.state_dict().values(), plain.state_dict().values(), strict=True):
-        assert torch.equal(a, b)
+    assert_same_state(tracked, plain)
     fallbacks = [r["values"]["sharpness_fallback"] for r in tracker.records_]
     assert len(fallbacks) == 6 and fallbacks[0] == 1.0
 
