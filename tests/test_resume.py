@@ -201,7 +201,7 @@ def test_sigkill_at_several_points_then_rerun_gives_the_uninterrupted_run(
     assert strip(read_records(out)) == strip(read_records(kill_setup["ref"]))
     a = torch.load(out / "model.pt", weights_only=True)
     b = torch.load(kill_setup["ref"] / "model.pt", weights_only=True)
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert_same_state(a, b)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 120 and summary["resumed_from"] == 80
 
@@ -229,4 +229,4 @@ def test_sigterm_marks_the_run_terminated_and_the_same_command_resumes_it(
     assert strip(read_records(out)) == strip(read_records(kill_setup["ref"]))
     a = torch.load(out / "model.pt", weights_only=True)
     b = torch.load(kill_setup["ref"] / "model.pt", weights_only=True)
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert_same_state(a, b)

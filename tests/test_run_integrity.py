@@ -23,6 +23,7 @@ from breakeven.tracking.store import (
     read_records,
     read_status,
 )
+from helpers import assert_same_state
 
 
 @pytest.fixture
@@ -293,4 +294,4 @@ def test_a_resume_runs_with_the_thread_count_of_the_run_it_continues(config, tmp
     assert strip(read_records(out)) == strip(read_records(reference.path))
     a = torch.load(out / "model.pt", weights_only=True)
     b = torch.load(reference.path / "model.pt", weights_only=True)
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert_same_state(a, b)
