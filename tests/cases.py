@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -76,14 +77,11 @@ def make_case(name: str, n: int = 12, seed: int = 0) -> Case:
 CASES = ["linear_mse", "mlp_ce", "cnn", "cnn_bn", "lstm"]
 
 
-def write_tiny_npz(path, n: int = 80, n_train: int = 60):
-    """A tiny dataset in the ``.npz`` loader's format: ``n`` uint8 8x8 images with labels a
-    fixed linear function of the pixels (3 classes, learnable), the first ``n_train`` for
-    training. Returns ``path``."""
-    import numpy as np
+@functools.cache
+def exact_hessian(name: str) -> torch.Tensor:
+    """The dense float64 Hessian of the case ``name`` (12 examples, eval mode), computed once
+    per session: do not modify it."""
+    from breakeven.operators.dense import dense_hessian
 
-    g = np.random.default_rng(0)
-    x = g.integers(0, 256, size=(n, 8, 8), dtype=np.uint8)
-    y = (x.reshape(n, -1) / 255 @ g.standard_normal((64, 3))).argmax(1)
-    np.savez(path, x_train=x[:n_train], y_train=y[:n_train], x_test=x[n_train:], y_test=y[n_train:])
-    return path
+    c = make_case(name)
+    return dense_hessian(c.model, c.loss_fn, c.data)

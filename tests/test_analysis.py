@@ -17,9 +17,10 @@ from breakeven.analysis import (
     trajectory_max,
     verdicts,
 )
+from helpers import write_run, write_sweep
 
 
-def write_run(
+def peaked_run(
     path,
     lr,
     seed,
@@ -34,10 +35,7 @@ def write_run(
 ):
     """A run directory with covariance, hessian, hessian_trace (``trace_h`` = (peak, standard
     error), the peak at step 30), stability and evaluation records."""
-    path.mkdir(parents=True)
     cfg = {"name": "t", "train": {"model": "mlp", "lr": lr, "batch_size": 64, "init_seed": seed}}
-    (path / "config.json").write_text(json.dumps(cfg))
-    (path / "status").write_text(status)
     recs = []
     steps = [0, 10, 20, 30, 40]
     for i, s in enumerate(steps):
@@ -71,36 +69,27 @@ def write_run(
             recs.append(
                 {"step": s, "epoch": ep, "measure": "evaluation", "values": {"train_acc": acc[i]}}
             )
-    (path / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    write_run(path, recs, config=cfg, status=status)
 
 
-def write_sweep(root, lrs, seeds, values, statuses=None, grow=False, trace=None):
-    """``values[(lr, seed)] = (peak_k, peak_h)``, ``trace[(lr, seed)] = (peak, stderr)``;
-    ``grow``: True (every run) or the (lr, seed) keys whose lambda_K^1 grows to its end."""
-    runs = []
-    for lr in lrs:
-        for s in seeds:
-            name = f"lr={lr}_seed={s}"
-            k, h = values[(lr, s)]
-            status = (statuses or {}).get((lr, s), "finished")
-            write_run(
-                root / "runs" / name,
-                lr,
-                s,
-                status,
-                peak_k=k,
-                peak_h=h,
-                grow=grow is True or (lr, s) in (grow or ()),
-                trace_h=(trace or {}).get((lr, s)),
-            )
-            runs.append({"name": name, "params": {"train.lr": lr}, "seed": s})
-    spec = {"kind": "sweep", "preset": "p", "grid": {"train.lr": lrs}, "seeds": seeds, "runs": runs}
-    (root / "sweep.json").write_text(json.dumps(spec))
+def peaked_sweep(root, lrs, seeds, values, statuses=None, grow=False, trace=None):
+    """A sweep of :func:`peaked_run` runs: ``values[(lr, seed)] = (peak_k, peak_h)``,
+    ``trace[(lr, seed)] = (peak, stderr)``; ``grow``: True (every run) or the (lr, seed)
+    keys whose lambda_K^1 grows to its end. Returns ``root``."""
+
+    def one(path, lr, s):
+        k, h = values[(lr, s)]
+        status = (statuses or {}).get((lr, s), "finished")
+        grows = grow is True or (lr, s) in (grow or ())
+        trace_h = (trace or {}).get((lr, s))
+        peaked_run(path, lr, s, status, peak_k=k, peak_h=h, grow=grows, trace_h=trace_h)
+
+    write_sweep(root, lrs, seeds, one)
     return root
 
 
 def test_break_even_point_peaks_and_accuracy_crossings(tmp_path):
-    write_run(
+    peaked_run(
         tmp_path / "a",
         0.1,
         0,
@@ -109,7 +98,7 @@ def test_break_even_point_peaks_and_accuracy_crossings(tmp_path):
         stab=[0.5, 0.9, 1.2, 0.8, 1.5],
         acc=[0.1, 0.3, 0.6, 0.7, 0.9],
     )
-    write_run(tmp_path / "b", 0.1, 1, peak_k=1.0, stab=[0.1] * 5, acc=[0.1] * 5)
+    peaked_run(tmp_path / "b", 0.1, 1, peak_k=1.0, stab=[0.1] * 5, acc=[0.1] * 5)
     df = break_even_points(read_runs([tmp_path / "a", tmp_path / "b"]), thresholds=(0.5, 0.65))
     a, b = df.iloc[0], df.iloc[1]
     assert a["break_even_step"] == 20 and a["break_even_epoch"] == 1.0
@@ -123,10 +112,10 @@ def test_break_even_point_peaks_and_accuracy_crossings(tmp_path):
 
 
 def test_train_accuracy_is_interpolated_between_evaluations(tmp_path):
-    write_run(
+    peaked_run(
         tmp_path / "a", 0.1, 0, peak_k=4.0, stab=[0, 0, 0, 1.0, 0], acc=[0, 0.2, 0.4, 0.5, 0.8]
     )
-    write_run(tmp_path / "b", 0.1, 0, stab=[0, 0, 0, 1.0, 0], acc=None)
+    peaked_run(tmp_path / "b", 0.1, 0, stab=[0, 0, 0, 1.0, 0], acc=None)
     df = break_even_points(read_runs([tmp_path / "a", tmp_path / "b"]))
     assert df.iloc[0]["max_lambda_K_1_after_0_train_acc"] == pytest.approx(0.4)
     assert df.iloc[0]["break_even_train_acc"] == pytest.approx(0.5)
@@ -139,7 +128,7 @@ LRS = [0.01, 0.1]
 def test_verdicts_supported_when_every_pair_orders_as_predicted(tmp_path):
     values = {(0.01, s): (10.0 + s, 50.0 + s) for s in range(3)}
     values.update({(0.1, s): (3.0 + s, 20.0 + s) for s in range(3)})
-    runs = read_runs(write_sweep(tmp_path, LRS, [0, 1, 2], values))
+    runs = read_runs(peaked_sweep(tmp_path, LRS, [0, 1, 2], values))
     assert runs.swept == ["lr"]
     v = verdicts(runs).set_index("quantity")
     assert v.loc["lambda_K^1", "pairs"] == 9 and v.loc["lambda_K^1", "ordered"] == 1.0
@@ -155,7 +144,7 @@ def test_verdicts_supported_when_every_pair_orders_as_predicted(tmp_path):
 
 
 def test_maxima_leave_out_the_initial_point(tmp_path):
-    write_run(tmp_path / "a", 0.1, 0, peak_k=4.0)
+    peaked_run(tmp_path / "a", 0.1, 0, peak_k=4.0)
     recs = (tmp_path / "a" / "records.jsonl").read_text().splitlines()
     first = json.loads(recs[0])
     first["values"]["lambda_K_1"] = 100.0  # the largest value, at step 0
@@ -167,7 +156,7 @@ def test_maxima_leave_out_the_initial_point(tmp_path):
 def test_a_maximum_at_the_last_measurement_makes_the_verdict_inconclusive(tmp_path):
     values = {(0.01, s): (10.0 + s, 50.0 + s) for s in range(2)}
     values.update({(0.1, s): (3.0 + s, 20.0 + s) for s in range(2)})
-    runs = read_runs(write_sweep(tmp_path, LRS, [0, 1], values, grow=True))
+    runs = read_runs(peaked_sweep(tmp_path, LRS, [0, 1], values, grow=True))
     m = maxima(runs).set_index("run")
     assert m["max_lambda_K_1_after_0_at_end"].all() and not m["max_lambda_H_1_after_0_at_end"].any()
     v = verdicts(runs).set_index("quantity")
@@ -185,7 +174,7 @@ def test_verdicts_inconclusive_on_mixed_orders_or_too_few_pairs(tmp_path):
         (0.1, 0): (5.0, 1.0),
         (0.1, 1): (1.0, 1.0),
     }
-    v = verdicts(read_runs(write_sweep(tmp_path / "a", LRS, [0, 1], values))).set_index("quantity")
+    v = verdicts(read_runs(peaked_sweep(tmp_path / "a", LRS, [0, 1], values))).set_index("quantity")
     # pairs: (10 vs 5) yes, (10 vs 1) yes, (2 vs 5) no, (2 vs 1) yes: 3/4 < 0.8
     assert (
         v.loc["lambda_K^1", "ordered"] == 0.75 and v.loc["lambda_K^1", "verdict"] == "inconclusive"
@@ -194,14 +183,14 @@ def test_verdicts_inconclusive_on_mixed_orders_or_too_few_pairs(tmp_path):
     assert v.loc["lambda_H^1", "ties"] == 4 and v.loc["lambda_H^1", "pairs"] == 0
     assert v.loc["lambda_H^1", "verdict"] == "inconclusive"
     one = {(0.01, 0): (10.0, 1.0), (0.1, 0): (5.0, 1.0)}
-    v1 = verdicts(read_runs(write_sweep(tmp_path / "b", LRS, [0], one)))
+    v1 = verdicts(read_runs(peaked_sweep(tmp_path / "b", LRS, [0], one)))
     assert set(v1["verdict"]) == {"inconclusive"} and set(v1["pairs"] + v1["ties"]) == {1}
 
 
 def test_diverged_runs_are_left_out_and_named(tmp_path):
     values = {(lr, s): (10.0 / lr, 1.0) for lr in LRS for s in (0, 1)}
     values[(0.1, 1)] = (math.nan, math.nan)
-    root = write_sweep(tmp_path, LRS, [0, 1], values, statuses={(0.1, 1): "diverged"})
+    root = peaked_sweep(tmp_path, LRS, [0, 1], values, statuses={(0.1, 1): "diverged"})
     v = verdicts(read_runs(root)).set_index("quantity")
     assert v.loc["lambda_K^1", "pairs"] == 2
     assert v.loc["lambda_K^1", "left_out"] == "lr=0.1_seed=1 (diverged)"
@@ -210,32 +199,23 @@ def test_diverged_runs_are_left_out_and_named(tmp_path):
 def test_verdict_needs_a_valid_rule(tmp_path):
     values = {(lr, 0): (1.0, 1.0) for lr in LRS}
     with pytest.raises(ValueError, match="support"):
-        verdicts(read_runs(write_sweep(tmp_path, LRS, [0], values)), support=0.4)
+        verdicts(read_runs(peaked_sweep(tmp_path, LRS, [0], values)), support=0.4)
 
 
 def test_one_measurement_per_run_is_at_its_end(tmp_path):
-    for lr in LRS:
-        path = tmp_path / f"lr{lr}"
-        path.mkdir()
-        cfg = {"train": {"model": "mlp", "lr": lr, "batch_size": 64, "init_seed": 0}}
-        (path / "config.json").write_text(json.dumps(cfg))
-        (path / "status").write_text("finished")
+    def one(path, lr, seed):
+        cfg = {"train": {"model": "mlp", "lr": lr, "batch_size": 64, "init_seed": seed}}
         rec = {"step": 5, "epoch": 0.1, "measure": "covariance", "values": {"lambda_K_1": 1 / lr}}
-        (path / "records.jsonl").write_text(json.dumps(rec) + "\n")
-    runs = [{"name": f"lr{lr}", "params": {"train.lr": lr}, "seed": 0} for lr in LRS]
-    (tmp_path / "sweep.json").write_text(json.dumps({"grid": {"train.lr": LRS}, "runs": runs}))
-    import shutil
+        write_run(path, [rec], config=cfg)
 
-    for lr in LRS:  # a sweep's runs live under runs/
-        (tmp_path / "runs").mkdir(exist_ok=True)
-        shutil.move(str(tmp_path / f"lr{lr}"), str(tmp_path / "runs" / f"lr{lr}"))
+    write_sweep(tmp_path, LRS, [0], one, name="lr{lr}")
     m = maxima(read_runs(tmp_path))
     assert m["max_lambda_K_1_after_0_at_end"].all()
 
 
 def test_list_valued_grids_are_grouped(tmp_path):
     values = {(lr, 0): (1.0 / lr, 1.0) for lr in LRS}
-    root = write_sweep(tmp_path, LRS, [0], values)
+    root = peaked_sweep(tmp_path, LRS, [0], values)
     spec = json.loads((root / "sweep.json").read_text())
     spec["grid"]["train.model_kwargs.hidden"] = [[8], [16]]
     for r in spec["runs"]:
@@ -284,7 +264,7 @@ def _spike_at_step_0(path, key, measure, value):
 def test_break_even_table_and_verdicts_share_one_maximum(tmp_path, spike):
     # the printout that showed lambda_K^1 = 0.5606 in one table and 0.5023 in the other
     values = {(lr, s): (0.5023 / lr / 10 + s, 8.0 / lr + s) for lr in LRS for s in (0, 1)}
-    root = write_sweep(tmp_path, LRS, [0, 1], values)
+    root = peaked_sweep(tmp_path, LRS, [0, 1], values)
     for name in ("lr=0.01_seed=0", "lr=0.1_seed=1"):
         _spike_at_step_0(root / "runs" / name, "lambda_K_1", "covariance", spike)
         _spike_at_step_0(root / "runs" / name, "lambda_H_1", "hessian", spike * 1000)
@@ -323,7 +303,7 @@ NAN = math.nan
 )
 def test_break_even_is_the_first_crossing_of_1_from_below(tmp_path, stab, want):
     acc = [0.1, 0.2, 0.3, 0.4, 0.5]
-    write_run(tmp_path / "a", 0.1, 0, peak_k=1.0, stab=stab, acc=acc)
+    peaked_run(tmp_path / "a", 0.1, 0, peak_k=1.0, stab=stab, acc=acc)
     row = break_even_points(read_runs(tmp_path / "a")).iloc[0]
     got = (
         row["unstable_at_init"],
@@ -341,7 +321,7 @@ def test_break_even_is_the_first_crossing_of_1_from_below(tmp_path, stab, want):
 
 
 def test_no_stability_records_no_break_even(tmp_path):
-    write_run(tmp_path / "a", 0.1, 0, peak_k=1.0)
+    peaked_run(tmp_path / "a", 0.1, 0, peak_k=1.0)
     row = break_even_points(read_runs(tmp_path / "a")).iloc[0]
     assert row["unstable_at_init"] is None
     assert math.isnan(row["first_stable_step"]) and math.isnan(row["break_even_step"])
@@ -431,13 +411,13 @@ def test_a_censored_maximum_that_is_already_the_higher_one_settles_its_pairs(tmp
     values = {(0.01, s): (10.0 + s, 5.0) for s in range(2)}
     values.update({(0.1, s): (3.0 + s, 2.0) for s in range(2)})
     grow = {(0.01, 0), (0.01, 1)}
-    v = verdicts(read_runs(write_sweep(tmp_path / "a", LRS, [0, 1], values, grow=grow)))
+    v = verdicts(read_runs(peaked_sweep(tmp_path / "a", LRS, [0, 1], values, grow=grow)))
     row = v.set_index("quantity").loc["lambda_K^1"]
     assert (row["pairs"], row["open"], row["verdict"]) == (4, 0, "supported")
     assert row["at_end"] == "lr=0.01_seed=0, lr=0.01_seed=1"
     # the same runs with the *lower* run censored: every pair open, no verdict
     grow = {(0.1, 0), (0.1, 1)}
-    v = verdicts(read_runs(write_sweep(tmp_path / "b", LRS, [0, 1], values, grow=grow)))
+    v = verdicts(read_runs(peaked_sweep(tmp_path / "b", LRS, [0, 1], values, grow=grow)))
     row = v.set_index("quantity").loc["lambda_K^1"]
     assert (row["pairs"], row["open"], row["verdict"]) == (4, 4, "inconclusive")
 
@@ -454,14 +434,14 @@ def test_a_verdict_with_censored_maxima_holds_for_every_completion(tmp_path, see
         (lr, s): (float(np.exp(trend * -np.log(lr) + rng.normal(0, 0.6))), 1.0) for lr, s in keys
     }
     censored = [keys[i] for i in rng.choice(len(keys), size=rng.integers(1, 3), replace=False)]
-    got = verdicts(read_runs(write_sweep(tmp_path / "c", lrs, seeds, values, grow=set(censored))))
+    got = verdicts(read_runs(peaked_sweep(tmp_path / "c", lrs, seeds, values, grow=set(censored))))
     got = got.set_index("quantity").loc["lambda_K^1"]
     assert got["at_end"].count("seed=") == len(censored)
     for i, raised in enumerate(itertools.product([1.0, 1.4, 1e3], repeat=len(censored))):
         done = dict(values)
         for key, factor in zip(censored, raised):
             done[key] = (values[key][0] * factor, 1.0)
-        plain = verdicts(read_runs(write_sweep(tmp_path / f"d{i}", lrs, seeds, done)))
+        plain = verdicts(read_runs(peaked_sweep(tmp_path / f"d{i}", lrs, seeds, done)))
         plain = plain.set_index("quantity").loc["lambda_K^1"]
         assert plain["open"] == 0 and plain["at_end"] == ""
         if got["verdict"] != "inconclusive":
@@ -508,7 +488,7 @@ def test_decide_verdict_refuses_an_invalid_rule(args, options, match):
 
 def _trace_sweep(root, trace, seeds=(0, 1)):
     values = {(lr, s): (10.0 / lr + s, 5.0 / lr + s) for lr in LRS for s in seeds}
-    return read_runs(write_sweep(root, LRS, list(seeds), values, trace=trace))
+    return read_runs(peaked_sweep(root, LRS, list(seeds), values, trace=trace))
 
 
 def test_trace_h_clause_orders_the_maxima(tmp_path):
@@ -568,7 +548,7 @@ def test_trace_h_noise_is_the_standard_error_at_each_runs_maximum(tmp_path):
 
 def test_verdicts_name_the_runs_whose_maximum_is_the_last_measurement(tmp_path):
     values = {(lr, s): (10.0 / lr + s, 5.0 / lr + s) for lr in LRS for s in (0, 1, 2)}
-    root = write_sweep(tmp_path, LRS, [0, 1, 2], values)
+    root = peaked_sweep(tmp_path, LRS, [0, 1, 2], values)
     path = root / "runs" / "lr=0.1_seed=1"  # its lambda_H^1 grows to its last measurement
     lines = (path / "records.jsonl").read_text().splitlines()
     rec = json.loads(lines[-1])
@@ -585,7 +565,7 @@ def test_verdicts_name_the_runs_whose_maximum_is_the_last_measurement(tmp_path):
 
 def test_verdicts_count_unresolved_measurements_and_never_use_them(tmp_path):
     values = {(lr, s): (10.0 / lr + s, 5.0 / lr + s) for lr in LRS for s in (0, 1)}
-    root = write_sweep(tmp_path, LRS, [0, 1], values)
+    root = peaked_sweep(tmp_path, LRS, [0, 1], values)
     before = verdicts(read_runs(root)).set_index("quantity").loc["lambda_K^*/lambda_K^1"]
     # below K's resolution at steps 0, 10 and 40 (not at its peak, step 20); step 0 is
     # not counted: maxima are over steps >= 1

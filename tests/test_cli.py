@@ -25,7 +25,6 @@ from breakeven.experiments import (
 from breakeven.experiments.runner import _Progress
 from breakeven.tracking import build_tracker
 from breakeven.train import ConfigError
-from cases import write_tiny_npz
 
 TOML = """
 [run]
@@ -49,11 +48,10 @@ hessian = {{ every = "epoch", k = 1 }}
 
 
 @pytest.fixture
-def config(tmp_path: Path) -> Path:
+def config(tmp_path: Path, tiny_npz: Path) -> Path:
     """A tiny run config on a tiny .npz dataset (uint8 8x8 images, 3 classes)."""
-    npz = write_tiny_npz(tmp_path / "tiny.npz")
     path = tmp_path / "tiny.toml"
-    path.write_text(TOML.format(npz=npz))
+    path.write_text(TOML.format(npz=tiny_npz))
     return path
 
 
@@ -172,11 +170,11 @@ def _breakeven(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_verdict_prints_one_maximum_the_break_even_crossing_and_how_sure(tmp_path) -> None:
-    from test_analysis import LRS, write_sweep
+    from test_analysis import LRS, peaked_sweep
 
     values = {(lr, s): (0.05 / lr + s, 5.0 / lr + s) for lr in LRS for s in (0, 1)}
     trace = {(lr, s): (100.0 / lr, 0.5) for lr in LRS for s in (0, 1)}
-    root = write_sweep(tmp_path, LRS, [0, 1], values, trace=trace)
+    root = peaked_sweep(tmp_path, LRS, [0, 1], values, trace=trace)
     stab = {0.1: [2.46, 1.5, 0.8, 0.9, 1.2], 0.01: [0.5, 0.9, 1.2, 0.8, 1.5]}
     for lr in LRS:
         for s in (0, 1):
@@ -229,9 +227,9 @@ def test_verdict_prints_one_maximum_the_break_even_crossing_and_how_sure(tmp_pat
 
 
 def test_show_prints_the_maxima_after_step_0(tmp_path) -> None:
-    from test_analysis import write_run
+    from test_analysis import peaked_run
 
-    write_run(tmp_path / "a", 0.1, 0, peak_k=4.0, peak_h=8.0)
+    peaked_run(tmp_path / "a", 0.1, 0, peak_k=4.0, peak_h=8.0)
     path = tmp_path / "a"
     lines = (path / "records.jsonl").read_text().splitlines()
     rec = json.loads(lines[0])

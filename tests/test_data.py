@@ -7,7 +7,6 @@ import gzip
 import json
 import os
 import pickle
-import struct
 from pathlib import Path
 
 import numpy as np
@@ -24,40 +23,12 @@ from breakeven.data import (
     load_dataset,
 )
 from breakeven.data.mnli import WordPieceTokenizer
+from helpers import write_cifar, write_fashion, write_idx
 
 DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
 
 
-@pytest.fixture
-def isolated(tmp_path, monkeypatch) -> Path:
-    """Only ``tmp_path/data`` is searched: no $BREAKEVEN_DATA, user or system folders."""
-    monkeypatch.delenv("BREAKEVEN_DATA", raising=False)
-    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
-    monkeypatch.setattr(bdata._base, "SYSTEM_DATA_DIRS", [tmp_path / "system"])
-    (tmp_path / "data").mkdir()
-    return tmp_path / "data"
-
-
 # ---------------------------------------------------------------- FashionMNIST (IDX)
-
-
-def write_idx(path: Path, a: np.ndarray, magic: int | None = None, gz: bool = True) -> None:
-    magic = magic if magic is not None else {1: 2049, 3: 2051}[a.ndim]
-    raw = struct.pack(">i", magic) + struct.pack(f">{a.ndim}i", *a.shape) + a.tobytes()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    opener = gzip.open if gz else open
-    with opener(path, "wb") as f:
-        f.write(raw)
-
-
-def write_fashion(folder: Path, n_train: int = 40, n_test: int = 10, gz: bool = True) -> None:
-    rng = np.random.default_rng(0)
-    suffix = ".gz" if gz else ""
-    for prefix, n in (("train", n_train), ("t10k", n_test)):
-        images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
-        labels = (np.arange(n) % 10).astype(np.uint8)
-        write_idx(folder / f"{prefix}-images-idx3-ubyte{suffix}", images, gz=gz)
-        write_idx(folder / f"{prefix}-labels-idx1-ubyte{suffix}", labels, gz=gz)
 
 
 @pytest.mark.skipif(
@@ -87,8 +58,8 @@ def test_fashion_mnist_idx_files(isolated, gz) -> None:
     assert ds.num_classes == 10 and ds.input_shape == (1, 28, 28)
 
 
+@pytest.mark.usefixtures("fashion_mnist")
 def test_fashion_mnist_found_through_the_environment(isolated, monkeypatch) -> None:
-    write_fashion(isolated / "fashion-mnist")
     monkeypatch.setenv("BREAKEVEN_DATA", str(isolated))
     assert load_dataset("fashion_mnist").source == str(isolated / "fashion-mnist")
 
@@ -114,9 +85,9 @@ def test_missing_dataset_names_every_place_looked(isolated, monkeypatch, tmp_pat
         ("empty", "no IDX header"),
     ],
 )
+@pytest.mark.usefixtures("fashion_mnist")
 def test_corrupt_idx_files_give_a_clear_error(isolated, damage, message) -> None:
     folder = isolated / "fashion-mnist"
-    write_fashion(folder)
     images = folder / "train-images-idx3-ubyte.gz"
     a = np.zeros((40, 28, 28), np.uint8)
     if damage == "magic":
@@ -167,8 +138,8 @@ def test_probe_is_a_fixed_five_percent_of_train() -> None:
     assert replace(ds, probe_fraction=0.2).probe()[0].shape[0] == 20
 
 
+@pytest.mark.usefixtures("fashion_mnist")
 def test_load_dataset_subset_and_probe(isolated) -> None:
-    write_fashion(isolated / "fashion-mnist")
     ds = load_dataset("fashion_mnist", root=isolated, n_train=20, seed=4, probe_fraction=0.1)
     again = load_dataset("fashion_mnist", root=isolated, n_train=20, seed=4, probe_fraction=0.1)
     assert ds.n_train == 20 and torch.equal(ds.x_train, again.x_train)
@@ -194,21 +165,6 @@ def test_unknown_dataset_lists_the_choices() -> None:
 # ---------------------------------------------------------------- CIFAR-10
 
 
-def write_cifar(folder: Path, n: int = 8, protocol: int = 2) -> None:
-    rng = np.random.default_rng(1)
-    folder.mkdir(parents=True)
-    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
-    for i, name in enumerate(names):
-        batch = {
-            b"batch_label": name.encode(),
-            b"labels": [(i + j) % 10 for j in range(n)],
-            b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
-            b"filenames": [b"x.png"] * n,
-        }
-        with open(folder / name, "wb") as f:
-            pickle.dump(batch, f, protocol=protocol)
-
-
 @pytest.mark.parametrize("protocol", [2, 5])
 def test_cifar10_python_batches(isolated, protocol) -> None:
     write_cifar(isolated / "cifar-10-batches-py", protocol=protocol)
@@ -226,9 +182,9 @@ def test_cifar10_python_batches(isolated, protocol) -> None:
     torch.testing.assert_close(per_channel.std(1), torch.ones(3), atol=1e-5, rtol=0)
 
 
+@pytest.mark.usefixtures("cifar10")
 def test_cifar10_corrupt_files(isolated) -> None:
     folder = isolated / "cifar-10-batches-py"
-    write_cifar(folder)
     good = (folder / "data_batch_2").read_bytes()
     (folder / "data_batch_2").write_bytes(good[: len(good) // 2])
     with pytest.raises(CorruptDatasetError, match="data_batch_2: not a readable pickle"):
@@ -248,9 +204,9 @@ class _Evil:
         return (os.system, ("echo pwned",))
 
 
+@pytest.mark.usefixtures("cifar10")
 def test_cifar10_refuses_arbitrary_pickled_code(isolated) -> None:
     folder = isolated / "cifar-10-batches-py"
-    write_cifar(folder)
     (folder / "data_batch_1").write_bytes(pickle.dumps({b"data": _Evil(), b"labels": []}))
     with pytest.raises(CorruptDatasetError, match="refusing to load"):
         load_dataset("cifar10", root=isolated)

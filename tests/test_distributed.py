@@ -81,7 +81,7 @@ loss_change = {{ every = 5 }}
 
 
 def _config(tmp_path, epochs):
-    from cases import write_tiny_npz
+    from helpers import write_tiny_npz
 
     npz = write_tiny_npz(tmp_path / "tiny.npz", n=200, n_train=160)
     path = tmp_path / f"tiny{epochs}.toml"

@@ -4,7 +4,6 @@ TensorBoard event files (one subdirectory per run) read back scalar by scalar.""
 from __future__ import annotations
 
 import ast
-import json
 import math
 import sys
 from pathlib import Path
@@ -16,7 +15,7 @@ import pytest
 from breakeven.analysis import read_runs
 from breakeven.cli import main
 from breakeven.records import default_export_path, export_run, load_run, write_records
-from breakeven.tracking import RunStore
+from helpers import write_run, write_sweep
 
 SRC = Path(__file__).parents[1] / "src" / "breakeven"
 
@@ -24,10 +23,9 @@ SRC = Path(__file__).parents[1] / "src" / "breakeven"
 def _make_run(path: Path, lr: float, steps: int = 4) -> Path:
     """A run directory written by the run store: covariance, hessian (with a NaN and a
     boolean-like flag), a key with a slash, a non-scalar value, and evaluation records."""
-    store = RunStore(path)
-    store.open({"name": path.name, "train": {"lr": lr, "batch_size": 8}, "track": {}})
+    records = []
     for step in range(steps):
-        store.append(
+        records.append(
             {
                 "step": step,
                 "epoch": step / 2,
@@ -38,7 +36,7 @@ def _make_run(path: Path, lr: float, steps: int = 4) -> Path:
             }
         )
         if step % 2 == 0:
-            store.append(
+            records.append(
                 {
                     "step": step,
                     "epoch": step / 2,
@@ -54,7 +52,7 @@ def _make_run(path: Path, lr: float, steps: int = 4) -> Path:
                     "matvecs": 10,
                 }
             )
-    store.append(
+    records.append(
         {
             "step": steps,
             "epoch": steps / 2,
@@ -64,17 +62,12 @@ def _make_run(path: Path, lr: float, steps: int = 4) -> Path:
             "matvecs": 0,
         }
     )
-    store.finish("finished", {"status": "finished", "steps": steps}, {})
-    return path
+    config = {"name": path.name, "train": {"lr": lr, "batch_size": 8}, "track": {}}
+    return write_run(path, records, config=config, summary={"steps": steps})
 
 
 def _make_sweep(path: Path) -> Path:
-    runs = [{"name": f"lr{lr}", "params": {"train.lr": lr}, "seed": 0} for lr in (0.1, 0.01)]
-    (path / "runs").mkdir(parents=True)
-    for r in runs:
-        _make_run(path / "runs" / r["name"], r["params"]["train.lr"])
-    spec = {"kind": "sweep", "grid": {"train.lr": [0.1, 0.01]}, "seeds": [0], "runs": runs}
-    (path / "sweep.json").write_text(json.dumps(spec))
+    write_sweep(path, (0.1, 0.01), (0,), lambda run, lr, seed: _make_run(run, lr), name="lr{lr}")
     return path
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import breakeven
-from test_analysis import write_sweep
+from test_analysis import peaked_sweep
 from test_export import _make_run
 
 INIT = Path(breakeven.__file__)
@@ -56,7 +56,7 @@ def dirs(tmp_path_factory):
     """A sweep directory (two learning rates, two seeds) and a run written by the RunStore."""
     root = tmp_path_factory.mktemp("imports")
     values = {(lr, s): (10 / lr + s, 1 / lr + s) for lr in (0.1, 0.01) for s in (0, 1)}
-    sweep = write_sweep(root / "sweep", [0.1, 0.01], [0, 1], values)
+    sweep = peaked_sweep(root / "sweep", [0.1, 0.01], [0, 1], values)
     run = _make_run(root / "run", 0.1)
     return {"sweep": str(sweep), "run": str(run), "root": root}
 

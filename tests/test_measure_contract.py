@@ -12,7 +12,6 @@ import breakeven as be
 from breakeven.cli import main
 from breakeven.measures import tracked
 from breakeven.records import read_records
-from cases import write_tiny_npz
 from test_tracking import ALL, loop, make, tracker_for_loop
 
 # The README's example of a user-defined measure, run verbatim below.
@@ -336,12 +335,12 @@ grad_norm = {{ every = 2 }}
 """
 
 
-def test_a_cycle_stops_breakeven_run_before_its_folder_exists(registry, tmp_path, capsys):
+def test_a_cycle_stops_breakeven_run_before_its_folder_exists(registry, tmp_path, tiny_npz, capsys):
     first = be.register_measure("first")(type("First", (_Needs,), {"requires": ()}))
     be.register_measure("second")(type("Second", (_Needs,), {"requires": ("first",)}))
     first.requires = ("second",)  # a cycle no registration order could make
     config = tmp_path / "cycle.toml"
-    toml = TOML.format(npz=write_tiny_npz(tmp_path / "tiny.npz"))
+    toml = TOML.format(npz=tiny_npz)
     config.write_text(toml.replace("hessian = {", "first = {").replace("grad_norm", "second"))
     out = tmp_path / "run"
     assert main(["run", str(config), "--out", str(out), "--no-progress"]) == 2
@@ -349,10 +348,10 @@ def test_a_cycle_stops_breakeven_run_before_its_folder_exists(registry, tmp_path
     assert not out.exists()
 
 
-def test_the_readme_measure_in_breakeven_run(registry, tmp_path):
+def test_the_readme_measure_in_breakeven_run(registry, tmp_path, tiny_npz):
     exec(README_EXAMPLE, {})
     config = tmp_path / "user.toml"
-    config.write_text(TOML.format(npz=write_tiny_npz(tmp_path / "tiny.npz")))
+    config.write_text(TOML.format(npz=tiny_npz))
     out = tmp_path / "run"
     assert main(["run", str(config), "--out", str(out), "--no-progress"]) == 0
     records = [r for r in read_records(out) if r["measure"] == "grad_norm"]

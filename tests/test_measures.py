@@ -1,6 +1,5 @@
 """The public estimators against dense float64 answers on the catalogue of tiny cases."""
 
-import functools
 import math
 import warnings
 
@@ -14,25 +13,17 @@ from breakeven.operators.dense import (
     dense_hessian,
     per_example_hessians,
 )
-from cases import CASES, make_case
+from cases import exact_hessian, make_case
 
 
-@functools.cache
-def dense(name):
-    c = make_case(name)
-    return dense_hessian(c.model, c.loss_fn, c.data)
-
-
-@pytest.mark.parametrize("name", CASES)
 @pytest.mark.parametrize("k", [1, 3])
-def test_hessian_eigenvalues_equal_eigvalsh(name, k):
-    c = make_case(name)
-    res = be.hessian_eigenvalues(c.model, c.loss_fn, c.data, k=k, tol=1e-10)
-    exact = torch.linalg.eigvalsh(dense(name)).flip(0)[:k]
+def test_hessian_eigenvalues_equal_eigvalsh(case, k):
+    res = be.hessian_eigenvalues(case.model, case.loss_fn, case.data, k=k, tol=1e-10)
+    exact = torch.linalg.eigvalsh(exact_hessian(case.name)).flip(0)[:k]
     torch.testing.assert_close(res.eigenvalues, exact, rtol=1e-6, atol=1e-9)
     assert res.converged and res.num_matvecs > 0 and res.seconds > 0
-    assert res.bn_mode == "eval" and res.num_examples == len(c.x)
-    assert res.eigenvectors.shape == (sum(p.numel() for p in c.model.parameters()), k)
+    assert res.bn_mode == "eval" and res.num_examples == len(case.x)
+    assert res.eigenvectors.shape == (sum(p.numel() for p in case.model.parameters()), k)
 
 
 class Saddle(torch.nn.Module):
@@ -71,7 +62,7 @@ def test_hessian_chunk_size_does_not_change_the_result():
 
 def test_hessian_trace_converges():
     c = make_case("mlp_ce")
-    exact = float(dense("mlp_ce").trace())
+    exact = float(exact_hessian("mlp_ce").trace())
     err = {}
     for n in (8, 512):
         runs = [
@@ -85,7 +76,7 @@ def test_hessian_trace_converges():
 
 def test_hessian_density_matches_the_spectrum():
     c = make_case("mlp_ce")
-    H = dense("mlp_ce")
+    H = exact_hessian("mlp_ce")
     dim = H.shape[0]
     res = be.hessian_density(c.model, c.loss_fn, c.data, num_probes=2, num_steps=dim)
     exact = torch.linalg.eigvalsh(H)
@@ -101,12 +92,11 @@ def batches_of(c, m):
     return [(c.x[i : i + m], c.y[i : i + m]) for i in range(0, len(c.x), m)]
 
 
-@pytest.mark.parametrize("name", CASES)
-def test_gradient_covariance_equals_dense(name):
-    c = make_case(name, n=24)
-    batches = batches_of(c, 3)  # L = 8, M = 3
-    s = be.gradient_covariance(c.model, c.loss_fn, batches)
-    K = dense_covariance(dense_gradients(c.model, c.loss_fn, batches))
+@pytest.mark.examples(24)
+def test_gradient_covariance_equals_dense(case):
+    batches = batches_of(case, 3)  # L = 8, M = 3
+    s = be.gradient_covariance(case.model, case.loss_fn, batches)
+    K = dense_covariance(dense_gradients(case.model, case.loss_fn, batches))
     r = min(7, K.shape[0])  # rank of K: at most L - 1 and at most D
     exact = torch.linalg.eigvalsh(K).flip(0)[:r]
     torch.testing.assert_close(s.eigenvalues[:r], exact, rtol=1e-8, atol=1e-14)
@@ -142,12 +132,12 @@ def test_eigenvectors_and_alignment_against_dense():
     assert be.gradient_alignment(U[:, 0], s, k=5) == pytest.approx(1.0)
 
 
-@pytest.mark.parametrize("name", ["mlp_ce", "cnn", "cnn_bn"])
-def test_per_example_covariance_equals_a_loop(name):
-    c = make_case(name, n=10)
-    s = be.per_example_gradient_covariance(c.model, c.loss_fn, c.x, c.y, chunk_size=4)
-    loop = [(c.x[i : i + 1], c.y[i : i + 1]) for i in range(10)]
-    K = dense_covariance(dense_gradients(c.model, c.loss_fn, loop, bn_mode="eval"))
+@pytest.mark.parametrize("case", ["mlp_ce", "cnn", "cnn_bn"], indirect=True)
+@pytest.mark.examples(10)
+def test_per_example_covariance_equals_a_loop(case):
+    s = be.per_example_gradient_covariance(case.model, case.loss_fn, case.x, case.y, chunk_size=4)
+    loop = [(case.x[i : i + 1], case.y[i : i + 1]) for i in range(10)]
+    K = dense_covariance(dense_gradients(case.model, case.loss_fn, loop, bn_mode="eval"))
     torch.testing.assert_close(
         s.eigenvalues[:9], torch.linalg.eigvalsh(K).flip(0)[:9], rtol=1e-8, atol=1e-13
     )
@@ -168,16 +158,17 @@ def test_per_example_covariance_falls_back_with_a_reason():
 # --------------------------------------------------------------------------- curvature, stability
 
 
-@pytest.mark.parametrize("name", CASES)
+@pytest.mark.examples(8)
 @pytest.mark.parametrize("method", ["auto", "forward", "reverse"])
-def test_curvature_variance_equals_explicit_per_example_hessians(name, method):
-    c = make_case(name, n=8)
-    e = torch.linalg.eigh(dense_hessian(c.model, c.loss_fn, c.data))[1][:, -1]
-    Hi = per_example_hessians(c.model, c.loss_fn, c.x, c.y)
+def test_curvature_variance_equals_explicit_per_example_hessians(case, method):
+    e = torch.linalg.eigh(dense_hessian(case.model, case.loss_fn, case.data))[1][:, -1]
+    Hi = per_example_hessians(case.model, case.loss_fn, case.x, case.y)
     exact = torch.einsum("d,nde,e->n", e, Hi, e)
-    ours = be.per_example_curvatures(c.model, c.loss_fn, c.data, e, method=method, chunk_size=3)
+    ours = be.per_example_curvatures(
+        case.model, case.loss_fn, case.data, e, method=method, chunk_size=3
+    )
     torch.testing.assert_close(ours, exact, rtol=1e-9, atol=1e-12)
-    var = be.curvature_variance(c.model, c.loss_fn, c.data, e, method=method)
+    var = be.curvature_variance(case.model, case.loss_fn, case.data, e, method=method)
     assert var == pytest.approx(float(exact.var(unbiased=False)), rel=1e-8)
 
 
@@ -220,7 +211,7 @@ def test_warm_start_from_an_overtaken_eigenvector_still_finds_the_top():
     """From e_2 alone Lanczos stops at once on lambda_2 (an exact eigenpair); the start
     mixes in the gradient and a random vector, so the top is still found."""
     c = make_case("mlp_ce")
-    evals, evecs = torch.linalg.eigh(dense("mlp_ce"))
+    evals, evecs = torch.linalg.eigh(exact_hessian("mlp_ce"))
     e2 = evecs[:, -2]
     plain = be.lanczos(be.HessianOperator(c.model, c.loss_fn, c.data), 1, v0=e2)
     assert plain.eigenvalues[0] == pytest.approx(float(evals[-2]), rel=1e-8)  # the trap

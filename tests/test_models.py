@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from breakeven.models import BertConfig, build_model, list_models, load_bert
+from helpers import assert_same_state
 
 # Published or derived figures (see each model's docstring).
 COUNTS = {
@@ -130,7 +131,7 @@ def test_same_seed_same_initialisation() -> None:
     a = build_model("resnet32").state_dict()
     torch.manual_seed(3)
     b = build_model("resnet32").state_dict()
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert_same_state(a, b)
 
 
 def test_bert_loads_a_local_checkpoint(tmp_path) -> None:

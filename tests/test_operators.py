@@ -1,7 +1,6 @@
 """Every curvature operator against a dense float64 torch.func reference on tiny cases."""
 
 import dataclasses
-import functools
 
 import pytest
 import torch
@@ -12,22 +11,16 @@ from breakeven._core.params import flatten, trainable, unflatten
 from breakeven._core.state import measuring
 from breakeven.operators.covariance import centred_gram
 from breakeven.operators.dense import dense_covariance, dense_gradients, dense_hessian
-from cases import CASES, make_case
+from cases import exact_hessian, make_case
 
 
-@functools.cache
-def _dense(name):
-    c = make_case(name)
-    return dense_hessian(c.model, c.loss_fn, c.data)
-
-
-@pytest.mark.parametrize("name", CASES)
 @pytest.mark.parametrize("method", ["reverse", "forward"])
 @pytest.mark.parametrize("chunk_size", [None, 5])
-def test_hessian_operator_equals_dense(name, method, chunk_size):
-    c = make_case(name)
-    H = _dense(name)
-    op = be.HessianOperator(c.model, c.loss_fn, c.data, chunk_size=chunk_size, method=method)
+def test_hessian_operator_equals_dense(case, method, chunk_size):
+    H = exact_hessian(case.name)
+    op = be.HessianOperator(
+        case.model, case.loss_fn, case.data, chunk_size=chunk_size, method=method
+    )
     torch.testing.assert_close(op.to_dense(), H, rtol=1e-10, atol=1e-12)
     v = torch.randn(op.shape[0], dtype=torch.float64)
     torch.testing.assert_close(op @ v, H @ v, rtol=1e-10, atol=1e-12)
@@ -89,12 +82,11 @@ def test_train_mode_batchnorm_hessian_against_finite_differences():
     torch.testing.assert_close(op.to_dense(), fd, rtol=1e-6, atol=1e-8)
 
 
-@pytest.mark.parametrize("name", CASES)
-def test_covariance_operator_equals_dense(name):
-    c = make_case(name, n=20)
-    batches = [(c.x[i : i + 4], c.y[i : i + 4]) for i in range(0, 20, 4)]
-    op = be.GradientCovarianceOperator(c.model, c.loss_fn, batches)
-    K = dense_covariance(dense_gradients(c.model, c.loss_fn, batches))
+@pytest.mark.examples(20)
+def test_covariance_operator_equals_dense(case):
+    batches = [(case.x[i : i + 4], case.y[i : i + 4]) for i in range(0, 20, 4)]
+    op = be.GradientCovarianceOperator(case.model, case.loss_fn, batches)
+    K = dense_covariance(dense_gradients(case.model, case.loss_fn, batches))
     torch.testing.assert_close(op.to_dense(), K, rtol=1e-10, atol=1e-13)
     nonzero = torch.linalg.eigvalsh(K).flip(0)[:4]
     torch.testing.assert_close(torch.linalg.eigvalsh(op.gram()).flip(0)[:4], nonzero)
@@ -116,8 +108,7 @@ def test_gram_is_accumulated_in_float64():
 
 
 @pytest.mark.filterwarnings("ignore:torch.func.vmap cannot batch:RuntimeWarning")
-@pytest.mark.parametrize("name", CASES)
-def test_rank_one_factors_of_linear_layers_equal_the_materialised_gradients(name):
+def test_rank_one_factors_of_linear_layers_equal_the_materialised_gradients(case):
     """Per-example K keeps each linear weight's gradients as factors (a_i, delta_i): the
     Gram, C v, C^T a, |g|^2 and the rows equal those of the materialised gradients."""
     from breakeven.operators.covariance import (
@@ -126,13 +117,14 @@ def test_rank_one_factors_of_linear_layers_equal_the_materialised_gradients(name
         _per_example_blocks,
     )
 
-    c = make_case(name)
     kw = {"chunk_size": 5, "bn_mode": "eval"}
-    factored = _per_example_blocks(c.model, c.loss_fn, c.x, c.y, factor_linear=True, **kw)
-    plain = _per_example_blocks(c.model, c.loss_fn, c.x, c.y, factor_linear=False, **kw)
-    linears = [m for m in c.model.modules() if isinstance(m, torch.nn.Linear)]
+    factored = _per_example_blocks(
+        case.model, case.loss_fn, case.x, case.y, factor_linear=True, **kw
+    )
+    plain = _per_example_blocks(case.model, case.loss_fn, case.x, case.y, factor_linear=False, **kw)
+    linears = [m for m in case.model.modules() if isinstance(m, torch.nn.Linear)]
     # the LSTM falls back to a loop (vmap cannot batch it): nothing is factored there
-    expected = 0 if name == "lstm" else len(linears)
+    expected = 0 if case.name == "lstm" else len(linears)
     assert sum(isinstance(b, RankOneRows) for b in factored) == expected
     F = GradientCovarianceOperator.from_gradients(factored, 1)
     P = GradientCovarianceOperator.from_gradients(plain, 1)
@@ -210,16 +202,15 @@ def test_only_true_rank_one_layers_are_factored(model, factored):
 
 
 @pytest.mark.parametrize("storage", ["cpu", "disk"])
-@pytest.mark.parametrize("name", ["mlp_ce", "cnn_bn"])
-def test_stored_gradients_give_the_same_operator(name, storage):
+@pytest.mark.parametrize("case", ["mlp_ce", "cnn_bn"], indirect=True)
+def test_stored_gradients_give_the_same_operator(case, storage):
     """K from gradients kept in host memory or a temporary file, one batch at a time,
     equals K from the vmap pass (Gram, products, the gradients themselves)."""
     from breakeven.operators.covariance import GradientCovarianceOperator
 
-    c = make_case(name, n=12)
-    batches = [(c.x[i : i + 3], c.y[i : i + 3]) for i in range(0, 12, 3)]
-    ref = GradientCovarianceOperator(c.model, c.loss_fn, batches)
-    op = GradientCovarianceOperator(c.model, c.loss_fn, batches, storage=storage)
+    batches = [(case.x[i : i + 3], case.y[i : i + 3]) for i in range(0, 12, 3)]
+    ref = GradientCovarianceOperator(case.model, case.loss_fn, batches)
+    op = GradientCovarianceOperator(case.model, case.loss_fn, batches, storage=storage)
     torch.testing.assert_close(op.gradients, ref.gradients, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(op.gram(), ref.gram(), rtol=1e-10, atol=1e-14)
     v = torch.randn(op.shape[0], dtype=torch.float64, generator=torch.Generator().manual_seed(0))
@@ -229,20 +220,21 @@ def test_stored_gradients_give_the_same_operator(name, storage):
         op.to_dense(), dense_covariance(ref.gradients), rtol=1e-8, atol=1e-12
     )
     with pytest.raises(ValueError, match="storage='gpu' is invalid"):
-        GradientCovarianceOperator(c.model, c.loss_fn, batches, storage="gpu")
+        GradientCovarianceOperator(case.model, case.loss_fn, batches, storage="gpu")
 
 
-@pytest.mark.parametrize("name", CASES)
 @pytest.mark.parametrize("chunk_size", [None, 5])
-def test_hessian_matmat_equals_one_product_per_column(name, chunk_size):
-    c = make_case(name)
+def test_hessian_matmat_equals_one_product_per_column(case, chunk_size):
     V = torch.randn(
-        _dense(name).shape[0], 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1)
+        exact_hessian(case.name).shape[0],
+        4,
+        dtype=torch.float64,
+        generator=torch.Generator().manual_seed(1),
     )
-    op = be.HessianOperator(c.model, c.loss_fn, c.data, chunk_size=chunk_size)
+    op = be.HessianOperator(case.model, case.loss_fn, case.data, chunk_size=chunk_size)
     HV = op @ V
     assert op.num_matvecs == 4
-    torch.testing.assert_close(HV, _dense(name) @ V, rtol=1e-8, atol=1e-10)
+    torch.testing.assert_close(HV, exact_hessian(case.name) @ V, rtol=1e-8, atol=1e-10)
     for j in range(4):
         torch.testing.assert_close(HV[:, j], op @ V[:, j], rtol=1e-10, atol=1e-12)
 
@@ -253,7 +245,7 @@ def test_hutchinson_blocks_do_not_change_the_estimate():
     one = be.hutchinson(op, 10, seed=3, block_size=1)
     four = be.hutchinson(op, 10, seed=3, block_size=4)
     torch.testing.assert_close(one.samples, four.samples, rtol=1e-10, atol=1e-12)
-    dense = be.hutchinson(_dense("cnn_bn"), 10, seed=3, block_size=4)
+    dense = be.hutchinson(exact_hessian("cnn_bn"), 10, seed=3, block_size=4)
     torch.testing.assert_close(dense.samples, one.samples, rtol=1e-8, atol=1e-10)
     with pytest.raises(ValueError, match="block_size"):
         be.hutchinson(op, 10, block_size=0)
@@ -326,12 +318,12 @@ def test_a_model_vmap_cannot_batch_warns_once_per_model_in_one_line(n_models):
         )
 
 
-@pytest.mark.parametrize("name", CASES)
-def test_per_example_gradients_and_covariance_from_gradients_equal_dense(name):
+@pytest.mark.examples(10)
+def test_per_example_gradients_and_covariance_from_gradients_equal_dense(case):
     """``be.per_example_gradients``: row i is the gradient of example i's loss (a batch of
     one, eval-mode BatchNorm), flattened in parameter order; ``be.covariance_from_gradients``
     of it: the spectrum of the dense (1/L) centred covariance, in float64."""
-    c = make_case(name, n=10)
+    c = case
     G = be.per_example_gradients(c.model, c.loss_fn, c.x, c.y)
     ref = dense_gradients(
         c.model, c.loss_fn, [(c.x[i : i + 1], c.y[i : i + 1]) for i in range(10)], bn_mode="eval"

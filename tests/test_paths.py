@@ -34,7 +34,7 @@ from breakeven.records import (
 )
 from breakeven.tracking.store import RUN_FILES, RunStore
 from breakeven.train import ConfigError
-from cases import write_tiny_npz
+from helpers import write_run
 
 TOML = """
 name = "{name}"
@@ -59,11 +59,10 @@ num_threads = 1
 
 
 @pytest.fixture
-def config(tmp_path: Path) -> Path:
+def config(tmp_path: Path, tiny_npz: Path) -> Path:
     """A tiny run config (3 steps on a tiny .npz dataset) with a one-run sweep table."""
-    npz = write_tiny_npz(tmp_path / "tiny.npz")
     path = tmp_path / "tiny.toml"
-    path.write_text(TOML.format(name="tiny", npz=npz))
+    path.write_text(TOML.format(name="tiny", npz=tiny_npz))
     return path
 
 
@@ -100,17 +99,16 @@ def one_error_line(text: str) -> str:
 
 def make_run(path: Path, **values: float) -> Path:
     """A finished run directory written by the run store (no training)."""
-    store = RunStore(path)
-    store.open({"name": path.name, "train": {"lr": 0.1}, "track": {}})
+    records = []
     for step in range(3):
         v = {"lambda_K_1": 1.0 + step, **values}
-        store.append({"step": step, "epoch": step / 3, "measure": "covariance", "values": v,
-                      "seconds": 0.1, "matvecs": 2})  # fmt: skip
+        records.append({"step": step, "epoch": step / 3, "measure": "covariance", "values": v,
+                        "seconds": 0.1, "matvecs": 2})  # fmt: skip
     v = {"train_loss": 0.5, "train_acc": 0.6}
-    store.append({"step": 3, "epoch": 1.0, "measure": "evaluation", "values": v,
-                  "seconds": 0.0, "matvecs": 0})  # fmt: skip
-    store.finish("finished", {"status": "finished", "steps": 3, "seconds": 1.0}, {})
-    return path
+    records.append({"step": 3, "epoch": 1.0, "measure": "evaluation", "values": v,
+                    "seconds": 0.0, "matvecs": 0})  # fmt: skip
+    config = {"name": path.name, "train": {"lr": 0.1}, "track": {}}
+    return write_run(path, records, config=config, summary={"steps": 3, "seconds": 1.0})
 
 
 # ---------------------------------------------------------------- names

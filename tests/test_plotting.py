@@ -33,6 +33,7 @@ from breakeven.plotting import (
 )
 from breakeven.plotting.captions import caption
 from breakeven.plotting.figures import UNRESOLVED_LABEL
+from helpers import write_run, write_sweep
 
 PLOTTING = Path(__file__).parents[1] / "src" / "breakeven" / "plotting"
 STEPS = list(range(0, 100, 10))  # 0, 10, ..., 90
@@ -65,19 +66,16 @@ def encode(arr):
     }
 
 
-def write_run(path, lr=0.1, seed=0, measures=ALL, stability=None, predictions_every=20, acc=ACC):
+def known_run(path, lr=0.1, seed=0, measures=ALL, stability=None, predictions_every=20, acc=ACC):
     """A run directory with known records (training accuracy ``acc`` at STEPS); returns
     {(measure, key): {step: value}}."""
     rng = np.random.default_rng(int(1000 * lr) + seed)
-    path.mkdir(parents=True)
     cfg = {
         "name": "synthetic",
         "train": {"model": "mlp", "dataset": "fashion_mnist", "lr": lr, "batch_size": 64},
         "train_seed": seed,
     }
     cfg["train"]["init_seed"] = seed
-    (path / "config.json").write_text(json.dumps(cfg))
-    (path / "status").write_text("finished\n")
     recs, known = [], {}
 
     def add(step, measure, values, arrays=None):
@@ -138,37 +136,27 @@ def write_run(path, lr=0.1, seed=0, measures=ALL, stability=None, predictions_ev
             p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
             add(s, "predictions", {}, {"predictions": encode(p.astype(np.float16))})
     recs.sort(key=lambda r: r["step"])
-    (path / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    write_run(path, recs, config=cfg)
     return known
 
 
 def write_series(path, values, lr=0.1, momentum=0.0):
     """A run directory holding exactly ``values``: {(measure, key): {step: value}}, a record
     per (step, measure), epoch = step / 40."""
-    path.mkdir(parents=True)
     train = {"model": "mlp", "dataset": "fashion_mnist", "lr": lr, "momentum": momentum}
-    (path / "config.json").write_text(json.dumps({"name": "s", "train": train}))
-    (path / "status").write_text("finished\n")
     recs = {}
     for (measure, key), by_step in values.items():
         for step, v in by_step.items():
             r = recs.setdefault((step, measure), {"step": step, "epoch": epoch(step)})
             r.update(measure=measure, values={**r.get("values", {}), key: v})
     rows = [recs[k] for k in sorted(recs)]
-    (path / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
+    return write_run(path, rows, config={"name": "s", "train": train})
 
 
-def write_sweep(root, lrs=(0.1, 0.01), seeds=(0, 1), **kw):
-    runs, known = [], {}
-    for lr in lrs:
-        for s in seeds:
-            name = f"lr{lr}_s{s}"
-            known[name] = write_run(root / "runs" / name, lr, s, **kw)
-            runs.append({"name": name, "params": {"train.lr": lr}, "seed": s})
-    spec = {"kind": "sweep", "preset": "p", "grid": {"train.lr": list(lrs)}, "runs": runs}
-    (root / "sweep.json").write_text(json.dumps(spec))
-    return known
+def known_sweep(root, lrs=(0.1, 0.01), seeds=(0, 1), **kw):
+    """A sweep of :func:`known_run` runs named ``lr<lr>_s<seed>``; returns {name: known}."""
+    one = functools.partial(known_run, **kw)
+    return write_sweep(root, lrs, seeds, one, name="lr{lr}_s{seed}")
 
 
 def lines(ax, prefix):
@@ -190,14 +178,14 @@ def centred_mean(y, w):
 @pytest.fixture(scope="module")
 def one(tmp_path_factory):
     root = tmp_path_factory.mktemp("one")
-    known = write_run(root / "run", stability=[0.5, 0.8, 0.9, 1.2, 0.7, 1.5, 2, 1, 1, 1])
+    known = known_run(root / "run", stability=[0.5, 0.8, 0.9, 1.2, 0.7, 1.5, 2, 1, 1, 1])
     return root / "run", known
 
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
     root = tmp_path_factory.mktemp("sweep")
-    return root, write_sweep(root)
+    return root, known_sweep(root)
 
 
 # ----------------------------------------------------------------------------- rooms
@@ -301,12 +289,12 @@ def test_trajectories_of_a_sweep_colour_by_value_and_thin_seeds(sweep):
 
 
 def test_trajectories_default_keys_that_exist_and_missing_keys(tmp_path):
-    write_run(tmp_path / "r", measures=("evaluation", "covariance"))
+    known_run(tmp_path / "r", measures=("evaluation", "covariance"))
     fig = plot_trajectories(tmp_path / "r")
     assert len(fig.axes) == 3  # no lambda_H_1 recorded
     with pytest.raises(ValueError, match=r"lambda_H_1.*track.hessian.every"):
         plot_trajectories(tmp_path / "r", ["lambda_K_1", "lambda_H_1"])
-    write_run(tmp_path / "e", measures=("evaluation",))
+    known_run(tmp_path / "e", measures=("evaluation",))
     with pytest.raises(ValueError, match=r"track\.covariance\.every"):
         plot_trajectories(tmp_path / "e")
 
@@ -321,7 +309,7 @@ def test_batchnorm_panel(one, tmp_path):
         np.testing.assert_array_equal(
             lines(ax, "raw:")["raw:run"].get_ydata(), list(known[key].values())
         )
-    write_run(tmp_path / "nobn", measures=("covariance", "alignment"))
+    known_run(tmp_path / "nobn", measures=("covariance", "alignment"))
     with pytest.raises(ValueError, match=r"gamma_norm_last.*track.batchnorm"):
         plot_batchnorm(tmp_path / "nobn")
 
@@ -502,7 +490,7 @@ def test_m1_against_m128_with_pearson_r(sweep, tmp_path):
     r = float(re.search(r"Pearson r = (-?[0-9.]+)", ax.get_title()).group(1))
     assert r == pytest.approx(np.corrcoef(xs, ys)[0, 1], abs=6e-4)
     assert "M = 64" in ax.get_xlabel() and "M = 1 " in ax.get_ylabel()
-    write_run(tmp_path / "r", measures=("covariance",))
+    known_run(tmp_path / "r", measures=("covariance",))
     with pytest.raises(ValueError, match=r"covariance_m1.*batch_size = 1"):
         plot_m1_vs_m128(tmp_path / "r")
 
@@ -534,21 +522,21 @@ def test_spectra_at_the_peaks(one, tmp_path):
     assert ax_h.get_yscale() == "log"
 
     # without density records: the top-k eigenvalues of the hessian record at the peak
-    write_run(tmp_path / "k", measures=("covariance", "hessian"))
+    known_run(tmp_path / "k", measures=("covariance", "hessian"))
     ax_h = plot_spectra(tmp_path / "k").axes[1]
     np.testing.assert_array_equal(lines(ax_h, "H:")["H:k"].get_ydata(), [40.0, 5.0, 1.0])
     # no eigenvalues of K: H alone by default, an error when K is asked for
-    write_run(tmp_path / "n", measures=("hessian",))
+    known_run(tmp_path / "n", measures=("hessian",))
     (ax,) = plot_spectra(tmp_path / "n").axes
     assert lines(ax, "H:") and not lines(ax, "K:")
     with pytest.raises(ValueError, match=r"track.covariance.spectrum=true"):
         plot_spectra(tmp_path / "n", parts=["K", "H"])
-    write_run(tmp_path / "c", measures=("covariance",))
+    known_run(tmp_path / "c", measures=("covariance",))
     with pytest.raises(ValueError, match=r"track.hessian_density.every"):
         plot_spectra(tmp_path / "c", parts=["K", "H"])
     assert len(plot_spectra(tmp_path / "c").axes) == 1
     assert lines(plot_spectra(tmp_path / "c").axes[0], "K:")
-    write_run(tmp_path / "e", measures=("evaluation",))
+    known_run(tmp_path / "e", measures=("evaluation",))
     with pytest.raises(ValueError, match="no spectrum recorded"):
         plot_spectra(tmp_path / "e")
     assert "no spectrum recorded" in available_figures(tmp_path / "e")["spectra"]
@@ -562,11 +550,11 @@ def test_spectra_titles_name_what_is_drawn_and_where(one, tmp_path):
     # lambda_H^1 peaks at step 60, the nearest density record is at 70
     assert "nearest the step of max" in ax_h.get_title()
     assert r"$\mathbf{K}$ and $\mathbf{H}$" in fig.get_suptitle()
-    write_run(tmp_path / "c", measures=("covariance",))
+    known_run(tmp_path / "c", measures=("covariance",))
     fig = plot_spectra(tmp_path / "c")
     assert [ax.get_gid() for ax in fig.axes] == ["K"]
     assert "H" not in fig.get_suptitle().replace(r"\mathbf", "")
-    write_run(tmp_path / "h", measures=("hessian",))
+    known_run(tmp_path / "h", measures=("hessian",))
     (ax,) = plot_spectra(tmp_path / "h").axes
     assert ax.get_gid() == "H-top" and "at max" in ax.get_title()
 
@@ -608,7 +596,7 @@ def test_edge_of_stability(sweep):
 
 
 def test_available_figures_says_what_is_missing(tmp_path, one):
-    write_run(tmp_path / "r", measures=("evaluation", "covariance"))
+    known_run(tmp_path / "r", measures=("evaluation", "covariance"))
     avail = available_figures(read_runs(tmp_path / "r"))
     assert set(avail) == set(FIGURES)
     assert avail["trajectories"] == "" and avail["spectra"] == ""  # K's spectrum alone
@@ -645,7 +633,7 @@ def test_cli_writes_png_svg_pdf_and_rejects_bad_input(one, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error:") and ".png" in err and "'.jpg'" in err
     assert not (tmp_path / "f.jpg").exists()
-    write_run(tmp_path / "bare", measures=("covariance",))
+    known_run(tmp_path / "bare", measures=("covariance",))
     assert main(["plot", "stability", str(tmp_path / "bare"), "--out", str(out)]) == 2
     assert "track.stability.every" in capsys.readouterr().err
     assert main(["plot", "nope", str(path), "--out", str(out)]) == 2
@@ -661,7 +649,7 @@ def test_cli_writes_png_svg_pdf_and_rejects_bad_input(one, tmp_path, capsys):
 
 def test_embedding_shared_umap_with_nearest_point_background(tmp_path):
     pytest.importorskip("umap")
-    known = write_sweep(tmp_path, lrs=(0.1, 0.01), seeds=(0,), predictions_every=40)
+    known = known_sweep(tmp_path, lrs=(0.1, 0.01), seeds=(0,), predictions_every=40)
     with pytest.warns(UserWarning, match="n_neighbors lowered from 15 to 5"):
         fig = plot_embedding(tmp_path, resolution=40)
     ax = fig.axes[0]
@@ -702,9 +690,9 @@ def test_embedding_shared_umap_with_nearest_point_background(tmp_path):
 
 def test_cli_embedding_until_accuracy_cuts_each_run_at_its_crossing(tmp_path, monkeypatch, capsys):
     pytest.importorskip("umap")
-    write_run(tmp_path / "fast", measures=("evaluation", "covariance", "predictions"))
+    known_run(tmp_path / "fast", measures=("evaluation", "covariance", "predictions"))
     slow = [a / 2 for a in ACC]  # never reaches 0.65
-    write_run(
+    known_run(
         tmp_path / "slow", lr=0.01, measures=("evaluation", "covariance", "predictions"), acc=slow
     )
     drawn_figs = []
@@ -736,7 +724,7 @@ def test_cli_embedding_until_accuracy_cuts_each_run_at_its_crossing(tmp_path, mo
         main(["plot", "trajectories", paths[0], "--out", str(out), "--until-accuracy", "0.5"]) == 2
     )
     assert "no option until_accuracy" in capsys.readouterr().err
-    write_run(tmp_path / "noacc", measures=("covariance", "predictions"))
+    known_run(tmp_path / "noacc", measures=("covariance", "predictions"))
     args = ["plot", "embedding", str(tmp_path / "noacc"), "--out", str(out)]
     assert main([*args, "--until-accuracy", "0.65"]) == 2
     assert "train_acc" in capsys.readouterr().err
@@ -825,7 +813,7 @@ def figure_data(fig):
 def test_embedding_reuses_the_umap_of_unchanged_records(tmp_path, monkeypatch):
     fits = count_fits(monkeypatch)  # the real UMAP
     measures = ("evaluation", "covariance", "predictions")  # predictions at 0, 20, .., 80
-    write_sweep(tmp_path, lrs=(0.1, 0.01), seeds=(0,), measures=measures)
+    known_sweep(tmp_path, lrs=(0.1, 0.01), seeds=(0,), measures=measures)
     first = plot_embedding(tmp_path, n_neighbors=5, resolution=20)
     assert fits == [10]
     (kept,) = cache_files(tmp_path)
@@ -860,7 +848,7 @@ def test_embedding_cache_misses_whenever_what_determines_it_changes(tmp_path, mo
     from breakeven.plotting import embedding as module
 
     fits = count_fits(monkeypatch, fake=True)
-    write_sweep(tmp_path, lrs=(0.1, 0.01), seeds=(0,))  # predictions at 0, 20, .., 80
+    known_sweep(tmp_path, lrs=(0.1, 0.01), seeds=(0,))  # predictions at 0, 20, .., 80
 
     def twice(expect_fit, **options):
         """Embed twice: the first fits (or not), the second always reuses it."""
@@ -914,7 +902,7 @@ def test_embedding_ignores_a_corrupt_or_foreign_cache_file_and_replaces_it(tmp_p
 
     fits = count_fits(monkeypatch, fake=True)
     run = tmp_path / "run"
-    write_run(run)
+    known_run(run)
     good, _ = embed_predictions(run, n_neighbors=4)
     (kept,) = cache_files(run)
     data, xy = kept.read_bytes(), good[["x", "y"]].to_numpy()
@@ -967,13 +955,13 @@ def test_embedding_without_a_writable_cache_is_computed_each_time(tmp_path, monk
 
     # the cache folder is a symbolic link: nothing is read or written through it
     run = tmp_path / "link"
-    write_run(run)
+    known_run(run)
     (run / ".breakeven-cache").symlink_to(elsewhere, target_is_directory=True)
     assert embed_twice(run)[1]["cache_file"] is None
     assert list(elsewhere.iterdir()) == []
     # the cache file is a symbolic link to a file holding other coordinates: never read
     run = tmp_path / "file-link"
-    write_run(run)
+    known_run(run)
     df, info = embed_predictions(run, n_neighbors=4)
     kept = info["cache_file"]
     planted = elsewhere / "planted.npz"
@@ -987,13 +975,13 @@ def test_embedding_without_a_writable_cache_is_computed_each_time(tmp_path, monk
     )
     # a file where the cache folder would be
     run = tmp_path / "file"
-    write_run(run)
+    known_run(run)
     (run / ".breakeven-cache").write_text("mine")
     embed_twice(run)
     assert (run / ".breakeven-cache").read_text() == "mine"
     # a directory that cannot be written (read-only; root writes anyway) or a full disk
     run = tmp_path / "readonly"
-    write_run(run)
+    known_run(run)
     if os.geteuid() != 0:
         run.chmod(0o555)
         try:

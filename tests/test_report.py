@@ -16,7 +16,7 @@ from breakeven.cli import main
 from breakeven.plotting import FIGURES, api, available_figures
 from breakeven.plotting.captions import caption
 from breakeven.plotting.report import report
-from test_plotting import ALL, cache_files, count_fits, write_run, write_sweep
+from test_plotting import ALL, cache_files, count_fits, known_run, known_sweep
 
 MEASURES = tuple(m for m in ALL if m != "predictions")  # no UMAP here: it is slow to start
 
@@ -24,7 +24,7 @@ MEASURES = tuple(m for m in ALL if m != "predictions")  # no UMAP here: it is sl
 @pytest.fixture(scope="module")
 def made(tmp_path_factory):
     root = tmp_path_factory.mktemp("sweep")
-    write_sweep(root, measures=MEASURES)
+    known_sweep(root, measures=MEASURES)
     out = report(root, root / "report.html", thresholds=(0.5, 0.65))
     return root, out.read_text()
 
@@ -241,18 +241,18 @@ def test_captions_state_what_the_figures_draw(made):
 
 
 def test_captions_of_records_without_h_or_a_break_even_point(tmp_path):
-    write_run(tmp_path / "k", measures=("evaluation", "covariance"))
+    known_run(tmp_path / "k", measures=("evaluation", "covariance"))
     runs = read_runs(tmp_path / "k")
     fig = FIGURES["spectra"](runs)
     text = caption("spectra", fig, runs)
     assert text.startswith("The eigenvalues of K by rank,") and " H" not in text
-    write_run(tmp_path / "h", measures=("hessian",))
+    known_run(tmp_path / "h", measures=("hessian",))
     runs = read_runs(tmp_path / "h")
     text = caption("spectra", FIGURES["spectra"](runs), runs)
     assert text.startswith("The top eigenvalues of H") and " K" not in text
     # stability reached by one run of two; trajectories smoothed; thresholds never reached
-    write_run(tmp_path / "s", stability=[0.5, 1.2] + [0.8] * 8)
-    write_run(tmp_path / "n", stability=[0.5] * 10, acc=[0.1] * 10)
+    known_run(tmp_path / "s", stability=[0.5, 1.2] + [0.8] * 8)
+    known_run(tmp_path / "n", stability=[0.5] * 10, acc=[0.1] * 10)
     runs = read_runs([tmp_path / "s", tmp_path / "n"])
     text = caption("stability", FIGURES["stability"](runs), runs)
     assert "break-even point (as in the table above) of 1 of 2 runs" in text
@@ -264,7 +264,7 @@ def test_captions_of_records_without_h_or_a_break_even_point(tmp_path):
     runs = read_runs(tmp_path / "k")
     text = caption("trajectories", FIGURES["trajectories"](runs, smooth=1), runs, {"smooth": 1})
     assert "the recorded values, unsmoothed" in text
-    write_run(tmp_path / "noacc", measures=("covariance",))
+    known_run(tmp_path / "noacc", measures=("covariance",))
     runs = read_runs(tmp_path / "noacc")
     assert "no training accuracy recorded" in caption(
         "trajectories", FIGURES["trajectories"](runs), runs
@@ -282,14 +282,14 @@ def test_report_embeds_fig1_until_65_percent_training_accuracy(tmp_path, monkeyp
 
     monkeypatch.setitem(FIGURES, "embedding", fake_embedding)
     monkeypatch.setitem(api._CHECKS, "embedding", lambda runs: None)
-    write_sweep(tmp_path / "acc", lrs=(0.1,), seeds=(0,), measures=("evaluation", "covariance"))
-    write_run(tmp_path / "slow", acc=[0.1] * 10, measures=("evaluation", "covariance"))
+    known_sweep(tmp_path / "acc", lrs=(0.1,), seeds=(0,), measures=("evaluation", "covariance"))
+    known_run(tmp_path / "slow", acc=[0.1] * 10, measures=("evaluation", "covariance"))
     page = report([tmp_path / "acc", tmp_path / "slow"], tmp_path / "a.html").read_text()
     assert calls == [{"until_accuracy": 0.65}]
     text = captions(page)["embedding"]
     assert "steps up to its first evaluation with training accuracy ≥ 0.65" in text
     assert "1 of 2 runs never reached it: all their steps" in text
-    write_run(tmp_path / "noacc", measures=("covariance",))
+    known_run(tmp_path / "noacc", measures=("covariance",))
     page = report(tmp_path / "noacc", tmp_path / "n.html").read_text()
     assert calls[-1] == {}
     text = captions(page)["embedding"]
@@ -298,8 +298,8 @@ def test_report_embeds_fig1_until_65_percent_training_accuracy(tmp_path, monkeyp
 
 def test_report_progress_names_each_figure_and_the_umap_step(tmp_path, monkeypatch, capsys):
     fits = count_fits(monkeypatch, fake=True)
-    write_sweep(tmp_path, lrs=(0.1, 0.01), seeds=(0,), measures=("evaluation", "covariance"))
-    write_run(tmp_path / "p", measures=("evaluation", "covariance", "predictions"))
+    known_sweep(tmp_path, lrs=(0.1, 0.01), seeds=(0,), measures=("evaluation", "covariance"))
+    known_run(tmp_path / "p", measures=("evaluation", "covariance", "predictions"))
     paths = [tmp_path, tmp_path / "p"]
     drawn = [kind for kind, reason in available_figures(read_runs(paths)).items() if not reason]
     assert drawn == ["trajectories", "spectra", "embedding"]
@@ -360,7 +360,7 @@ def _report_cli(args, terminal):
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
     root = tmp_path_factory.mktemp("small")
-    write_sweep(root, lrs=(0.1,), seeds=(0,), measures=("evaluation", "covariance"))
+    known_sweep(root, lrs=(0.1,), seeds=(0,), measures=("evaluation", "covariance"))
     return root
 
 

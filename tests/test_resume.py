@@ -19,11 +19,11 @@ import torch
 from torch import nn
 
 from breakeven import models
-from breakeven.data import Dataset
 from breakeven.experiments import run
 from breakeven.records import read_records, read_status
 from breakeven.tracking import build_tracker
 from breakeven.train import TrainConfig, train
+from helpers import assert_same_state, toy, write_npz
 
 
 def _dropout_bn(input_shape, num_classes, hidden: int = 12) -> nn.Module:
@@ -33,11 +33,7 @@ def _dropout_bn(input_shape, num_classes, hidden: int = 12) -> nn.Module:
                          nn.Dropout(0.3), nn.Linear(hidden, num_classes))  # fmt: skip
 
 
-def toy(n: int = 90, shape: tuple[int, ...] = (1, 6, 6), classes: int = 3) -> Dataset:
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(n + 30, *shape, generator=g)
-    y = (x.flatten(1) @ torch.randn(math.prod(shape), classes, generator=g)).argmax(1)
-    return Dataset("toy", x[:n], y[:n], x[n:], y[n:], classes)
+TOY = {"n": 90, "n_test": 30}  # the data of the in-process runs
 
 
 TRACK = {
@@ -54,11 +50,6 @@ def strip(records: list[dict]) -> list[dict]:
 
 def history(result) -> list[dict]:
     return [{k: v for k, v in h.items() if k != "seconds"} for h in result.history]
-
-
-def same_params(a: nn.Module, b: nn.Module) -> bool:
-    sa, sb = a.state_dict(), b.state_dict()
-    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
 CASES = {
@@ -79,7 +70,7 @@ def dropout_bn_model(monkeypatch) -> None:
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_resume_from_every_checkpoint_is_bitwise_equal(case: str) -> None:
-    cfg, ds = TrainConfig(**CASES[case]), toy()
+    cfg, ds = TrainConfig(**CASES[case]), toy(**TOY)
     full_tracker = build_tracker(TRACK)
     states: list[dict] = []
     full = train(cfg, full_tracker, dataset=ds, checkpoint_every=4, on_checkpoint=states.append)
@@ -88,14 +79,14 @@ def test_resume_from_every_checkpoint_is_bitwise_equal(case: str) -> None:
         s = state["step"]
         tracker = build_tracker(TRACK)
         resumed = train(cfg, tracker, dataset=ds, resume=state)
-        assert same_params(resumed.model, full.model), f"parameters differ, resumed at {s}"
+        assert_same_state(resumed.model, full.model, f"parameters differ, resumed at {s}")
         assert resumed.losses == full.losses and history(resumed) == history(full)
         before = [r for r in full_tracker.records_ if r["step"] < s]
         assert strip(before + tracker.records_) == strip(full_tracker.records_)
 
 
 def test_checkpoint_state_is_a_copy_and_resume_is_checked() -> None:
-    cfg, ds = TrainConfig(**CASES["mlp"]), toy()
+    cfg, ds = TrainConfig(**CASES["mlp"]), toy(**TOY)
     states: list[dict] = []
     train(cfg, dataset=ds, checkpoint_every=9, on_checkpoint=states.append)
     assert [s["step"] for s in states] == [9, 18]
@@ -141,7 +132,7 @@ def kill_setup(tmp_path_factory) -> dict:
     x = g.integers(0, 256, size=(1040, 16, 16), dtype=np.uint8)
     y = (x.reshape(len(x), -1).astype(np.float32) @ g.standard_normal((256, 4))).argmax(1)
     npz = root / "tiny.npz"
-    np.savez(npz, x_train=x[:960], y_train=y[:960], x_test=x[960:], y_test=y[960:])
+    write_npz(npz, x, y, 960)
     config = root / "tiny.toml"
     config.write_text(CONFIG.format(npz=npz))
     ref = root / "reference"  # in this process: a subprocess would cost 5 s of imports
@@ -210,7 +201,7 @@ def test_sigkill_at_several_points_then_rerun_gives_the_uninterrupted_run(
     assert strip(read_records(out)) == strip(read_records(kill_setup["ref"]))
     a = torch.load(out / "model.pt", weights_only=True)
     b = torch.load(kill_setup["ref"] / "model.pt", weights_only=True)
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert_same_state(a, b)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 120 and summary["resumed_from"] == 80
 
@@ -238,4 +229,4 @@ def test_sigterm_marks_the_run_terminated_and_the_same_command_resumes_it(
     assert strip(read_records(out)) == strip(read_records(kill_setup["ref"]))
     a = torch.load(out / "model.pt", weights_only=True)
     b = torch.load(kill_setup["ref"] / "model.pt", weights_only=True)
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert_same_state(a, b)

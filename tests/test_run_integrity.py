@@ -18,17 +18,16 @@ from breakeven.experiments import runner as runner_mod
 from breakeven.records import RunStoreError, read_records, read_status
 from breakeven.tracking import store as store_mod
 from breakeven.tracking.store import ConfigMismatchError, RunStore
-from cases import write_tiny_npz
+from helpers import assert_same_state
 
 
 @pytest.fixture
-def config(tmp_path: Path) -> dict:
+def config(tiny_npz: Path) -> dict:
     """A tiny run on the tiny .npz data: 6 steps an epoch, 18 steps, a checkpoint every 4."""
-    npz = write_tiny_npz(tmp_path / "tiny.npz")
     return {
         "run": {"checkpoint_every": 4},
         "train": {"model": "mlp", "model_kwargs": {"hidden": [8]}, "dataset": "npz",
-                  "dataset_kwargs": {"root": str(npz)}, "batch_size": 10, "lr": 0.1,
+                  "dataset_kwargs": {"root": str(tiny_npz)}, "batch_size": 10, "lr": 0.1,
                   "epochs": 3, "eval_every": 5},
         "track": {"covariance": {"every": 2, "num_batches": 3}, "hessian": {"every": 6}},
     }  # fmt: skip
@@ -290,4 +289,4 @@ def test_a_resume_runs_with_the_thread_count_of_the_run_it_continues(config, tmp
     assert strip(read_records(out)) == strip(read_records(reference.path))
     a = torch.load(out / "model.pt", weights_only=True)
     b = torch.load(reference.path / "model.pt", weights_only=True)
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert_same_state(a, b)

@@ -15,10 +15,11 @@ import numpy as np
 import pytest
 import torch
 
+import helpers
 from breakeven.cli import main
-from breakeven.data import CorruptDatasetError, Dataset
+from breakeven.data import CorruptDatasetError
 from breakeven.train import ConfigError, TrainConfig, prepare_model, train
-from cases import write_tiny_npz
+from helpers import assert_same_state, toy
 
 TOML = """
 [run]
@@ -42,13 +43,11 @@ hessian = {{ every = "epoch", k = 1 }}
 
 def write_npz(path: Path, x: np.ndarray) -> Path:
     """An .npz of ``x`` (the first 60 examples for training), labels in 3 classes."""
-    y = np.arange(len(x)) % 3
-    np.savez(path, x_train=x[:60], y_train=y[:60], x_test=x[60:], y_test=y[60:])
-    return path
+    return helpers.write_npz(path, x, np.arange(len(x)) % 3, 60)
 
 
 @pytest.fixture
-def data(tmp_path: Path) -> dict[str, Path]:
+def data(tmp_path: Path, tiny_npz: Path) -> dict[str, Path]:
     """The tiny uint8 images, integer features, and float data with NaN or inf in a split."""
     g = np.random.default_rng(0)
     nan = g.standard_normal((80, 8, 8)).astype(np.float32)
@@ -56,7 +55,7 @@ def data(tmp_path: Path) -> dict[str, Path]:
     inf = g.standard_normal((80, 8, 8)).astype(np.float32)
     inf[70, 0, :2] = [np.inf, -np.inf]
     return {
-        "images": write_tiny_npz(tmp_path / "tiny.npz"),
+        "images": tiny_npz,
         "integers": write_npz(tmp_path / "ints.npz", g.integers(0, 9, (80, 64)).astype(np.int16)),
         "nan": write_npz(tmp_path / "nan.npz", nan),
         "inf": write_npz(tmp_path / "inf.npz", inf),
@@ -126,29 +125,22 @@ def test_the_command_line_reports_a_data_error_in_one_line(data, tmp_path) -> No
     assert not out.exists()
 
 
-def toy(n: int = 20) -> Dataset:
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(n + 5, 1, 3, 3, generator=g)
-    y = torch.arange(n + 5) % 3
-    return Dataset("toy", x[:n], y[:n], x[n:], y[n:], 3)
-
-
 def test_prepare_model_checks_without_changing_any_state() -> None:
     """Its forward pass is in eval mode without gradients: the global RNG, the mode and the
     parameters are those ``train`` starts from."""
-    cfg, ds = TrainConfig(model="mlp", model_kwargs={"hidden": [4]}, batch_size=5, steps=1), toy()
+    cfg, ds = TrainConfig(model="mlp", model_kwargs={"hidden": [4]}, batch_size=5, steps=1), toy(20)
     rng = torch.get_rng_state()
     a, b = prepare_model(cfg, ds), prepare_model(cfg, ds)
     assert torch.equal(torch.get_rng_state(), rng) and a.training
-    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
+    assert_same_state(a, b)
     assert all(p.grad is None for p in a.parameters())
 
 
 def test_train_itself_refuses_what_the_data_rule_out() -> None:
     cfg = TrainConfig(model="mlp", batch_size=5, steps=2)
     with pytest.raises(ConfigError, match=r"batch_size=50 is invalid: larger than the 20"):
-        train(cfg.replace(batch_size=50), dataset=toy())
-    bad = toy()
+        train(cfg.replace(batch_size=50), dataset=toy(20))
+    bad = toy(20)
     bad.x_test[0, 0, 0, 0] = float("nan")
     with pytest.raises(CorruptDatasetError, match=r"x_test holds 1 NaN or infinite value\(s\)"):
         train(cfg, dataset=bad)

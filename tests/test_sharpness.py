@@ -10,6 +10,7 @@ import breakeven as be
 from breakeven.measures import MEASURES
 from breakeven.measures.tracked import eos_threshold
 from breakeven.operators.dense import dense_hessian
+from helpers import assert_same_state
 from test_certificate import random_problem
 
 LOSS = nn.CrossEntropyLoss()
@@ -162,8 +163,7 @@ def test_training_is_bitwise_unchanged(bn_mode):
     tracker = tracker_for_loop(spec)
     tracked = loop(tracker, steps=6)
     plain = loop(None, steps=6)
-    for a, b in zip(tracked.state_dict().values(), plain.state_dict().values(), strict=True):
-        assert torch.equal(a, b)
+    assert_same_state(tracked, plain)
     fallbacks = [r["values"]["sharpness_fallback"] for r in tracker.records_]
     assert len(fallbacks) == 6 and fallbacks[0] == 1.0
 

@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 import breakeven as be
+from helpers import assert_same_state
 
 
 def net():
@@ -34,8 +35,7 @@ def snapshot(model):
 
 def assert_same(a, b):
     for key in ("params", "buffers"):
-        for x, y in zip(a[key], b[key], strict=True):
-            assert torch.equal(x, y), key
+        assert_same_state(a[key], b[key], key)
     for x, y in zip(a["grads"], b["grads"], strict=True):
         assert (x is None and y is None) or torch.equal(x, y)
     assert a["modes"] == b["modes"] and a["tracking"] == b["tracking"]

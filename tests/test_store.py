@@ -14,18 +14,13 @@ import pandas as pd
 import pytest
 import torch
 
-from breakeven.data import Dataset
 from breakeven.experiments import run
 from breakeven.records import RunStoreError, export_run, load_run, read_records, read_status
 from breakeven.tracking import store as store_mod
 from breakeven.tracking.store import ConfigMismatchError, OutputDirError, RunStore
+from helpers import toy
 
-
-def toy(n: int = 60, classes: int = 3) -> Dataset:
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(n + 20, 1, 4, 4, generator=g)
-    y = (x.flatten(1) @ torch.randn(16, classes, generator=g)).argmax(1)
-    return Dataset("toy", x[:n], y[:n], x[n:], y[n:], classes)
+TOY = {"n": 60, "shape": (1, 4, 4), "n_test": 20}  # the data of every run here
 
 
 CONFIG = {
@@ -131,7 +126,7 @@ def test_status_and_checkpoint_are_written_atomically(tmp_path: Path, monkeypatc
 
 
 def test_load_run_is_tidy_and_exports_to_csv(tmp_path: Path) -> None:
-    out = run(CONFIG, tmp_path / "run", dataset=toy())
+    out = run(CONFIG, tmp_path / "run", dataset=toy(**TOY))
     assert out.status == "finished" and out.steps == 12 and read_status(out.path) == "finished"
     df = load_run(out.path)
     assert list(df.columns) == ["run", "step", "epoch", "measure", "key", "value", "seconds",
@@ -150,7 +145,7 @@ def test_load_run_is_tidy_and_exports_to_csv(tmp_path: Path) -> None:
 
 
 def test_parquet_export_needs_pyarrow(tmp_path: Path, monkeypatch) -> None:
-    out = run({**CONFIG, "track": {}}, tmp_path / "run", dataset=toy())
+    out = run({**CONFIG, "track": {}}, tmp_path / "run", dataset=toy(**TOY))
     with pytest.raises(ValueError, match="'parquet' or 'csv'"):
         export_run(out.path, to="xlsx")
     with monkeypatch.context() as m:
@@ -166,7 +161,7 @@ def test_an_unwritable_output_directory_fails_before_training(tmp_path: Path) ->
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     with pytest.raises(OutputDirError, match="cannot create the run directory"):
-        run(CONFIG, blocker / "run", dataset=toy())
+        run(CONFIG, blocker / "run", dataset=toy(**TOY))
     with pytest.raises(OutputDirError, match="cannot create"):
         RunStore(blocker / "run").check_writable()
 
@@ -176,7 +171,7 @@ def test_a_nearly_full_disk_fails_before_training(tmp_path: Path, monkeypatch) -
     monkeypatch.setattr(store_mod.shutil, "disk_usage",
                         lambda p: usage._replace(free=5 * 2**20))  # fmt: skip
     with pytest.raises(OutputDirError, match=r"only 5\.0 MiB free .* at least 64 MiB"):
-        run(CONFIG, tmp_path / "run", dataset=toy())
+        run(CONFIG, tmp_path / "run", dataset=toy(**TOY))
     assert not (tmp_path / "run" / "config.json").exists()  # nothing was started
 
 
@@ -194,7 +189,7 @@ def test_a_full_disk_mid_run_ends_with_a_failed_status(tmp_path: Path, monkeypat
         real_fsync(fd)
 
     monkeypatch.setattr(store_mod.os, "fsync", fsync)
-    out = run(CONFIG, tmp_path / "run", dataset=toy())
+    out = run(CONFIG, tmp_path / "run", dataset=toy(**TOY))
     monkeypatch.undo()
     assert out.status.startswith("failed: OSError: [Errno 28] No space left on device")
     assert read_status(out.path) == out.status and isinstance(out.error, OSError)
@@ -203,25 +198,25 @@ def test_a_full_disk_mid_run_ends_with_a_failed_status(tmp_path: Path, monkeypat
     records = read_records(out.path)
     assert len(records) == 7 and all(math.isfinite(r["step"]) for r in records)
     assert all(json.loads(line) for line in data.splitlines())
-    again = run(CONFIG, tmp_path / "run", dataset=toy())  # space is back: the rerun resumes
+    again = run(CONFIG, tmp_path / "run", dataset=toy(**TOY))  # space is back: the rerun resumes
     assert again.status == "finished" and again.resumed_from is not None
-    reference = run(CONFIG, tmp_path / "reference", dataset=toy())
+    reference = run(CONFIG, tmp_path / "reference", dataset=toy(**TOY))
     strip = lambda rs: [{k: v for k, v in r.items() if k != "seconds"} for r in rs]  # noqa: E731
     assert strip(read_records(again.path)) == strip(read_records(reference.path))
 
 
 def test_an_ended_run_is_not_run_again_and_another_config_is_refused(tmp_path: Path) -> None:
-    first = run(CONFIG, tmp_path / "run", dataset=toy())
+    first = run(CONFIG, tmp_path / "run", dataset=toy(**TOY))
     before = (tmp_path / "run" / "records.jsonl").read_bytes()
-    again = run(CONFIG, tmp_path / "run", dataset=toy())
+    again = run(CONFIG, tmp_path / "run", dataset=toy(**TOY))
     assert again.status == "finished" and again.result is None and again.steps == first.steps
     assert (tmp_path / "run" / "records.jsonl").read_bytes() == before
     with pytest.raises(ConfigMismatchError, match=r"train\.lr"):
-        run(CONFIG, tmp_path / "run", {"train.lr": 0.5}, dataset=toy())
+        run(CONFIG, tmp_path / "run", {"train.lr": 0.5}, dataset=toy(**TOY))
 
 
 def test_a_diverged_run_is_recorded_as_diverged(tmp_path: Path) -> None:
     cfg = {"train": {**CONFIG["train"], "lr": 1e38, "model_kwargs": {"hidden": []}}, "track": {}}
-    out = run(cfg, tmp_path / "run", dataset=toy())
+    out = run(cfg, tmp_path / "run", dataset=toy(**TOY))
     assert out.status == "diverged" and read_status(out.path) == "diverged"
     assert json.loads((out.path / "summary.json").read_text())["diverged_at"] is not None

@@ -18,7 +18,7 @@ from breakeven.cli import main
 from breakeven.experiments import SweepBusyError, parse_grid, plan_sweep, sweep
 from breakeven.records import read_records, read_status, read_summary
 from breakeven.train import ConfigError
-from cases import write_tiny_npz
+from helpers import write_tiny_npz
 
 TOML = """
 name = "tiny"
@@ -51,10 +51,9 @@ track.covariance.every = 3
 
 
 @pytest.fixture
-def preset(tmp_path: Path) -> Path:
-    npz = write_tiny_npz(tmp_path / "tiny.npz")
+def preset(tmp_path: Path, tiny_npz: Path) -> Path:
     path = tmp_path / "tiny.toml"
-    path.write_text(TOML.format(npz=npz))
+    path.write_text(TOML.format(npz=tiny_npz))
     return path
 
 

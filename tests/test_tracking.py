@@ -10,6 +10,7 @@ import breakeven as be
 from breakeven.measures import MEASURES
 from breakeven.records import decode_array
 from breakeven.tracking import at, build_tracker, every, log_spaced, parse_schedule, per_epoch
+from helpers import assert_same_state
 
 
 def test_schedules_compose():
@@ -111,10 +112,7 @@ def test_every_measure_in_a_plain_loop_and_training_unchanged():
     tracker = tracker_for_loop()
     tracked = loop(tracker)
     plain = loop(None)
-    for a, b in zip(
-        list(tracked.state_dict().values()), list(plain.state_dict().values()), strict=True
-    ):
-        assert torch.equal(a, b)
+    assert_same_state(tracked, plain)
     by = {}
     for r in tracker.records_:
         by.setdefault(r["measure"], []).append(r)
@@ -236,8 +234,7 @@ def test_tracker_in_breakeven_train(tmp_path):
     )
     result = be.train(config, tracker=tracker)
     plain = be.train(config)
-    for a, b in zip(result.model.parameters(), plain.model.parameters(), strict=True):
-        assert torch.equal(a, b)
+    assert_same_state(result.model, plain.model)
     lrs = [(r["step"], r["values"]["lr"]) for r in tracker.records_ if r["measure"] == "lr"]
     assert lrs == [(0, 0.05), (5, 0.05), (10, pytest.approx(0.005)), (15, pytest.approx(0.005))]
     cov = [r for r in tracker.records_ if r["measure"] == "covariance"]

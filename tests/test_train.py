@@ -26,27 +26,13 @@ from breakeven.train import (
     evaluate,
     train,
 )
-
-
-def toy(
-    n: int = 96, shape: tuple[int, ...] = (1, 6, 6), classes: int = 3, seed: int = 0
-) -> Dataset:
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n + 32, *shape, generator=g)
-    w = torch.randn(math.prod(shape), classes, generator=g)
-    y = (x.flatten(1) @ w).argmax(1)  # learnable labels
-    return Dataset("toy", x[:n], y[:n], x[n:], y[n:], classes)
-
+from helpers import assert_same_state, same_state, toy
 
 MLP = {"model": "mlp", "model_kwargs": {"hidden": (16,)}, "batch_size": 10}
 
 
 def params(result) -> list[torch.Tensor]:
     return [p.detach().clone() for p in result.model.parameters()]
-
-
-def same(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
-    return all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
 
 
 # ---------------------------------------------------------------- configuration
@@ -172,14 +158,14 @@ def hand_written(cfg: TrainConfig, ds: Dataset, conv_wd: float = 0.0) -> list[to
 def test_matches_a_hand_written_loop_bitwise() -> None:
     ds = toy()
     cfg = TrainConfig(**MLP, lr=0.05, momentum=0.9, nesterov=True, epochs=2, eval_every=0)
-    assert same(params(train(cfg, dataset=ds)), hand_written(cfg, ds))
+    assert same_state(params(train(cfg, dataset=ds)), hand_written(cfg, ds))
 
 
 def test_weight_decay_acts_on_conv_kernels_only() -> None:
     ds = toy(n=24, shape=(3, 12, 12))
     cfg = TrainConfig(model="simple_cnn", lr=0.01, momentum=0.9, weight_decay=0.05,
                       batch_size=8, epochs=1, eval_every=0)  # fmt: skip
-    assert same(params(train(cfg, dataset=ds)), hand_written(cfg, ds, conv_wd=0.05))
+    assert same_state(params(train(cfg, dataset=ds)), hand_written(cfg, ds, conv_wd=0.05))
     groups = conv_weight_decay_groups(build_model("simple_cnn"), 1e-4)
     assert [len(g["params"]) for g in groups] == [4, 8] and groups[1]["weight_decay"] == 0.0
     assert all(p.dim() == 4 for p in groups[0]["params"])
@@ -200,12 +186,12 @@ def test_same_config_same_bits_and_the_two_seeds_are_separate() -> None:
     base = TrainConfig(**MLP, lr=0.1, momentum=0.5, steps=25, eval_every=0)
     a = train(base, Record("a"), dataset=ds)
     b = train(base, Record("b"), dataset=ds)
-    assert same(params(a), params(b)) and a.losses == b.losses
+    assert same_state(params(a), params(b)) and a.losses == b.losses
     c = train(base.replace(init_seed=1), Record("init"), dataset=ds)
     d = train(base.replace(data_seed=1), Record("data"), dataset=ds)
-    assert not same(params(a), params(c)) and not same(params(a), params(d))
-    assert all(torch.equal(x, y) for x, y in zip(batches["a"], batches["init"], strict=True))
-    assert not all(torch.equal(x, y) for x, y in zip(batches["a"], batches["data"], strict=True))
+    assert not same_state(params(a), params(c)) and not same_state(params(a), params(d))
+    assert same_state(batches["a"], batches["init"])
+    assert not same_state(batches["a"], batches["data"])
 
 
 def test_global_rng_and_thread_count_are_left_alone() -> None:
@@ -243,7 +229,7 @@ def test_a_finished_run_and_its_history() -> None:
                                  "val_acc", "seconds"}  # fmt: skip
     every = train(cfg.replace(eval_every=7), dataset=ds)
     assert [h["step"] for h in every.history] == [0, 7, 14, 21, 28, 30]
-    assert same(params(every), params(result))  # evaluating does not change training
+    assert same_state(params(every), params(result))  # evaluating does not change training
     short = train(cfg.replace(epochs=None, steps=4, drop_last=True), dataset=ds)
     assert short.steps == 4 and short.history[-1]["step"] == 4
 
@@ -305,7 +291,7 @@ def test_train_hooks_is_a_base_class_of_no_op_hooks(eval_every) -> None:
     plain = train(cfg, dataset=toy())
     for hooks in (TrainHooks(), Counting(), Tracker([], every(5))):
         result = train(cfg, hooks, dataset=toy())
-        assert same(params(result), params(plain)) and result.losses == plain.losses
+        assert same_state(params(result), params(plain)) and result.losses == plain.losses
         assert history(result) == history(plain)
     counting = Counting()
     train(cfg, counting, dataset=toy())
@@ -355,8 +341,8 @@ def test_batchnorm_model_with_augmentation_is_deterministic() -> None:
     cfg = TrainConfig(model="simple_cnn_bn", lr=0.1, batch_size=8, epochs=1, augment=True,
                       channels_last=True)  # fmt: skip
     a, b = train(cfg, dataset=ds), train(cfg, dataset=ds)
-    assert a.status == "finished" and same(params(a), params(b))
-    assert not same(params(a), params(train(cfg.replace(augment=False), dataset=ds)))
+    assert a.status == "finished" and same_state(params(a), params(b))
+    assert not same_state(params(a), params(train(cfg.replace(augment=False), dataset=ds)))
 
 
 @pytest.mark.skipif(
@@ -375,7 +361,7 @@ def test_validation_on_a_fixed_subset() -> None:
     ds = toy()
     full = train(TrainConfig(**MLP, steps=3, eval_every=3), dataset=ds)
     part = train(TrainConfig(**MLP, steps=3, eval_every=3, eval_val_size=10), dataset=ds)
-    assert all(torch.equal(a, b) for a, b in zip(params(full), params(part), strict=True))
+    assert_same_state(full.model, part.model)
     idx = torch.randperm(32, generator=torch.Generator().manual_seed(1))[:10].sort().values
     loss, acc = evaluate(part.model, ds.x_test[idx], ds.y_test[idx])
     assert part.final["val_loss"] == pytest.approx(loss) and part.final["val_acc"] == acc
