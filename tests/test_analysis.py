@@ -581,3 +581,44 @@ def test_verdicts_count_unresolved_measurements_and_never_use_them(tmp_path):
     row = verdicts(read_runs(root)).set_index("quantity").loc["lambda_K^*/lambda_K^1"]
     assert row["unresolved"] == 2 and before["unresolved"] == 0
     assert (row["pairs"], row["verdict"]) == (before["pairs"], before["verdict"])
+
+
+def _sharpness_only(path, lr, seed, status="finished"):
+    """A run that tracked only the sharpness measure (no clause quantity)."""
+    cfg = {"name": "t", "train": {"model": "mlp", "lr": lr, "batch_size": 64, "init_seed": seed}}
+    recs = [
+        {"step": s, "epoch": None, "measure": "sharpness", "values": {"sharpness": 1.0 + s}}
+        for s in (0, 1, 2)
+    ]
+    return write_run(path, recs, config=cfg, status=status)
+
+
+@pytest.mark.parametrize(
+    ("status", "lrs", "writer", "reason"),
+    [
+        ("finished", [0.1, 0.01], _sharpness_only, "hold none of the clauses' quantities"),
+        ("running", [0.1, 0.01], peaked_run, "no run has ended"),
+        ("finished", None, peaked_run, "varies no key with a predicted direction"),
+    ],
+)
+def test_the_command_line_says_why_there_is_no_verdict(
+    tmp_path, capsys, status, lrs, writer, reason
+):
+    """`breakeven verdict` names the reason a sweep gets no verdict: the sweep of lr that
+    recorded no clause quantity is not told that it "varies no key"."""
+    from breakeven.analysis.verdicts import no_verdict_reason
+    from breakeven.cli import main
+
+    kw = {} if writer is _sharpness_only else {"peak_k": 1.0}
+    write_sweep(
+        tmp_path, lrs or [0.1, 0.01], [0, 1], lambda p, lr, s: writer(p, lr, s, status=status, **kw)
+    )
+    if lrs is None:  # a sweep of a key without a predicted direction
+        spec = (tmp_path / "sweep.json").read_text().replace("train.lr", "train.weight_decay")
+        (tmp_path / "sweep.json").write_text(spec)
+    assert verdicts(read_runs([tmp_path])).empty
+    assert reason in no_verdict_reason(read_runs([tmp_path]))
+    assert main(["verdict", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert f"No verdicts: {no_verdict_reason(read_runs([tmp_path]))}" in out
+    assert reason in out

@@ -464,10 +464,9 @@ def _print_verdicts(
     table = verdicts(runs, **rule)
     print()
     if table.empty:
-        print(
-            "No verdicts: the sweep varies no key with a predicted direction "
-            "(lr, batch_size, momentum)"
-        )
+        from .analysis.verdicts import no_verdict_reason
+
+        print(f"No verdicts: {no_verdict_reason(runs)}")
         return 0
     print("Conjecture verdicts (each run's maximum over its trajectory after step 0)")
     print(_table(table.drop(columns=["rule", "left_out"])))

@@ -72,6 +72,7 @@ __all__ = [
     "Clause",
     "decide_verdict",
     "maxima",
+    "no_verdict_reason",
     "verdicts",
 ]
 
@@ -197,6 +198,23 @@ def maxima(runs: Runs) -> Any:
                 row[f"{col}_stderr"] = float(at.iloc[-1]) if len(at) else math.nan
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def no_verdict_reason(runs: Runs) -> str:
+    """Why :func:`verdicts` of ``runs`` is empty (call it only then), in one sentence: no swept
+    key with a predicted direction, no run that finished, or no clause quantity recorded in
+    the finished runs (naming what to track)."""
+    keys = [k for k in runs.swept if k in NOISE_DIRECTION]
+    if not keys:
+        return f"the sweep varies no key with a predicted direction ({', '.join(NOISE_DIRECTION)})"
+    table = maxima(runs)
+    if not (table["status"] == ENDED_OK).any():
+        return f"no run has ended {ENDED_OK!r} yet"
+    wanted = ", ".join(f"{c.quantity} ({c.measure})" if c.measure else c.quantity for c in CLAUSES)
+    return (
+        f"the finished runs vary {', '.join(keys)} but hold none of the clauses' quantities "
+        f"at a step >= {FIRST_STEP}: {wanted}; track covariance, hessian and hessian_trace"
+    )
 
 
 def verdicts(runs: Runs, *, support: float = 0.8, min_pairs: int = 3) -> Any:
