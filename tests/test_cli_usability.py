@@ -20,7 +20,7 @@ import pytest
 
 from breakeven.cli import DEPRECATED, PLOT_KINDS, THRESHOLDS_HELP, _parser
 from breakeven.experiments.configs import PRESETS_DIR, list_presets, list_scales, load_config
-from test_analysis import write_sweep
+from test_analysis import peaked_sweep
 
 COMMANDS = ["run", "sweep", "verdict", "presets", "show", "export", "report", "plot"]
 
@@ -44,7 +44,7 @@ def sweep_dir(tmp_path_factory) -> Path:
     run not started yet."""
     root = tmp_path_factory.mktemp("usability") / "sweep"
     values = {(lr, s): (10 / lr + s, 1 / lr + s) for lr in (0.1, 0.01) for s in (0, 1)}
-    write_sweep(root, [0.1, 0.01], [0, 1], values)
+    peaked_sweep(root, [0.1, 0.01], [0, 1], values)
     spec = json.loads((root / "sweep.json").read_text())
     spec["runs"].append({"name": "lr=0.001_seed=0", "params": {"train.lr": 0.001}, "seed": 0})
     (root / "sweep.json").write_text(json.dumps(spec))
@@ -240,14 +240,13 @@ def test_a_missing_dataset_leaves_no_run_directory(no_data, tmp_path, out):
 # ---------------------------------------------------------------- the progress bar
 
 
-def test_the_progress_bar_ends_with_the_final_evaluation(tmp_path):
+def test_the_progress_bar_ends_with_the_final_evaluation(tmp_path, tiny_npz):
     from breakeven.experiments import run
     from breakeven.experiments.runner import _Progress
     from breakeven.records import read_summary
-    from cases import write_tiny_npz
     from test_cli import TOML
 
-    npz = write_tiny_npz(tmp_path / "tiny.npz")
+    npz = tiny_npz
     config = tmp_path / "tiny.toml"
     config.write_text(TOML.format(npz=npz))  # 12 steps, evaluated every 4: at the last step
     for use_tqdm in (False, True):

@@ -412,6 +412,29 @@ def test_resumed_run_purges_tensorboard_steps_past_the_checkpoint(tmp_path: Path
     assert same(read_tensorboard(tb), expected(again.path), rel=1e-6)
 
 
+@pytest.mark.parametrize("counter", [0, 9, 99])
+def test_a_resumed_tensorboard_file_sorts_after_the_earlier_ones(tmp_path, counter) -> None:
+    """TensorBoard hides purged steps only from files read before the resumed one, in name
+    order; the names end in a process-wide counter compared as text, so a resumed file
+    opened in the same second as the earlier one, its counter 10 against 9, was read first
+    and every step past the checkpoint showed twice (seen in the full test suite)."""
+    from tensorboard.summary.writer import event_file_writer
+
+    event_file_writer._global_uid._value = counter  # the next two files: counter, counter + 1
+    first = TensorBoardSink(tmp_path)
+    for step in range(10):
+        first.write({"step": step, "measure": "m", "values": {"x": float(step)}})
+    first.close()
+    resumed = TensorBoardSink(tmp_path, purge_step=6)  # at once: in the same second, mostly
+    for step in range(6, 12):
+        resumed.write({"step": step, "measure": "m", "values": {"x": 100.0 + step}})
+    resumed.close()
+    names = sorted(p.name for p in tmp_path.glob("events.out.tfevents.*"))
+    assert len(names) == 2 and names[-1].endswith(f".{counter + 1}")
+    expected = [(s, float(s)) for s in range(6)] + [(s, 100.0 + s) for s in range(6, 12)]
+    assert read_tensorboard(tmp_path)["breakeven/m/x"] == expected
+
+
 def test_wandb_sink_joins_the_active_run_and_leaves_it_open(tmp_path: Path, monkeypatch) -> None:
     import wandb
 

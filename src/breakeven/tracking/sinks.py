@@ -110,6 +110,8 @@ class TensorBoardSink(Sink):
         from torch.utils.tensorboard import SummaryWriter
 
         self.log_dir = Path(log_dir)
+        if purge_step is not None:
+            _after_existing_event_files(self.log_dir)
         self.writer = SummaryWriter(log_dir=str(self.log_dir), purge_step=purge_step)
 
     def write(self, record: Mapping[str, Any]) -> None:
@@ -120,6 +122,21 @@ class TensorBoardSink(Sink):
 
     def close(self, status: str = "finished") -> None:
         self.writer.close()
+
+
+def _after_existing_event_files(log_dir: Path) -> None:
+    """Wait (at most about a second) until a new event file's name sorts after every file in
+    ``log_dir``. TensorBoard reads a folder's files in name order and hides the purged steps
+    only from files read *before* the resumed one; the names are
+    ``events.out.tfevents.<seconds>.<host>.<pid>.<counter>``, so two files of one process in
+    the same second sort by the counter as text (``10`` before ``9``)."""
+    seconds = []
+    for f in log_dir.glob("events.out.tfevents.*"):
+        field = f.name.split(".")[3]
+        if field.isdigit():
+            seconds.append(int(field))
+    while seconds and int(time.time()) <= max(seconds):
+        time.sleep(0.05)
 
 
 _MLFLOW_BAD = re.compile(r"[^\w\-. :/]")  # MLflow's allowed name characters
