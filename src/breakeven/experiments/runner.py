@@ -269,6 +269,9 @@ class _Hooks:
         if f is not None:
             f(*args)
 
+    def on_optimizer(self, optimizer: Any) -> None:
+        self._call("on_optimizer", optimizer)
+
     def on_start(self, model: Any, dataset: Dataset, config: TrainConfig) -> None:
         self._call("on_start", model, dataset, config)
         if self.progress is not None:
