@@ -2,6 +2,7 @@
 and a schedulable :class:`Measure` (the contract in :mod:`.base`; the built-in ones, in
 :mod:`.tracked`, are registered when this package is imported)."""
 
+from . import preconditioned as _preconditioned  # noqa: F401  (registers Adam's measures)
 from . import sharpness as _sharpness  # noqa: F401  (registers the sharpness measure)
 from . import tracked as _tracked  # noqa: F401  (registers the built-in measures)
 from .base import MEASURES, Context, Measure, Measurement, register_measure
