@@ -8,6 +8,7 @@ import math
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -442,3 +443,195 @@ def test_the_preconditioned_measures_need_the_optimizer() -> None:
     tracker.on_optimizer(sgd)
     with pytest.raises(ValueError, match=r"AdamW, got torch\.optim\.sgd\.SGD"):
         tracker.before_step(0, model)
+
+
+# ---------------------------------------------------------------- C. presets, verdicts, figure
+
+ADAM_PRESETS = [
+    "adam_mlp_fashion_lr",
+    "adamw_mlp_fashion_lr",
+    "adam_simplecnn_fashion_lr",
+    "adamw_simplecnn_fashion_lr",
+]
+
+
+@pytest.mark.parametrize("name", ADAM_PRESETS)
+def test_adam_presets_sweep_lr_with_the_preconditioned_measures(name) -> None:
+    from breakeven.experiments import list_presets, load_config, resolve_config
+    from breakeven.experiments.runner import apply_scale
+
+    assert name in list_presets()
+    for scale in ("full", "quick"):
+        rc = resolve_config(apply_scale(load_config(name), scale))
+        assert rc.train.optimizer == ("adamw" if name.startswith("adamw") else "adam")
+        assert rc.train.dataset == "fashion_mnist" and rc.train.betas == (0.9, 0.999)
+        assert rc.train.model == ("mlp" if "mlp" in name else "simple_cnn")
+        assert (rc.train.weight_decay > 0) == name.startswith("adamw")
+        names = list(rc.track)
+        assert names == [
+            "covariance",
+            "preconditioned_covariance",
+            "hessian",
+            "preconditioned_sharpness",
+        ]
+        assert rc.track["covariance"]["spectrum"] is True
+        # K in Adam's geometry reuses the step's K: the same schedule
+        sched = {k: v for k, v in rc.track["covariance"].items() if k in ("every", "schedule")}
+        assert sched == {
+            k: v for k, v in rc.track["preconditioned_covariance"].items() if k in sched
+        }
+    assert len(load_config(name)["sweep"]["grid"]["train.lr"]) == 3
+
+
+def test_an_adam_preset_runs_as_a_tiny_sweep_and_gets_its_verdict_rows(tmp_path) -> None:
+    """A smoke test: adam_mlp_fashion_lr shrunk to a few steps on a tiny dataset, two learning
+    rates; the verdict table has the Adam rows, reported as the SGD ones."""
+    from breakeven.analysis import read_runs, verdicts
+    from breakeven.experiments import sweep
+
+    npz = write_tiny_npz(tmp_path / "tiny.npz")
+    ov = ["train.dataset=\"npz\"", f'train.dataset_kwargs={{root="{npz}"}}', "train.n_train=60",
+          "train.epochs=1", "train.batch_size=10", "train.eval_every=3",
+          "train.model_kwargs={hidden=[8]}", "track.covariance.every=2",
+          "track.covariance.num_batches=4", "track.preconditioned_covariance.every=2",
+          "track.hessian.every=2", "track.preconditioned_sharpness.every=2"]  # fmt: skip
+    out = tmp_path / "sweep"
+    outcome = sweep("adam_mlp_fashion_lr", grid={"train.lr": [0.03, 0.001]}, seeds=1,
+                    scale="quick", overrides=ov, out=out)  # fmt: skip
+    assert [s for _, s, _ in outcome.runs] == ["finished", "finished"]
+    runs = read_runs(out)
+    table = verdicts(runs, min_pairs=1)
+    rows = table.set_index("quantity")
+    for label in ("lambda_1(P^-1 H)", "lambda_1(P^-1 K)", "lambda_K^1", "lambda_H^1"):
+        assert label in rows.index
+        assert rows.loc[label, "pairs"] + rows.loc[label, "ties"] == 1
+        assert rows.loc[label, "verdict"] in ("supported", "contradicted", "inconclusive")
+    assert (
+        rows.loc["lambda_1(P^-1 H)", "prediction"] == "max lambda_1(P^-1 H) lower with more noise"
+    )
+    assert rows.loc["lambda_1(P^-1 H)", "unresolved"] == 0  # step 0's NaN is not counted
+
+
+def _write_adam_run(path, lr, seed, peak, beta1=0.9):
+    """A run directory with known preconditioned-sharpness records (NaN at step 0)."""
+    import json
+
+    path.mkdir(parents=True)
+    train = {"model": "mlp", "dataset": "fashion_mnist", "lr": lr, "optimizer": "adam",
+             "betas": [beta1, 0.999], "init_seed": seed}  # fmt: skip
+    (path / "config.json").write_text(json.dumps({"name": "a", "train": train}))
+    (path / "status").write_text("finished\n")
+    threshold = (2 + 2 * beta1) / ((1 - beta1) * lr)
+    recs = []
+    for step, frac in ((0, math.nan), (10, 0.3), (20, 1.0), (30, 0.8), (40, 0.7)):
+        values = {"precond_lambda_H_1": frac * peak, "precond_eos_threshold": threshold,
+                  "precond_eos_ratio": frac * peak / threshold}  # fmt: skip
+        recs.append({"step": step, "epoch": step / 40, "measure": "preconditioned_sharpness",
+                     "values": values})  # fmt: skip
+        k = {"precond_lambda_K_1": frac * peak / 10}
+        recs.append({"step": step, "epoch": step / 40, "measure": "preconditioned_covariance",
+                     "values": k})  # fmt: skip
+    (path / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+
+
+def _write_adam_sweep(root, peaks, beta1=0.9):
+    import json
+
+    runs = []
+    for (lr, seed), peak in peaks.items():
+        name = f"lr{lr}_s{seed}"
+        _write_adam_run(root / "runs" / name, lr, seed, peak, beta1)
+        runs.append({"name": name, "params": {"train.lr": lr}, "seed": seed})
+    spec = {"kind": "sweep", "preset": "p", "grid": {"train.lr": sorted({k[0] for k in peaks})},
+            "runs": runs}  # fmt: skip
+    (root / "sweep.json").write_text(json.dumps(spec))
+    return root
+
+
+@pytest.mark.parametrize(
+    "peaks, verdict",
+    [
+        # a larger eta, a lower max: as predicted, in all 4 pairs
+        ({(0.01, 0): 50.0, (0.01, 1): 60.0, (0.001, 0): 400.0, (0.001, 1): 500.0}, "supported"),
+        ({(0.01, 0): 500.0, (0.01, 1): 600.0, (0.001, 0): 40.0, (0.001, 1): 50.0}, "contradicted"),
+        ({(0.01, 0): 50.0, (0.01, 1): 600.0, (0.001, 0): 400.0, (0.001, 1): 55.0}, "inconclusive"),
+    ],
+)
+def test_adam_verdict_clauses_are_reported_like_the_sgd_ones(tmp_path, peaks, verdict) -> None:
+    from breakeven.analysis import read_runs, verdicts
+
+    runs = read_runs(_write_adam_sweep(tmp_path / "s", peaks))
+    table = verdicts(runs).set_index("quantity")
+    assert set(table.index) == {"lambda_1(P^-1 H)", "lambda_1(P^-1 K)"}  # nothing else recorded
+    for label in table.index:
+        row = table.loc[label]
+        assert row["conjecture"] == 1 and row["key"] == "lr" and row["verdict"] == verdict
+        assert row["pairs"] == 4 and row["unresolved"] == 0 and row["open"] == 0
+    assert "lr=0.001: " in table.loc["lambda_1(P^-1 H)", "max_after_0"]
+
+
+def test_sgd_sweeps_get_no_adam_rows(tmp_path) -> None:
+    from breakeven.analysis import CLAUSES
+
+    assert [c.measure for c in CLAUSES if c.quantity.startswith("precond_")] == [
+        "preconditioned_sharpness",
+        "preconditioned_covariance",
+    ]
+
+
+@pytest.mark.parametrize("beta1, label", [(0.9, r"$38/\eta$"), (0.5, r"(1-\beta_1)\eta")])
+def test_adaptive_edge_of_stability_figure_draws_the_records(tmp_path, beta1, label) -> None:
+    pytest.importorskip("matplotlib")
+    from breakeven.plotting import FIGURES, available_figures, caption
+    from breakeven.plotting import plot_adaptive_edge_of_stability as plot
+
+    peaks = {(0.01, 0): 50.0, (0.001, 0): 400.0}
+    root = _write_adam_sweep(tmp_path / "s", peaks, beta1)
+    assert FIGURES["adaptive-edge-of-stability"] is plot
+    assert available_figures(root)["adaptive-edge-of-stability"] == ""
+    fig = plot(root)
+    ax = fig.axes[0]
+    by_gid = {ln.get_gid(): ln for ln in ax.lines}
+    for lr in (0.01, 0.001):
+        run, peak = f"lr{lr}_s0", peaks[(lr, 0)]
+        lam, thr = by_gid[f"precond_lambda_H_1:{run}"], by_gid[f"precond_eos_threshold:{run}"]
+        # step 0's NaN (no Adam state yet) is not drawn
+        np.testing.assert_array_equal(lam.get_xdata(), [10, 20, 30, 40])
+        np.testing.assert_array_equal(lam.get_ydata(), [0.3 * peak, peak, 0.8 * peak, 0.7 * peak])
+        np.testing.assert_allclose(thr.get_ydata(), (2 + 2 * beta1) / ((1 - beta1) * lr))
+        assert thr.get_color() == lam.get_color() and thr.get_linestyle() == "--"
+    assert label in ax.get_title() and label in ax.get_ylabel()
+    assert any(label in t.get_text() for t in ax.get_legend().get_texts())
+    text = caption(
+        "adaptive-edge-of-stability", fig, __import__("breakeven").analysis.read_runs(root)
+    )
+    assert ("38/eta" in text) == (beta1 == 0.9) and "2 runs" in text
+
+
+def test_adaptive_edge_of_stability_says_what_is_missing(tmp_path) -> None:
+    pytest.importorskip("matplotlib")
+    import json
+
+    from breakeven.plotting import available_figures, plot_adaptive_edge_of_stability
+
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"name": "r", "train": {"lr": 0.1}}))
+    (run / "status").write_text("finished\n")
+    rec = {"step": 0, "epoch": 0, "measure": "hessian", "values": {"lambda_H_1": 1.0}}
+    (run / "records.jsonl").write_text(json.dumps(rec) + "\n")
+    reason = available_figures(run)["adaptive-edge-of-stability"]
+    assert "preconditioned_sharpness" in reason
+    with pytest.raises(ValueError, match="preconditioned_sharpness"):
+        plot_adaptive_edge_of_stability(run)
+
+
+def test_cli_plot_draws_the_adaptive_figure(tmp_path) -> None:
+    pytest.importorskip("matplotlib")
+    root = _write_adam_sweep(tmp_path / "s", {(0.01, 0): 50.0, (0.001, 0): 400.0})
+    out = tmp_path / "eos.png"
+    cmd = [sys.executable, "-m", "breakeven.cli", "plot", "adaptive-edge-of-stability",
+           str(root), "--out", str(out)]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert out.read_bytes()[:4] == b"\x89PNG"

@@ -22,6 +22,7 @@ from .hessian import (
     per_example_curvatures,
     stability,
 )
+from .preconditioned import preconditioned_covariance, preconditioned_sharpness
 
 __all__ = [
     "MEASURES",
@@ -38,6 +39,8 @@ __all__ = [
     "hessian_trace",
     "per_example_curvatures",
     "per_example_gradient_covariance",
+    "preconditioned_covariance",
+    "preconditioned_sharpness",
     "register_measure",
     "spectrum_of",
     "stability",

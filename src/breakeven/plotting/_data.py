@@ -70,6 +70,21 @@ KEY_MEASURE = {
     **dict.fromkeys(("probe_loss", "probe_accuracy"), "probe"),
     **dict.fromkeys(("val_loss", "val_accuracy"), "validation"),
     **dict.fromkeys(("train_acc", "train_loss", "val_acc"), EVAL_MEASURE),
+    **dict.fromkeys(
+        (
+            "precond_lambda_H_1",
+            "precond_residual_H_1",
+            "precond_converged",
+            "precond_eos_threshold",
+            "precond_eos_ratio",
+            "adam_step",
+        ),
+        "preconditioned_sharpness",
+    ),
+    **dict.fromkeys(
+        ("precond_lambda_K_1", "precond_residual_K_1", "precond_converged_K"),
+        "preconditioned_covariance",
+    ),
     "alignment": "alignment",
     "gamma_norm_last": "batchnorm",
     "param_norm": "param_norm",
