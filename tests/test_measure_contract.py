@@ -12,7 +12,7 @@ import breakeven as be
 from breakeven.cli import main
 from breakeven.measures import tracked
 from breakeven.records import read_records
-from test_tracking import ALL, loop, make, tracker_for_loop
+from test_tracking import ADAM, ALL, loop, make, tracker_for_loop
 
 # The README's example of a user-defined measure, run verbatim below.
 README_EXAMPLE = '''
@@ -73,13 +73,14 @@ KEY_VARIANTS = [
         "edge_of_stability": {"every": 1},
         "stability": {"every": 1, "bn_mode": "train"},
     },
+    ADAM,  # the measures that read Adam's state, in a loop with Adam
 ]  # fmt: skip
 
 
 @pytest.mark.parametrize("spec", KEY_VARIANTS)
 def test_every_builtin_measure_emits_exactly_its_declared_keys(spec):
     tracker = tracker_for_loop(spec)
-    loop(tracker, steps=5)
+    loop(tracker, steps=5, adam=spec is ADAM)
     declared = {m.name: m.emits() for m, _ in tracker.measures}
     assert {r["measure"] for r in tracker.records_} == set(spec)  # each one was measured
     for r in tracker.records_:

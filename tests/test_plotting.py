@@ -50,6 +50,7 @@ ALL = (
     "alignment",
     "batchnorm",
     "predictions",
+    "preconditioned_sharpness",
 )
 
 
@@ -123,6 +124,9 @@ def known_run(path, lr=0.1, seed=0, measures=ALL, stability=None, predictions_ev
             add(s, "batchnorm", {"gamma_norm/bn1": g + 1, "gamma_norm_last": g})
         if "hessian" in measures and s in lam_h:
             add(s, "hessian", {"lambda_H_1": lam_h[s], "lambda_H_2": 5.0, "lambda_H_3": 1.0})
+        if "preconditioned_sharpness" in measures:  # Adam's (no random draw: others unchanged)
+            values = {"precond_lambda_H_1": 100.0 + i, "precond_eos_threshold": 38 / lr}
+            add(s, "preconditioned_sharpness", values)
         if "hessian_density" in measures and s in (0, 30, 70):
             nodes = np.sort(rng.normal(size=8)) * 3
             w = rng.random(8)

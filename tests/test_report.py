@@ -18,7 +18,8 @@ from breakeven.plotting.captions import caption
 from breakeven.plotting.report import report
 from test_plotting import ALL, cache_files, count_fits, known_run, known_sweep
 
-MEASURES = tuple(m for m in ALL if m != "predictions")  # no UMAP here: it is slow to start
+# no UMAP here: it is slow to start; no Adam measure (an SGD sweep: tests/test_adam.py has it)
+MEASURES = tuple(m for m in ALL if m not in ("predictions", "preconditioned_sharpness"))
 
 
 @pytest.fixture(scope="module")

@@ -75,9 +75,22 @@ ALL = {
 }
 
 
-def loop(tracker, steps=9):
+#: The measures that read Adam's state: measured in a loop with Adam (``loop(adam=True)``).
+ADAM = {
+    "covariance": {"every": 3, "num_batches": 5},
+    "preconditioned_covariance": {"every": 3, "k": 2},
+    "preconditioned_sharpness": {"every": 2, "k": 2},
+}
+
+
+def loop(tracker, steps=9, adam=False):
     model, x, y = make()
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    if adam:
+        opt = torch.optim.Adam(model.parameters(), lr=0.005)
+    else:
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    if tracker is not None and hasattr(tracker, "on_optimizer"):
+        tracker.on_optimizer(opt)
     torch.manual_seed(1)
     for step in range(steps):
         xb, yb = x[step * 16 : (step + 1) * 16], y[step * 16 : (step + 1) * 16]
@@ -107,8 +120,22 @@ def tracker_for_loop(spec=ALL, **kw):
     )
 
 
+def test_adam_measures_in_a_plain_loop_and_training_unchanged():
+    tracker = tracker_for_loop(ADAM)
+    tracked = loop(tracker, adam=True)
+    plain = loop(None, adam=True)
+    for a, b in zip(tracked.state_dict().values(), plain.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    by = {(r["measure"], r["step"]): r["values"] for r in tracker.records_}
+    assert math.isnan(by["preconditioned_sharpness", 0]["precond_lambda_H_1"])  # no state yet
+    v = by["preconditioned_sharpness", 4]
+    assert v["precond_lambda_H_1"] >= v["precond_lambda_H_2"] and v["adam_step"] == 4
+    assert v["precond_eos_threshold"] == pytest.approx(38 / 0.05)  # the tracker's lr
+    assert by["preconditioned_covariance", 3]["precond_lambda_K_1"] > 0
+
+
 def test_every_measure_in_a_plain_loop_and_training_unchanged():
-    assert set(ALL) == set(MEASURES)
+    assert set(ALL) | set(ADAM) == set(MEASURES)  # ADAM: test_adam_measures_in_a_plain_loop
     tracker = tracker_for_loop()
     tracked = loop(tracker)
     plain = loop(None)

@@ -594,6 +594,7 @@ PLOT_KINDS = (
     "batchnorm",
     "stability",
     "edge-of-stability",
+    "adaptive-edge-of-stability",
 )
 
 

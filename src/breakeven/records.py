@@ -119,6 +119,7 @@ def _k(
 
 _COV, _H, _ST, _EOS, _SHARP = "covariance", "hessian", "stability", "edge_of_stability", "sharpness"
 _EVAL, _TRAIN, _VAL = EVAL_MEASURE, "train_accuracy", "validation"
+_PSH, _PK = "preconditioned_sharpness", "preconditioned_covariance"
 
 #: The one catalogue of record keys: ``{key or fnmatch pattern: KeyInfo}`` for every key a
 #: built-in measure (``breakeven.MEASURES``) or the training loop's evaluation emits; an exact
@@ -178,6 +179,20 @@ KEYS: dict[str, KeyInfo] = {
     "gamma_norm_last": _k("batchnorm", label=r"$\|\gamma\|$ (last BN layer)"),
     "param_norm": _k("param_norm", label=r"$\|\theta\|$"),
     "lr": _k(_EVAL, "lr", label=r"$\eta$"),
+    # Adam/AdamW: the preconditioned sharpness and K in Adam's geometry (Cohen et al. 2022)
+    "precond_lambda_H_1": _k(_PSH, label=r"$\lambda_1(P^{-1}H)$", symbol="lambda_1(P^-1 H)"),
+    "precond_lambda_H_*": _k(_PSH, label=r"$\lambda_{{{}}}(P^{{-1}}H)$"),
+    "precond_residual_H_*": _k(_PSH),
+    "precond_converged": _k(_PSH),
+    "precond_eos_threshold": _k(_PSH, label=r"$(2+2\beta_1)/((1-\beta_1)\eta)$"),
+    "precond_eos_ratio": _k(_PSH, label=r"$\lambda_1(P^{-1}H)\,/\,\mathrm{threshold}$"),
+    "adam_step": _k(_PSH),
+    "precond_lambda_K_1": _k(
+        _PK, label=r"$\lambda_1(P^{-1/2}KP^{-1/2})$", symbol="lambda_1(P^-1 K)"
+    ),
+    "precond_lambda_K_*": _k(_PK, label=r"$\lambda_{{{}}}(P^{{-1/2}}KP^{{-1/2}})$"),
+    "precond_residual_K_*": _k(_PK),
+    "precond_converged_K": _k(_PK),
 }
 
 #: ``{legacy name: key}``: the names older runs wrote, read as today's keys by :func:`load_run`.

@@ -4,9 +4,11 @@
 momentum (PyTorch's form: ``v <- beta v + g``, ``theta <- theta - eta v``; Nesterov
 optional); the learning rate divided by 10 at given epochs (paper App. G); L2 weight decay
 on convolution kernels only (paper App. D: ``g <- g + wd * w`` for conv weights, nothing on
-biases, BatchNorm, dense or embedding parameters). Two seeds: ``init_seed`` draws the
-initial parameters, ``data_seed`` the ``n_train`` subset, the shuffling, the augmentation
-and any dropout noise. On CPU the same config gives bitwise the same parameters.
+biases, BatchNorm, dense or embedding parameters). ``optimizer="adam"`` or ``"adamw"``
+trains with ``torch.optim.Adam`` / ``AdamW`` instead (see :func:`build_optimizer`). Two
+seeds: ``init_seed`` draws the initial parameters, ``data_seed`` the ``n_train`` subset, the
+shuffling, the augmentation and any dropout noise. On CPU the same config gives bitwise the
+same parameters.
 
 A non-finite training loss stops the run before the update with ``status='diverged'``;
 nothing is raised, so a sweep survives it (the paper's eta = 1.0 on SimpleCNN diverges).
@@ -14,6 +16,8 @@ nothing is raised, so a sweep survives it (the paper's eta = 1.0 on SimpleCNN di
 The tracker's hooks (:class:`TrainHooks`, whose methods do nothing until overridden; an
 object with only some of these methods is called for those)::
 
+    on_optimizer(optimizer)                # once, the optimizer the loop built (before
+                                           # on_start): measures that read its state
     on_start(model, dataset, config)       # once, before the first step
     before_step(step, model, batch, loss)  # after backward, before optimizer.step():
                                            # .grad holds the mini-batch gradient
@@ -65,6 +69,7 @@ __all__ = [
     "ConfigError",
     "TrainConfig",
     "TrainResult",
+    "build_optimizer",
     "conv_weight_decay_groups",
     "evaluate",
     "prepare_dataset",
@@ -100,6 +105,12 @@ def _is_device(v: Any) -> bool:
     return True
 
 
+OPTIMIZERS = ("sgd", "adam", "adamw")
+"""The values of :attr:`TrainConfig.optimizer`."""
+
+_ADAM_DEFAULTS = {"betas": (0.9, 0.999), "eps": 1e-8}
+
+
 def _int_at_least(low: int) -> Callable[[Any, TrainConfig], bool]:
     return lambda v, c: _is_int(v) and v >= low
 
@@ -130,6 +141,28 @@ _FIELD_CHECKS: tuple[_Check, ...] = (
         "a bool, and True only with momentum > 0",
     ),
     ("weight_decay", lambda v, c: _is_real(v) and v >= 0, "a finite number >= 0"),
+    ("optimizer", lambda v, c: v in OPTIMIZERS, f"one of {list(OPTIMIZERS)}"),
+    (
+        "betas",
+        lambda v, c: (
+            isinstance(v, tuple) and len(v) == 2 and all(_is_real(b) and 0 <= b < 1 for b in v)
+        ),
+        "a pair [beta_1, beta_2] of numbers in [0, 1)",
+    ),
+    ("eps", lambda v, c: _is_real(v) and v > 0, "a finite number > 0"),
+    *(
+        (
+            k,
+            lambda v, c, k=k: c.optimizer != "sgd" or v == _ADAM_DEFAULTS[k],
+            f"{default!r} (the default) with optimizer='sgd': it is Adam's",
+        )
+        for k, default in _ADAM_DEFAULTS.items()
+    ),
+    (
+        "momentum",
+        lambda v, c: c.optimizer == "sgd" or v == 0,
+        lambda c: f"0 with optimizer={c.optimizer!r}: Adam's momentum is betas[0]",
+    ),
     ("probe_fraction", lambda v, c: _is_real(v) and 0 < v <= 1, "a number in (0, 1]"),
     *((k, _int_at_least(1), "an integer >= 1") for k in ("batch_size", "eval_batch_size")),
     *(
@@ -183,9 +216,12 @@ class TrainConfig:
     n_train: int | None = None  # seeded subset of the training set (None: all of it)
     probe_fraction: float = 0.05  # fixed probe subset for Hessian quantities
     lr: float = 0.01  # eta, the learning rate
-    momentum: float = 0.0  # beta in [0, 1)
+    momentum: float = 0.0  # beta in [0, 1) (SGD only)
     nesterov: bool = False
-    weight_decay: float = 0.0  # L2 coefficient on convolution kernels only
+    weight_decay: float = 0.0  # sgd/adam: L2 on conv kernels only; adamw: decoupled, all
+    optimizer: str = "sgd"  # "sgd", "adam" or "adamw" (torch.optim's)
+    betas: tuple[float, float] = (0.9, 0.999)  # Adam's (beta_1, beta_2), each in [0, 1)
+    eps: float = 1e-8  # Adam's epsilon, > 0
     lr_decay_epochs: tuple[int, ...] = ()  # lr *= lr_decay_factor at the start of these
     lr_decay_factor: float = 0.1
     batch_size: int = 64  # S
@@ -205,8 +241,9 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
-        if isinstance(self.lr_decay_epochs, (list, tuple)):
-            set_(self, "lr_decay_epochs", tuple(self.lr_decay_epochs))
+        for name in ("lr_decay_epochs", "betas"):
+            if isinstance(getattr(self, name), (list, tuple)):
+                set_(self, name, tuple(getattr(self, name)))
         for name in ("model_kwargs", "dataset_kwargs"):
             v = getattr(self, name)
             if not isinstance(v, Mapping) or not all(isinstance(k, str) for k in v):
@@ -233,9 +270,16 @@ class TrainConfig:
         return cls(**d)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain-data copy (tuples as lists), the inverse of :meth:`from_dict`."""
+        """Plain-data copy (tuples as lists), the inverse of :meth:`from_dict`. With
+        ``optimizer="sgd"`` the Adam keys (``optimizer``, ``betas``, ``eps``, then at their
+        defaults) are left out, so an SGD config reads as it did before they existed (the
+        run directories of earlier versions keep matching their configs)."""
         out = dataclasses.asdict(self)
         out["lr_decay_epochs"] = list(self.lr_decay_epochs)
+        out["betas"] = list(self.betas)
+        if self.optimizer == "sgd":
+            for key in ("optimizer", *_ADAM_DEFAULTS):
+                del out[key]
         return out
 
     def steps_per_epoch(self, n_train: int) -> int:
@@ -287,6 +331,28 @@ class TrainResult:
     def final(self) -> dict[str, float] | None:
         """The last evaluation, or None when evaluation was off."""
         return self.history[-1] if self.history else None
+
+
+def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """The optimizer of ``config`` for ``model``:
+
+    - ``"sgd"``: ``torch.optim.SGD`` with ``momentum`` and ``nesterov``; ``weight_decay`` is L2
+      on convolution kernels only (:func:`conv_weight_decay_groups`, paper App. D);
+    - ``"adam"``: ``torch.optim.Adam`` with ``betas`` and ``eps``; ``weight_decay`` as for SGD
+      (L2 added to the gradient of convolution kernels, before the moment estimates);
+    - ``"adamw"``: ``torch.optim.AdamW`` with ``betas`` and ``eps``; ``weight_decay`` is
+      decoupled (``theta <- theta - eta wd theta`` at each step) and applies to every
+      parameter, as ``AdamW(model.parameters(), weight_decay=wd)`` does.
+    """
+    c = config
+    if c.optimizer == "adamw":
+        return torch.optim.AdamW(
+            model.parameters(), lr=c.lr, betas=c.betas, eps=c.eps, weight_decay=c.weight_decay
+        )
+    groups = conv_weight_decay_groups(model, c.weight_decay)
+    if c.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=c.lr, betas=c.betas, eps=c.eps)
+    return torch.optim.SGD(groups, lr=c.lr, momentum=c.momentum, nesterov=c.nesterov)
 
 
 def conv_weight_decay_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -390,10 +456,11 @@ def prepare_model(config: TrainConfig, dataset: Dataset) -> nn.Module:
     if c.augment and len(ds.input_shape) != 3:
         raise ConfigError(f"augment=True needs images (N, C, H, W); {ds.name} has {ds.input_shape}")
     groups = conv_weight_decay_groups(model, c.weight_decay)
-    if c.weight_decay > 0 and not any(g["weight_decay"] for g in groups):
+    if c.weight_decay > 0 and c.optimizer != "adamw" and not any(g["weight_decay"] for g in groups):
         raise ConfigError(
             f"weight_decay={c.weight_decay} has no effect: {c.model!r} has no convolution "
-            "kernels (weight decay applies to them only, paper App. D); set it to 0"
+            f"kernels (with optimizer={c.optimizer!r} weight decay applies to them only, paper "
+            "App. D); set it to 0, or use optimizer='adamw' (decoupled, on every parameter)"
         )
     x, y = ds.x_train[:2], ds.y_train[:2]
     was_training = model.training
@@ -512,8 +579,7 @@ class _Loop:
             mean, std = torch.tensor(ds.meta["mean"]), torch.tensor(ds.meta["std"])
             self.fill = (-mean / std).to(device)
 
-        groups = conv_weight_decay_groups(model, c.weight_decay)
-        self.opt = torch.optim.SGD(groups, lr=c.lr, momentum=c.momentum, nesterov=c.nesterov)
+        self.opt = build_optimizer(model, c)
         self.n = len(self.y_train)
         self.per_epoch, self.total = c.steps_per_epoch(self.n), c.total_steps(self.n)
         self.shuffle = torch.Generator().manual_seed(c.data_seed)
@@ -526,6 +592,7 @@ class _Loop:
         self.step = 0
         self.perm: Tensor | None = None
         self.evaluating = c.eval_every != 0
+        self.hooks.on_optimizer(self.opt)  # for measures that read its state (Adam's)
         self.world, self.rank = world_and_rank()
 
     def evaluate(self) -> None:

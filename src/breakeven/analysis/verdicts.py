@@ -6,6 +6,12 @@ Paper Sec. 3: along a trajectory, a larger learning rate eta or a smaller batch 
 - Conjecture 1: a lower max lambda_K^1 and a lower max lambda_H^1;
 - Conjecture 2: a higher max lambda_K^*/lambda_K^1, a lower max Tr(K) and a lower max Tr(H).
 
+Under Adam and AdamW (beyond the paper; Cohen et al. 2022) the same is predicted in Adam's
+geometry: a lower max preconditioned sharpness lambda_1(P^-1 H) and a lower max
+lambda_1(P^-1 K) (``preconditioned_sharpness`` and ``preconditioned_covariance``), beside the
+lambda_K^1 clause, which applies to any optimizer. A clause whose quantity no run recorded
+gets no row, so an SGD sweep shows none of these and an Adam sweep the ones it tracked.
+
 Momentum beta acts like a larger learning rate (eta / (1 - beta), paper App. F), so a
 larger beta is predicted to order as a larger eta.
 
@@ -110,6 +116,9 @@ CLAUSES = (
     _clause(2, "condition_K", "covariance", +1),
     _clause(2, "trace_K", "covariance", -1),
     _clause(2, "trace_H", "hessian_trace", -1, stderr="trace_H_stderr"),
+    # Adam/AdamW (Cohen et al. 2022): Conjecture 1 in Adam's geometry
+    _clause(1, "precond_lambda_H_1", "preconditioned_sharpness", -1),
+    _clause(1, "precond_lambda_K_1", "preconditioned_covariance", -1),
 )
 #: +1: a larger value of the key means more SGD noise; -1: less.
 NOISE_DIRECTION = {"lr": +1, "batch_size": -1, "momentum": +1}

@@ -296,6 +296,9 @@ class _Hooks(TrainHooks):
         for s in self.sinks:
             s.write(record)
 
+    def on_optimizer(self, optimizer: Any) -> None:
+        self.tracker.on_optimizer(optimizer)
+
     def on_start(self, model: Any, dataset: Dataset, config: TrainConfig) -> None:
         self.tracker.on_start(model, dataset, config)
         if self.progress is not None:

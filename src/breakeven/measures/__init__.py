@@ -2,6 +2,7 @@
 and a schedulable :class:`Measure` (the contract in :mod:`.base`; the built-in ones, in
 :mod:`.tracked`, are registered when this package is imported)."""
 
+from . import preconditioned as _preconditioned  # noqa: F401  (registers Adam's measures)
 from . import sharpness as _sharpness  # noqa: F401  (registers the sharpness measure)
 from . import tracked as _tracked  # noqa: F401  (registers the built-in measures)
 from .base import MEASURES, Context, Measure, Measurement, register_measure
@@ -22,6 +23,7 @@ from .hessian import (
     per_example_curvatures,
     stability,
 )
+from .preconditioned import preconditioned_covariance, preconditioned_sharpness
 
 __all__ = [
     "MEASURES",
@@ -39,6 +41,8 @@ __all__ = [
     "hessian_trace",
     "per_example_curvatures",
     "per_example_gradient_covariance",
+    "preconditioned_covariance",
+    "preconditioned_sharpness",
     "register_measure",
     "spectrum_of",
     "stability",

@@ -30,6 +30,8 @@ class Context:
     ``cache`` holds the results shared at this step (:attr:`Measurement.shared`) under the
     class-level name of the measure that shared them; ``state[<the measure's name>]`` what
     a measure keeps across steps (warm starts; saved in checkpoints).
+    ``optimizer``: the training's ``torch.optim`` optimizer when the loop gave it (read its
+    state, never write it), else None.
     ``distributed``: under torchrun each rank holds its part of the probe and of the
     training data, and every measure reduces over the ranks (every rank gets the same
     values; ``sample_batches`` then draws this rank's L / world size batches).
@@ -52,6 +54,7 @@ class Context:
     gradient: list[Tensor] | None = None
     val_data: Batch | None = None
     cache: dict[str, Any] = field(default_factory=dict)
+    optimizer: Any = None
     state: dict[str, dict[str, Any]] = field(default_factory=dict)
     distributed: bool = False
     train_data: Batch | None = None

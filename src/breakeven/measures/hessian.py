@@ -20,6 +20,7 @@ from .._core.functional import LossFn, check_finite, check_loss_fn, loss_and_gra
 from .._core.params import as_flat, trainable, unflatten
 from .._core.state import BNMode, check_forward_mode, measuring
 from ..operators.hessian import HessianOperator, HVPMethod
+from ..operators.preconditioned import PreconditionedOperator
 from ..spectra import LanczosResult, SpectralDensity, TraceResult, hutchinson, lanczos, slq
 from ..spectra.lanczos import as_start
 
@@ -61,8 +62,15 @@ def hessian_eigenvalues(
     method: HVPMethod = "reverse",
     seed: int = 0,
     distributed: bool = False,
+    preconditioner: Tensor | None = None,
 ) -> EigenResult:
     """The k largest *algebraic* eigenvalues of H = Hessian of (1/N) sum_i l_i over ``data``.
+
+    With ``preconditioner`` P (a flat tensor of D positive entries, e.g.
+    :func:`~breakeven.operators.preconditioned.adam_preconditioner`'s ``diagonal``): those of
+    ``P^{-1/2} H P^{-1/2}`` (the eigenvalues of ``P^{-1} H``), by the same Lanczos on
+    :class:`~breakeven.operators.preconditioned.PreconditionedOperator`; the eigenvectors are
+    then those of ``P^{-1/2} H P^{-1/2}`` (``v0`` too), the informed start ``P^{-1/2} g``.
 
     Lanczos with full re-orthogonalisation; stops when each eigenvalue's error bound is at
     most ``tol`` relative (``max_iter`` products at most, default ``max(100, 20 k)``; a
@@ -81,6 +89,8 @@ def hessian_eigenvalues(
         model, loss_fn, data, chunk_size=chunk_size, bn_mode=bn_mode, method=method,
         distributed=distributed,
     )  # fmt: skip
+    if preconditioner is not None:
+        op = PreconditionedOperator(op, preconditioner)
     if isinstance(k, int) and k > op.shape[0]:
         raise ValueError(f"k={k} is larger than the number of parameters D={op.shape[0]}")
     res = lanczos(op, k, tol=tol, max_iter=max_iter, v0=_start(op, v0), seed=seed)
@@ -102,7 +112,7 @@ def hessian_eigenvalues(
     )
 
 
-def _start(op: HessianOperator, v0: Tensor | None) -> Tensor | None:
+def _start(op: HessianOperator | PreconditionedOperator, v0: Tensor | None) -> Tensor | None:
     """Lanczos' informed start vector, beside its random one: the unit gradient of the loss,
     plus the unit sum of the previous eigenvectors ``v0`` when warm-starting (None when both
     vanish).

@@ -21,6 +21,7 @@ from .embedding import embed_predictions, exact_knn, plot_embedding
 from .figures import (
     DEFAULT_KEYS,
     label_of,
+    plot_adaptive_edge_of_stability,
     plot_batchnorm,
     plot_edge_of_stability,
     plot_hessian_vs_covariance,
@@ -44,6 +45,7 @@ __all__ = [
     "exact_knn",
     "label_of",
     "plot",
+    "plot_adaptive_edge_of_stability",
     "plot_batchnorm",
     "plot_edge_of_stability",
     "plot_embedding",

@@ -16,10 +16,12 @@ from ..records import atomic_write
 from ._data import RunsLike, as_runs, keys_of, missing, predictions, resolve
 from .embedding import MIN_POINTS, plot_embedding
 from .figures import (
+    ADAPTIVE_EOS_MEASURE,
     DEFAULT_KEYS,
     _has_h_spectrum,
     _has_k_spectrum,
     eos_measure,
+    plot_adaptive_edge_of_stability,
     plot_batchnorm,
     plot_edge_of_stability,
     plot_hessian_vs_covariance,
@@ -44,6 +46,7 @@ FIGURES: dict[str, Callable[..., Any]] = {
     "batchnorm": plot_batchnorm,
     "stability": plot_stability,
     "edge-of-stability": plot_edge_of_stability,
+    "adaptive-edge-of-stability": plot_adaptive_edge_of_stability,
 }
 #: File extensions :func:`plot` writes.
 FORMATS = (".png", ".pdf", ".svg")
@@ -119,6 +122,11 @@ def _check_eos(runs: Runs) -> None:
     _need(runs, measure, "eos_threshold")
 
 
+def _check_adaptive_eos(runs: Runs) -> None:
+    _need(runs, ADAPTIVE_EOS_MEASURE, "precond_lambda_H_1")
+    _need(runs, ADAPTIVE_EOS_MEASURE, "precond_eos_threshold")
+
+
 _CHECKS: dict[str, Callable[[Runs], None]] = {
     "trajectories": _check_trajectories,
     "hessian-vs-covariance": _check_hessian,
@@ -129,6 +137,7 @@ _CHECKS: dict[str, Callable[[Runs], None]] = {
     "batchnorm": require_batchnorm,
     "stability": _check_stability,
     "edge-of-stability": _check_eos,
+    "adaptive-edge-of-stability": _check_adaptive_eos,
 }
 
 

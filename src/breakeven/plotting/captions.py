@@ -14,7 +14,7 @@ from matplotlib.figure import Figure
 from ..analysis import Runs
 from ._data import crossings, has_key, resolve
 from .api import FIGURES
-from .figures import MIN_WINDOWS, _batch_size_of, eos_threshold_label
+from .figures import MIN_WINDOWS, _batch_size_of, adaptive_threshold_label, eos_threshold_label
 
 __all__ = ["caption"]
 
@@ -182,6 +182,18 @@ def _eos(fig: Figure, runs: Runs, options: dict[str, Any]) -> str:
     )
 
 
+def _adaptive_eos(fig: Figure, runs: Runs, options: dict[str, Any]) -> str:
+    label = adaptive_threshold_label(runs)
+    threshold = "38/eta" if "38" in label else "(2 + 2 beta_1)/((1 - beta_1) eta)"
+    n = sum(g.startswith("precond_lambda_H_1:") for g in _gids(fig))
+    return (
+        f"Adam's preconditioned sharpness lambda_1(P^-1 H), P = diag(sqrt(v_hat) + eps) from "
+        f"the optimizer's state (solid, {n} runs), against the adaptive edge-of-stability "
+        f"threshold {threshold} (dashed), recorded values: Adam is unstable along the top "
+        "preconditioned direction where the solid line is above (Cohen et al. 2022)."
+    )
+
+
 _CAPTIONS: dict[str, Callable[[Figure, Runs, dict[str, Any]], str]] = {
     "trajectories": _trajectories,
     "hessian-vs-covariance": _hessian,
@@ -192,6 +204,7 @@ _CAPTIONS: dict[str, Callable[[Figure, Runs, dict[str, Any]], str]] = {
     "batchnorm": _batchnorm,
     "stability": _stability,
     "edge-of-stability": _eos,
+    "adaptive-edge-of-stability": _adaptive_eos,
 }
 
 

@@ -54,6 +54,7 @@ from ._data import (
 __all__ = [
     "DEFAULT_KEYS",
     "label_of",
+    "plot_adaptive_edge_of_stability",
     "plot_batchnorm",
     "plot_edge_of_stability",
     "plot_hessian_vs_covariance",
@@ -928,7 +929,32 @@ def plot_edge_of_stability(
         measure, value = eos_measure(runs)
     else:
         value = "sharpness" if has_key(runs, measure, "sharpness") else "lambda_H_1"
-    for key in (value, "eos_threshold"):
+    threshold = eos_threshold_label(runs)
+    name = r"$\lambda_H^1$ (every step, lower bound)" if value == "sharpness" else r"$\lambda_H^1$"
+    return _against_threshold(
+        runs, measure, (value, "eos_threshold"), x=x, log=log, by=by,
+        labels=(name, threshold), ylabel=rf"$\lambda_H^1$ and {threshold}",
+        title=rf"Edge of stability: $\lambda_H^1$ against {threshold}",
+    )  # fmt: skip
+
+
+def _against_threshold(
+    runs: Runs,
+    measure: str,
+    keys: tuple[str, str],
+    *,
+    x: str,
+    log: bool | str,
+    by: Sequence[str] | str | None,
+    labels: tuple[str, str],
+    ylabel: str,
+    title: str,
+) -> Figure:
+    """A quantity (``keys[0]``, solid) against its threshold (``keys[1]``, dashed, the same
+    colour) over training, both from ``measure``'s records, one pair of lines per run (gids
+    ``<key>:<run>``); recorded values, never smoothed; ``labels`` name the two in the
+    legend."""
+    for key in keys:
         if not has_key(runs, measure, key):
             raise ValueError(missing(measure, key))
     g = groups(runs, by)
@@ -937,23 +963,18 @@ def plot_edge_of_stability(
     values: list[float] = []
     for run in runs.table["run"]:
         colour, lw = g.color[run], g.linewidth(run)
-        for key, ls in ((value, "-"), ("eos_threshold", "--")):
+        for key, ls in zip(keys, ("-", "--")):
             df = series(runs.records, key, measure, run=run)
             if len(df) == 0:
                 continue
             values += list(df["value"])
             xs, ys = df[x].to_numpy(dtype=float), df["value"].to_numpy()
             _draw_series(ax, xs, ys, run, color=colour, lw=lw, name=key, ls=ls)
-    threshold = eos_threshold_label(runs)
     _set_log(ax, "y", log, values)
     ax.set_xlabel(_xlabel(x))
-    ax.set_ylabel(rf"$\lambda_H^1$ and {threshold}")
-    ax.set_title(_title(rf"Edge of stability: $\lambda_H^1$ against {threshold}", runs))
-    name = r"$\lambda_H^1$ (every step, lower bound)" if value == "sharpness" else r"$\lambda_H^1$"
-    extra = [
-        Line2D([], [], color="grey", ls="-", label=name),
-        Line2D([], [], color="grey", ls="--", label=threshold),
-    ]
+    ax.set_ylabel(ylabel)
+    ax.set_title(_title(title, runs))
+    extra = [Line2D([], [], color="grey", ls=ls, label=t) for t, ls in zip(labels, ("-", "--"))]
     _legend(ax, g, extra)
     return fig
 
@@ -965,3 +986,46 @@ def eos_threshold_label(runs: Runs) -> str:
     momenta = runs.table["momentum"] if "momentum" in runs.table else [None]
     plain = all(m is not None and m == 0 for m in momenta)
     return r"$2/\eta$" if plain else r"$(2 + 2\beta)/\eta$"
+
+
+#: The measure whose records the adaptive edge-of-stability figure draws.
+ADAPTIVE_EOS_MEASURE = "preconditioned_sharpness"
+
+
+def plot_adaptive_edge_of_stability(
+    runs: RunsLike,
+    *,
+    measure: str = ADAPTIVE_EOS_MEASURE,
+    x: str = "step",
+    log: bool | str = "auto",
+    by: Sequence[str] | str | None = None,
+) -> Figure:
+    """Adam's edge of stability (Cohen et al. 2022): the preconditioned sharpness
+    lambda_1(P^{-1} H) (``precond_lambda_H_1`` of the ``preconditioned_sharpness`` measure,
+    solid, gid ``precond_lambda_H_1:<run>``) against its threshold
+    (2 + 2 beta_1)/((1 - beta_1) eta) (``precond_eos_threshold``, dashed, same colour), over
+    training: Adam is unstable along the top preconditioned direction where the solid line
+    is above. The labels name the threshold 38/eta when every run's config says
+    beta_1 = 0.9. Recorded values, never smoothed; the NaN before Adam's first update is
+    not drawn."""
+    runs = as_runs(runs)
+    _xlabel(x)  # checks x
+    threshold = adaptive_threshold_label(runs)
+    sharpness = key_label("precond_lambda_H_1")
+    return _against_threshold(
+        runs, measure, ("precond_lambda_H_1", "precond_eos_threshold"), x=x, log=log, by=by,
+        labels=(sharpness, threshold), ylabel=f"{sharpness} and {threshold}",
+        title=f"Adaptive edge of stability: {sharpness} against {threshold}",
+    )  # fmt: skip
+
+
+def adaptive_threshold_label(runs: Runs) -> str:
+    """Adam's threshold as the runs' configs make it: ``$38/\\eta$`` when every run's
+    config says beta_1 = 0.9 (``train.betas``, default (0.9, 0.999) for Adam and AdamW),
+    else ``$(2+2\\beta_1)/((1-\\beta_1)\\eta)$``."""
+    beta1 = [
+        (cfg.get("train", {}).get("betas") or [0.9, 0.999])[0] for cfg in runs.configs.values()
+    ]
+    if beta1 and all(b == 0.9 for b in beta1):
+        return r"$38/\eta$"
+    return key_label("precond_eos_threshold")

@@ -12,11 +12,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import torch
     from torch import Tensor, nn
 
 __all__ = ["TrainHooks", "as_hooks"]
 
-_HOOKS = ("on_start", "before_step", "after_step", "on_evaluate", "on_end")
+_HOOKS = ("on_optimizer", "on_start", "before_step", "after_step", "on_evaluate", "on_end")
 
 
 class TrainHooks:
@@ -30,6 +31,10 @@ class TrainHooks:
     resumed run continues them bitwise. The default keeps nothing (``state_dict()`` is
     None), and ``load_state_dict`` accepts only None.
     """
+
+    def on_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        """Once, before :meth:`on_start`, with the optimizer the loop built (measures such as
+        ``preconditioned_sharpness`` read its state; they must never change it)."""
 
     def on_start(self, model: nn.Module, dataset: Any, config: Any) -> None:
         """Once, before the first step (again on resume, before ``load_state_dict``), with

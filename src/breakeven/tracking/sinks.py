@@ -12,7 +12,7 @@ values live in a tool people already look at:
 
 Each value of a record is one scalar named ``breakeven/<measure>/<key>`` (e.g.
 ``breakeven/covariance/lambda_K_1``, ``breakeven/hessian/lambda_H_1``,
-``breakeven/evaluation/val_accuracy``) at the record's training step (TensorBoard's and
+``breakeven/evaluation/val_acc``) at the record's training step (TensorBoard's and
 MLflow's step; in W&B the x axis ``breakeven/step``). The measure's name is part of the name
 because two measures may emit the same key (``hessian`` and ``edge_of_stability`` both give
 ``lambda_H_1``; a measure tracked twice gives its keys twice). Arrays (``predictions``) are

@@ -71,6 +71,9 @@ class Tracker(TrainHooks):
         val_data: ``(x, y)`` validation set (validation metrics, predictions).
         lr: learning rate, a float or a function of the step.
         momentum: SGD momentum beta (edge-of-stability threshold).
+        optimizer: the training's ``torch.optim`` optimizer, for measures that read its
+            state (the ``preconditioned_*`` measures read Adam's; never changed); also the
+            learning rate when ``lr`` is not given. ``breakeven.train`` passes its own.
         batch_size: training batch size S (K's default M; Eq. 1).
         n_train: training-set size N (default ``len(train_data)``).
         steps_per_epoch: for ``per_epoch`` schedules and the records' ``epoch``: an int, or
@@ -139,6 +142,7 @@ class Tracker(TrainHooks):
         val_data: Batch | None = None,
         lr: float | Callable[[int], float] | None = None,
         momentum: float = 0.0,
+        optimizer: torch.optim.Optimizer | None = None,
         batch_size: int | None = None,
         n_train: int | None = None,
         steps_per_epoch: int | Sized | None = None,
@@ -175,6 +179,7 @@ class Tracker(TrainHooks):
         self.val_data = val_data
         self.lr = lr
         self.momentum = momentum
+        self.optimizer = optimizer
         self.batch_size = batch_size
         self.n_train = n_train
         self.steps_per_epoch = _epoch_length(steps_per_epoch)
@@ -207,6 +212,11 @@ class Tracker(TrainHooks):
             self._open(self.out_dir, config)
 
     # ------------------------------------------------------------------ hooks of breakeven.train
+
+    def on_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        """The optimizer of the training loop, unless one was given."""
+        if self.optimizer is None:
+            self.optimizer = optimizer
 
     def on_start(self, model: nn.Module, dataset: Any, config: Any) -> None:
         """Fill what was not given from a :class:`~breakeven.Dataset` and a TrainConfig."""
@@ -290,9 +300,12 @@ class Tracker(TrainHooks):
             raise ValueError(f"the tracker needs {' and '.join(missing)} (pass them to Tracker)")
         n_train = self.n_train or self._global_count(len(self.train_data[1]))
         batch_size = self.batch_size or (len(batch[1]) if batch is not None else None)
-        if batch_size is None or self.lr is None:
+        lr = self.lr
+        if lr is None and self.optimizer is not None:
+            lr = float(self.optimizer.param_groups[0]["lr"])
+        if batch_size is None or lr is None:
             raise ValueError("the tracker needs lr and batch_size (pass them to Tracker)")
-        lr = self.lr(step) if callable(self.lr) else float(self.lr)
+        lr = lr(step) if callable(lr) else float(lr)
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
         grads = [
             p.grad.detach() if p.grad is not None else torch.zeros_like(p)
@@ -310,6 +323,7 @@ class Tracker(TrainHooks):
             ],
             lr=lr,
             momentum=self.momentum,
+            optimizer=self.optimizer,
             batch_size=batch_size,
             n_train=n_train,
             batch=batch,
