@@ -15,7 +15,7 @@ from torch import nn
 
 from breakeven.data import Dataset
 from breakeven.experiments import run
-from breakeven.tracking.store import read_records, read_status
+from breakeven.records import read_records, read_status
 from breakeven.train import ConfigError, TrainConfig, build_optimizer, train
 from helpers import write_tiny_npz
 
