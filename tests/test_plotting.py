@@ -999,3 +999,19 @@ def test_embedding_without_a_writable_cache_is_computed_each_time(tmp_path, monk
 
     monkeypatch.setattr(module, "atomic_write", full)
     embed_twice(run)
+
+
+@pytest.mark.parametrize("text", ["Short", "Adaptive edge of stability: long words " * 2])
+def test_a_long_title_puts_its_context_on_a_line_of_its_own(text):
+    """The title is never cut at the figure's edge: past one line's width the model and
+    dataset go on a second line."""
+    import types
+
+    import pandas as pd
+
+    runs = types.SimpleNamespace(table=pd.DataFrame({"model": ["mlp"], "dataset": ["fashion"]}))
+    from breakeven.plotting import figures as f
+
+    title = f._title(text, runs)
+    assert title.replace("\n", " ") == f"{text} (mlp on fashion)"
+    assert len(title.split("\n")) == (1 if len(text) < 40 else 2)

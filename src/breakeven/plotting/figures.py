@@ -99,9 +99,17 @@ def _context(runs: Runs) -> str:
     return " on ".join(parts)
 
 
+#: Title characters that fit one line of a single-panel figure at the default font size.
+_TITLE_LINE = 60
+
+
 def _title(text: str, runs: Runs) -> str:
+    """``text (model on dataset)``; the context on a line of its own when the whole would not
+    fit the figure's width (mathtext counted as written, so this errs towards two lines)."""
     ctx = _context(runs)
-    return f"{text} ({ctx})" if ctx else text
+    if not ctx:
+        return text
+    return f"{text} ({ctx})" if len(text) + len(ctx) + 3 <= _TITLE_LINE else f"{text}\n({ctx})"
 
 
 def _legend(ax: Axes, g: Groups, extra: Sequence[Any] = (), **kw: Any) -> None:
