@@ -31,10 +31,14 @@ def main() -> None:
     cx = torch.randn(2560, 3, 32, 32, generator=g)
     cy = torch.randint(0, 10, (2560,), generator=g)
     problems = [
-        ("mlp/2560", trained("mlp", fm.x_train[:20000].float(), fm.y_train[:20000]),
-         fm.x_train[:2560].float(), fm.y_train[:2560]),
+        (
+            "mlp/2560",
+            trained("mlp", fm.x_train[:20000].float(), fm.y_train[:20000]),
+            fm.x_train[:2560].float(),
+            fm.y_train[:2560],
+        ),
         ("cnn/256", trained("simple_cnn", cx, cy), cx[:256], cy[:256]),
-    ]  # fmt: skip
+    ]
     for name, model, x, y in problems:
         prev = be.hessian_eigenvalues(model, LOSS, (x, y), k=1, tol=1e-8, max_iter=80)
         sgd_step(model, x, y)
@@ -42,8 +46,10 @@ def main() -> None:
         lam = float(ref.eigenvalues[0])
         v = prev.eigenvectors[:, 0] / prev.eigenvectors[:, 0].norm()
         overlap = abs(float(v @ ref.eigenvectors[:, 0]))
-        print(f"\n{name}: lambda_H^1 {float(prev.eigenvalues[0]):.4g} -> {lam:.4g}, "
-              f"overlap of the top eigenvectors {overlap:.2f}")  # fmt: skip
+        print(
+            f"\n{name}: lambda_H^1 {float(prev.eigenvalues[0]):.4g} -> {lam:.4g}, "
+            f"overlap of the top eigenvectors {overlap:.2f}"
+        )
         op = HessianOperator(model, LOSS, (x, y))
         grad = op.gradient()
         grad = grad / grad.norm()

@@ -27,15 +27,22 @@ def toy(n: int = 90, shape: tuple[int, ...] = (1, 6, 6), classes: int = 3) -> Da
     return Dataset("toy", x[:n], y[:n], x[n:], y[n:], classes)
 
 
-ADAM = dict(model="mlp", model_kwargs={"hidden": (16,)}, batch_size=10, lr=0.01, epochs=3,
-            lr_decay_epochs=(2,))  # fmt: skip
+ADAM = dict(
+    model="mlp",
+    model_kwargs={"hidden": (16,)},
+    batch_size=10,
+    lr=0.01,
+    epochs=3,
+    lr_decay_epochs=(2,),
+)
 CNN = dict(model="test_adam_cnn", batch_size=8, lr=0.003, steps=13)
 
 
 def _tiny_cnn(input_shape, num_classes) -> nn.Module:
     c, h, w = input_shape
-    return nn.Sequential(nn.Conv2d(c, 2, 3), nn.ReLU(), nn.Flatten(),
-                         nn.Linear(2 * (h - 2) * (w - 2), num_classes))  # fmt: skip
+    return nn.Sequential(
+        nn.Conv2d(c, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(2 * (h - 2) * (w - 2), num_classes)
+    )
 
 
 @pytest.fixture(autouse=True)
@@ -72,8 +79,12 @@ def test_invalid_optimizer_values_name_the_key_before_anything_is_written(
     with pytest.raises(ConfigError, match=rf"^{key}=.* is invalid: must be "):
         TrainConfig.from_dict(changes)
     out = tmp_path / "run"
-    config = {"train": {**{k: list(v) if isinstance(v, tuple) else v for k, v in changes.items()},
-                        "steps": 1}}  # fmt: skip
+    config = {
+        "train": {
+            **{k: list(v) if isinstance(v, tuple) else v for k, v in changes.items()},
+            "steps": 1,
+        }
+    }
     with pytest.raises(ConfigError, match=rf"{key}="):
         run(config, out)
     assert not out.exists()
@@ -94,8 +105,15 @@ def test_training_with_adam_is_torchs_adam_step_by_step(which, seed) -> None:
     """breakeven.train with optimizer=adam/adamw gives bitwise the parameters of a
     hand-written loop with torch.optim.Adam/AdamW (weight decay: conv kernels / all)."""
     wd = 0.05
-    cfg = TrainConfig(**CNN, optimizer=which, betas=(0.8, 0.95), eps=1e-7, weight_decay=wd,
-                      init_seed=seed, data_seed=seed)  # fmt: skip
+    cfg = TrainConfig(
+        **CNN,
+        optimizer=which,
+        betas=(0.8, 0.95),
+        eps=1e-7,
+        weight_decay=wd,
+        init_seed=seed,
+        data_seed=seed,
+    )
     ds = toy(shape=(3, 8, 8))
     result = train(cfg, dataset=ds)
     from breakeven.models import build_model
@@ -105,11 +123,16 @@ def test_training_with_adam_is_torchs_adam_step_by_step(which, seed) -> None:
     conv = [m.weight for m in model.modules() if isinstance(m, nn.Conv2d)]
     rest = [p for p in model.parameters() if all(p is not q for q in conv)]
     if which == "adam":
-        opt = torch.optim.Adam([{"params": conv, "weight_decay": wd}, {"params": rest}],
-                               lr=cfg.lr, betas=(0.8, 0.95), eps=1e-7)  # fmt: skip
+        opt = torch.optim.Adam(
+            [{"params": conv, "weight_decay": wd}, {"params": rest}],
+            lr=cfg.lr,
+            betas=(0.8, 0.95),
+            eps=1e-7,
+        )
     else:
-        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.8, 0.95), eps=1e-7,
-                                weight_decay=wd)  # fmt: skip
+        opt = torch.optim.AdamW(
+            model.parameters(), lr=cfg.lr, betas=(0.8, 0.95), eps=1e-7, weight_decay=wd
+        )
     gen, n, step = torch.Generator().manual_seed(seed), len(ds.y_train), 0
     while step < cfg.steps:
         perm = torch.randperm(n, generator=gen)
@@ -163,8 +186,9 @@ def test_resume_from_every_checkpoint_keeps_params_and_adam_state_bitwise(which)
     for state in states:
         later: list[dict] = []
         tracker = build_tracker(track)
-        resumed = train(cfg, tracker, dataset=ds, resume=state, checkpoint_every=4,
-                        on_checkpoint=later.append)  # fmt: skip
+        resumed = train(
+            cfg, tracker, dataset=ds, resume=state, checkpoint_every=4, on_checkpoint=later.append
+        )
         a, b = resumed.model.state_dict(), full.model.state_dict()
         assert all(torch.equal(a[k], b[k]) for k in a), f"resumed at {state['step']}"
         assert resumed.losses == full.losses
@@ -202,9 +226,24 @@ def test_cli_run_takes_the_optimizer_from_set_and_stores_its_state(tmp_path) -> 
     config = tmp_path / "tiny.toml"
     config.write_text(TOML.format(npz=npz))
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "breakeven.cli", "run", str(config), "--out", str(out),
-           "--no-progress", "--set", 'train.optimizer="adamw"', "--set", "train.betas=[0.8, 0.9]",
-           "--set", "train.eps=1e-6", "--set", "train.weight_decay=0.01"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "breakeven.cli",
+        "run",
+        str(config),
+        "--out",
+        str(out),
+        "--no-progress",
+        "--set",
+        'train.optimizer="adamw"',
+        "--set",
+        "train.betas=[0.8, 0.9]",
+        "--set",
+        "train.eps=1e-6",
+        "--set",
+        "train.weight_decay=0.01",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert read_status(out) == "finished"
@@ -212,7 +251,10 @@ def test_cli_run_takes_the_optimizer_from_set_and_stores_its_state(tmp_path) -> 
 
     train_cfg = json.loads((out / "config.json").read_text())["train"]
     assert (train_cfg["optimizer"], train_cfg["betas"], train_cfg["eps"]) == (
-        "adamw", [0.8, 0.9], 1e-6)  # fmt: skip
+        "adamw",
+        [0.8, 0.9],
+        1e-6,
+    )
     recs = [r for r in read_records(out) if r["measure"] == "preconditioned_sharpness"]
     assert [r["step"] for r in recs] == [0, 3, 6, 9]
     assert math.isnan(recs[0]["values"]["precond_lambda_H_1"])  # no Adam state before step 1
@@ -222,8 +264,12 @@ def test_cli_run_takes_the_optimizer_from_set_and_stores_its_state(tmp_path) -> 
         assert v["precond_lambda_H_1"] > 0
         assert v["precond_eos_threshold"] == pytest.approx(threshold)
         assert v["precond_eos_ratio"] == pytest.approx(v["precond_lambda_H_1"] / threshold)
-    bad = subprocess.run([*cmd[:-8], "--set", 'train.optimizer="adagrad"'], capture_output=True,
-                         text=True, timeout=300)  # fmt: skip
+    bad = subprocess.run(
+        [*cmd[:-8], "--set", 'train.optimizer="adagrad"'],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert bad.returncode != 0 and "optimizer='adagrad' is invalid" in bad.stderr
 
 
@@ -490,14 +536,29 @@ def test_an_adam_preset_runs_as_a_tiny_sweep_and_gets_its_verdict_rows(tmp_path)
     from breakeven.experiments import sweep
 
     npz = write_tiny_npz(tmp_path / "tiny.npz")
-    ov = ["train.dataset=\"npz\"", f'train.dataset_kwargs={{root="{npz}"}}', "train.n_train=60",
-          "train.epochs=1", "train.batch_size=10", "train.eval_every=3",
-          "train.model_kwargs={hidden=[8]}", "track.covariance.every=2",
-          "track.covariance.num_batches=4", "track.preconditioned_covariance.every=2",
-          "track.hessian.every=2", "track.preconditioned_sharpness.every=2"]  # fmt: skip
+    ov = [
+        'train.dataset="npz"',
+        f'train.dataset_kwargs={{root="{npz}"}}',
+        "train.n_train=60",
+        "train.epochs=1",
+        "train.batch_size=10",
+        "train.eval_every=3",
+        "train.model_kwargs={hidden=[8]}",
+        "track.covariance.every=2",
+        "track.covariance.num_batches=4",
+        "track.preconditioned_covariance.every=2",
+        "track.hessian.every=2",
+        "track.preconditioned_sharpness.every=2",
+    ]
     out = tmp_path / "sweep"
-    outcome = sweep("adam_mlp_fashion_lr", grid={"train.lr": [0.03, 0.001]}, seeds=1,
-                    scale="quick", overrides=ov, out=out)  # fmt: skip
+    outcome = sweep(
+        "adam_mlp_fashion_lr",
+        grid={"train.lr": [0.03, 0.001]},
+        seeds=1,
+        scale="quick",
+        overrides=ov,
+        out=out,
+    )
     assert [s for _, s, _ in outcome.runs] == ["finished", "finished"]
     runs = read_runs(out)
     table = verdicts(runs, min_pairs=1)
@@ -517,20 +578,36 @@ def _write_adam_run(path, lr, seed, peak, beta1=0.9):
     import json
 
     path.mkdir(parents=True)
-    train = {"model": "mlp", "dataset": "fashion_mnist", "lr": lr, "optimizer": "adam",
-             "betas": [beta1, 0.999], "init_seed": seed}  # fmt: skip
+    train = {
+        "model": "mlp",
+        "dataset": "fashion_mnist",
+        "lr": lr,
+        "optimizer": "adam",
+        "betas": [beta1, 0.999],
+        "init_seed": seed,
+    }
     (path / "config.json").write_text(json.dumps({"name": "a", "train": train}))
     (path / "status").write_text("finished\n")
     threshold = (2 + 2 * beta1) / ((1 - beta1) * lr)
     recs = []
     for step, frac in ((0, math.nan), (10, 0.3), (20, 1.0), (30, 0.8), (40, 0.7)):
-        values = {"precond_lambda_H_1": frac * peak, "precond_eos_threshold": threshold,
-                  "precond_eos_ratio": frac * peak / threshold}  # fmt: skip
-        recs.append({"step": step, "epoch": step / 40, "measure": "preconditioned_sharpness",
-                     "values": values})  # fmt: skip
+        values = {
+            "precond_lambda_H_1": frac * peak,
+            "precond_eos_threshold": threshold,
+            "precond_eos_ratio": frac * peak / threshold,
+        }
+        recs.append(
+            {
+                "step": step,
+                "epoch": step / 40,
+                "measure": "preconditioned_sharpness",
+                "values": values,
+            }
+        )
         k = {"precond_lambda_K_1": frac * peak / 10}
-        recs.append({"step": step, "epoch": step / 40, "measure": "preconditioned_covariance",
-                     "values": k})  # fmt: skip
+        recs.append(
+            {"step": step, "epoch": step / 40, "measure": "preconditioned_covariance", "values": k}
+        )
     (path / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
 
 
@@ -542,8 +619,12 @@ def _write_adam_sweep(root, peaks, beta1=0.9):
         name = f"lr{lr}_s{seed}"
         _write_adam_run(root / "runs" / name, lr, seed, peak, beta1)
         runs.append({"name": name, "params": {"train.lr": lr}, "seed": seed})
-    spec = {"kind": "sweep", "preset": "p", "grid": {"train.lr": sorted({k[0] for k in peaks})},
-            "runs": runs}  # fmt: skip
+    spec = {
+        "kind": "sweep",
+        "preset": "p",
+        "grid": {"train.lr": sorted({k[0] for k in peaks})},
+        "runs": runs,
+    }
     (root / "sweep.json").write_text(json.dumps(spec))
     return root
 
@@ -630,8 +711,16 @@ def test_cli_plot_draws_the_adaptive_figure(tmp_path) -> None:
     pytest.importorskip("matplotlib")
     root = _write_adam_sweep(tmp_path / "s", {(0.01, 0): 50.0, (0.001, 0): 400.0})
     out = tmp_path / "eos.png"
-    cmd = [sys.executable, "-m", "breakeven.cli", "plot", "adaptive-edge-of-stability",
-           str(root), "--out", str(out)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "breakeven.cli",
+        "plot",
+        "adaptive-edge-of-stability",
+        str(root),
+        "--out",
+        str(out),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert out.read_bytes()[:4] == b"\x89PNG"

@@ -86,8 +86,11 @@ def test_eigen_result_extends_lanczos_result_without_repeating_its_fields():
     assert issubclass(be.EigenResult, be.LanczosResult)
     assert eigen[: len(lanczos)] == lanczos
     assert set(be.EigenResult.__annotations__) == {
-        "seconds", "bn_mode", "chunk_size", "num_examples"
-    }  # fmt: skip
+        "seconds",
+        "bn_mode",
+        "chunk_size",
+        "num_examples",
+    }
     assert not set(be.EigenResult.__annotations__) & set(lanczos)
 
 

@@ -64,7 +64,11 @@ def test_presets_are_listed_and_valid(capsys) -> None:
         build_tracker(rc.track)  # every option of the preset is accepted
     rc = resolve_config(load_config("mlp_fashion"))
     assert (rc.train.model, rc.train.dataset, rc.train.batch_size, rc.train.lr) == (
-        "mlp", "fashion_mnist", 64, 0.1)  # fmt: skip
+        "mlp",
+        "fashion_mnist",
+        64,
+        0.1,
+    )
     assert rc.track["covariance"] == {"every": 50, "num_batches": 25, "spectrum": True}
     assert rc.track["hessian"]["every"] == 500 and rc.train.probe_fraction == 0.05
     assert rc.train.epochs == 200  # the paper's length; the quick scale is 2 epochs
@@ -75,11 +79,17 @@ def test_presets_are_listed_and_valid(capsys) -> None:
 def test_set_values_are_read_as_toml() -> None:
     cfg = apply_overrides(
         {"train": {"lr": 0.1}},
-        ["lr=0.05", "train.lr_decay_epochs=[1, 2]", "model=mlp", "augment=true",
-         "track.hessian.every=epoch", "run.checkpoint_every=7", 'name="x"'],
-    )  # fmt: skip
-    assert cfg["train"] == {"lr": 0.05, "lr_decay_epochs": [1, 2], "model": "mlp",
-                            "augment": True}  # fmt: skip
+        [
+            "lr=0.05",
+            "train.lr_decay_epochs=[1, 2]",
+            "model=mlp",
+            "augment=true",
+            "track.hessian.every=epoch",
+            "run.checkpoint_every=7",
+            'name="x"',
+        ],
+    )
+    assert cfg["train"] == {"lr": 0.05, "lr_decay_epochs": [1, 2], "model": "mlp", "augment": True}
     assert cfg["track"] == {"hessian": {"every": "epoch"}} and cfg["run"]["checkpoint_every"] == 7
     assert cfg["name"] == "x"
     with pytest.raises(ConfigError, match="must be key=value"):

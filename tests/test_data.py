@@ -267,8 +267,13 @@ def test_imdb_acl_folders(isolated) -> None:
 def test_imdb_keras_npz(isolated) -> None:
     ragged = np.empty(3, dtype=object)
     ragged[:] = [[1, 2, 3], [19_996, 19_997, 5], list(range(1, 100))]
-    np.savez(isolated / "imdb.npz", x_train=ragged, y_train=np.array([1, 0, 1]),
-             x_test=ragged[:2], y_test=np.array([0, 1]))  # fmt: skip
+    np.savez(
+        isolated / "imdb.npz",
+        x_train=ragged,
+        y_train=np.array([1, 0, 1]),
+        x_test=ragged[:2],
+        y_test=np.array([0, 1]),
+    )
     ds = load_dataset("imdb", root=isolated)
     assert ds.x_train.shape == (3, 80) and ds.y_train.tolist() == [1, 0, 1]
     assert ds.x_train[0, -4:].tolist() == [1, 4, 5, 6] and ds.x_train[0, :-4].eq(0).all()
@@ -367,8 +372,13 @@ def test_imagenet_class_folders(isolated) -> None:
 def test_generic_npz(tmp_path) -> None:
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (10, 6, 6, 3), dtype=np.uint8)  # NHWC as Keras stores it
-    np.savez(tmp_path / "toy.npz", x_train=x, y_train=np.arange(10)[:, None] % 4,
-             x_test=x[:4], y_test=np.arange(4))  # fmt: skip
+    np.savez(
+        tmp_path / "toy.npz",
+        x_train=x,
+        y_train=np.arange(10)[:, None] % 4,
+        x_test=x[:4],
+        y_test=np.arange(4),
+    )
     ds = load_dataset("npz", root=tmp_path / "toy.npz")
     assert ds.x_train.shape == (10, 3, 6, 6) and ds.num_classes == 4
     assert float(ds.x_train[2, 1, 3, 4]) == pytest.approx(x[2, 3, 4, 1] / 255)

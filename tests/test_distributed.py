@@ -22,8 +22,15 @@ def _free_port() -> int:
 @pytest.mark.slow  # multi-process or browser: make test-slow (CI runs it)
 def test_two_ranks_equal_one_process(tmp_path):
     script = Path(__file__).parent / "distributed_script.py"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-           f"--master_port={_free_port()}", str(script), str(tmp_path)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        f"--master_port={_free_port()}",
+        str(script),
+        str(tmp_path),
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
@@ -90,9 +97,20 @@ def _config(tmp_path, epochs):
 
 
 def _torchrun(config, out):
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-            f"--master_port={_free_port()}", "-m", "breakeven.cli", "run", str(config), "--out",
-            str(out), "--no-progress"]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        f"--master_port={_free_port()}",
+        "-m",
+        "breakeven.cli",
+        "run",
+        str(config),
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
 
 
 def _values(path):
@@ -107,8 +125,9 @@ def test_breakeven_run_under_torchrun_equals_one_process(tmp_path):
 
     config = _config(tmp_path, epochs=2)
     run(config, tmp_path / "one")
-    done = subprocess.run(_torchrun(config, tmp_path / "two"), capture_output=True,
-                          text=True, timeout=300)  # fmt: skip
+    done = subprocess.run(
+        _torchrun(config, tmp_path / "two"), capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("status") == 1  # rank 0 alone reports
     one, two = _values(tmp_path / "one"), _values(tmp_path / "two")
@@ -127,12 +146,14 @@ def test_a_rank_killed_under_torchrun_resumes_on_all(tmp_path):
     import time
 
     config = _config(tmp_path, epochs=12)  # 120 steps, a checkpoint every 10
-    whole = subprocess.run(_torchrun(config, tmp_path / "whole"), capture_output=True,
-                           text=True, timeout=300)  # fmt: skip
+    whole = subprocess.run(
+        _torchrun(config, tmp_path / "whole"), capture_output=True, text=True, timeout=300
+    )
     assert whole.returncode == 0, whole.stderr[-3000:]
     out = tmp_path / "killed"
-    agent = subprocess.Popen(_torchrun(config, out), stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)  # fmt: skip
+    agent = subprocess.Popen(
+        _torchrun(config, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 120
     while time.time() < deadline and not (out / "checkpoint.pt").exists():
         time.sleep(0.05)
@@ -141,8 +162,7 @@ def test_a_rank_killed_under_torchrun_resumes_on_all(tmp_path):
     os.kill(int(children[-1]), signal.SIGKILL)  # one rank dies mid-run
     assert agent.wait(timeout=120) != 0
     assert (out / "status").read_text().strip() != "finished"
-    again = subprocess.run(_torchrun(config, out), capture_output=True, text=True,
-                           timeout=300)  # fmt: skip
+    again = subprocess.run(_torchrun(config, out), capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "resumed from the checkpoint at step" in again.stdout
     assert _values(out) == _values(tmp_path / "whole")

@@ -114,8 +114,16 @@ def test_csv_of_a_run_and_of_a_sweep(tmp_path: Path, capsys) -> None:
     assert capsys.readouterr().out.strip() == str(run / "records.csv")
     back = pd.read_csv(run / "records.csv")
     df = load_run(run)
-    assert list(back.columns) == ["run", "step", "epoch", "measure", "key", "value", "seconds",
-                                  "matvecs"]  # fmt: skip
+    assert list(back.columns) == [
+        "run",
+        "step",
+        "epoch",
+        "measure",
+        "key",
+        "value",
+        "seconds",
+        "matvecs",
+    ]
     assert len(back) == len(df) and set(back["measure"]) == {"covariance", "hessian", "evaluation"}
     assert np.allclose(back["value"], df["value"], equal_nan=True, rtol=1e-15)
     assert "eigs" not in set(back["key"])
@@ -216,5 +224,14 @@ def test_records_module_imports_no_torch_and_no_analysis() -> None:
             names |= {a.name.split(".")[0] for a in node.names}
         elif isinstance(node, ast.ImportFrom):
             names.add("." if node.level else (node.module or "").split(".")[0])
-    assert names <= {"__future__", "base64", "json", "math", "os", "collections", "pathlib",
-                     "stat", "typing"}, names  # fmt: skip
+    assert names <= {
+        "__future__",
+        "base64",
+        "json",
+        "math",
+        "os",
+        "collections",
+        "pathlib",
+        "stat",
+        "typing",
+    }, names

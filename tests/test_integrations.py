@@ -171,9 +171,11 @@ def test_lightning_callback_equals_the_plain_loop(tmp_path: Path) -> None:
     assert rows["steps"] == "6" and rows["max lambda_H^1 after step 0"].startswith(f"{top:.4g}")
     assert be.load_run(path)["measure"].nunique() == len(SPEC)
     with pytest.raises(RunStoreError, match="already holds a run"):
-        fit(copy.deepcopy(initial), loader, [BreakevenCallback(SPEC, probe=probe,
-                                                               train_data=(x, y),
-                                                               out_dir=path)])  # fmt: skip
+        fit(
+            copy.deepcopy(initial),
+            loader,
+            [BreakevenCallback(SPEC, probe=probe, train_data=(x, y), out_dir=path)],
+        )
 
 
 def test_lightning_accumulation_and_validation(tmp_path: Path) -> None:
@@ -184,13 +186,19 @@ def test_lightning_accumulation_and_validation(tmp_path: Path) -> None:
     ds = torch.utils.data.TensorDataset(x, y)
     loader = torch.utils.data.DataLoader(ds, batch_size=8)
     val = torch.utils.data.DataLoader(ds, batch_size=16)
-    tracker = be.Tracker([be.GradientCovariance(num_batches=2)], be.every(1), probe=(x, y),
-                         train_data=(x, y))  # fmt: skip
+    tracker = be.Tracker(
+        [be.GradientCovariance(num_batches=2)], be.every(1), probe=(x, y), train_data=(x, y)
+    )
     cb = BreakevenCallback(tracker, out_dir=tmp_path / "acc")
     trainer = fit(
-        Module(momentum=0.0), loader, [cb], steps=-1, max_epochs=1, accumulate_grad_batches=2,
+        Module(momentum=0.0),
+        loader,
+        [cb],
+        steps=-1,
+        max_epochs=1,
+        accumulate_grad_batches=2,
         val=val,
-    )  # fmt: skip
+    )
     assert trainer.global_step == 2
     k = [r for r in tracker.records_ if r["measure"] == "covariance"]
     assert [r["step"] for r in k] == [0, 1]
@@ -287,8 +295,9 @@ def test_huggingface_callback(tmp_path: Path) -> None:
     initial = copy.deepcopy(model)
     data = _tokens()
     probe = {k: v[:16] for k, v in data.items()}
-    cb = BreakevenTrainerCallback(HF_SPEC, probe=probe, train_data=data, out_dir=tmp_path / "r",
-                                  log=["tensorboard"])  # fmt: skip
+    cb = BreakevenTrainerCallback(
+        HF_SPEC, probe=probe, train_data=data, out_dir=tmp_path / "r", log=["tensorboard"]
+    )
     _hf_train(model, data, tmp_path, [cb], eval_data=probe)
     records = cb.tracker.records_
 
@@ -298,8 +307,11 @@ def test_huggingface_callback(tmp_path: Path) -> None:
     lrs = [r["values"]["lr"] for r in records if r["measure"] == "lr"]
     assert lrs == pytest.approx([0.05 * (4 - t) / 4 for t in range(4)])  # the linear schedule
     assert cb.input_names == ("input_ids", "attention_mask") and cb.tracker.batch_size == 8
-    assert all(r["values"]["delta_loss"] == r["values"]["delta_loss"] for r in records
-               if r["measure"] == "loss_change")  # fmt: skip
+    assert all(
+        r["values"]["delta_loss"] == r["values"]["delta_loss"]
+        for r in records
+        if r["measure"] == "loss_change"
+    )
 
     # step 0 equals the same tracker at the initial parameters, and hessian_eigenvalues
     adapter = HFModel(initial, cb.input_names)
@@ -322,8 +334,11 @@ def test_huggingface_callback(tmp_path: Path) -> None:
     # the inferred loss is the model's own
     with torch.no_grad():
         initial.eval()
-        own = initial(input_ids=probe["input_ids"], attention_mask=probe["attention_mask"],
-                      labels=probe["labels"]).loss  # fmt: skip
+        own = initial(
+            input_ids=probe["input_ids"],
+            attention_mask=probe["attention_mask"],
+            labels=probe["labels"],
+        ).loss
         assert float(loss_fn(adapter(xp), yp)) == pytest.approx(float(own), rel=1e-6)
 
     # measuring does not change training (dropout is on: the global RNG is restored)

@@ -66,15 +66,20 @@ KEY_VARIANTS = [
         "alignment": {"every": 1, "k": 1},
     },
     {
-        "k1": {"measure": "covariance", "every": 1, "num_batches": 4, "batch_size": 1,
-               "spectrum": True},
+        "k1": {
+            "measure": "covariance",
+            "every": 1,
+            "num_batches": 4,
+            "batch_size": 1,
+            "spectrum": True,
+        },
         "hessian": {"every": 1, "k": 1, "tol": 1e-2},
         "noise_scale": {"every": 1},
         "edge_of_stability": {"every": 1},
         "stability": {"every": 1, "bn_mode": "train"},
     },
     ADAM,  # the measures that read Adam's state, in a loop with Adam
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize("spec", KEY_VARIANTS)
@@ -97,8 +102,12 @@ def test_the_key_variants_cover_every_builtin_measure():
 
 def test_option_dependent_keys_are_exact():
     assert be.HessianTop(k=2).emits() == (
-        "lambda_H_1", "lambda_H_2", "residual_H_1", "residual_H_2", "converged"
-    )  # fmt: skip
+        "lambda_H_1",
+        "lambda_H_2",
+        "residual_H_1",
+        "residual_H_2",
+        "converged",
+    )
     cov = be.GradientCovariance(num_batches=3, spectrum=True).emits()
     assert cov[-3:] == ("eig_K_0", "eig_K_1", "eig_K_2")
     assert be.GradientCovariance(num_batches=3).emits() == be.GradientCovariance.keys

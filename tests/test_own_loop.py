@@ -59,14 +59,24 @@ def test_own_loop_writes_the_run_store_of_breakeven_run(full):
     assert sorted(p.name for p in full.iterdir()) == ["cwd", "run", "user.pt"]
     assert list((full / "cwd").iterdir()) == []
     assert sorted(p.name for p in run.iterdir()) == [
-        "config.json", "lock", "model.pt", "records.jsonl", "status", "summary.json"
-    ]  # fmt: skip
+        "config.json",
+        "lock",
+        "model.pt",
+        "records.jsonl",
+        "status",
+        "summary.json",
+    ]
     assert read_status(run) == "finished"
     config = json.loads((run / "config.json").read_text())
     assert config["train"] == {
-        "model": "mlp", "lr": 0.1, "momentum": 0.0, "batch_size": 16, "n_train": 96,
-        "steps_per_epoch": 6, "seed": 0,
-    }  # fmt: skip
+        "model": "mlp",
+        "lr": 0.1,
+        "momentum": 0.0,
+        "batch_size": 16,
+        "n_train": 96,
+        "steps_per_epoch": 6,
+        "seed": 0,
+    }
     assert config["track"]["hessian"]["schedule"] == "every(3)"
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["steps"] == 12
@@ -75,9 +85,11 @@ def test_own_loop_writes_the_run_store_of_breakeven_run(full):
     records = read_records(run)
     steps = {m: [r["step"] for r in records if r["measure"] == m] for m in config["track"]}
     assert steps == {
-        "covariance": [0, 3, 6, 9], "hessian": [0, 3, 6, 9], "loss_change": [0, 3, 6, 9],
+        "covariance": [0, 3, 6, 9],
+        "hessian": [0, 3, 6, 9],
+        "loss_change": [0, 3, 6, 9],
         "lr": [0, 6],
-    }  # fmt: skip
+    }
     assert all(r["epoch"] == r["step"] / 6 for r in records)
 
     show = _cli("show", run)
@@ -179,9 +191,15 @@ def test_an_exception_marks_the_run_failed_and_a_new_tracker_resumes_it(tmp_path
             resumed.after_step(step, model)
     records = read_records(out)
     assert [(r["step"], r["measure"]) for r in records] == [
-        (0, "param_norm"), (0, "loss_change"), (2, "loss_change"), (3, "param_norm"),
-        (4, "loss_change"), (6, "param_norm"), (6, "loss_change"), (8, "loss_change"),
-    ]  # fmt: skip
+        (0, "param_norm"),
+        (0, "loss_change"),
+        (2, "loss_change"),
+        (3, "param_norm"),
+        (4, "loss_change"),
+        (6, "param_norm"),
+        (6, "loss_change"),
+        (8, "loss_change"),
+    ]
     assert records == resumed.records_ and read_status(out) == "finished"
     assert json.loads((out / "summary.json").read_text())["steps"] == 9
 
@@ -298,8 +316,10 @@ def test_records_carry_epochs_and_per_epoch_schedules_work_in_the_readme_loop():
     )
     loop(tracker, steps=9)
     assert [(r["step"], r["epoch"]) for r in tracker.records_ if r["measure"] == "lr"] == [
-        (0, 0.0), (4, 1.0), (8, 2.0)
-    ]  # fmt: skip
+        (0, 0.0),
+        (4, 1.0),
+        (8, 2.0),
+    ]
     assert all(r["epoch"] == r["step"] / 4 for r in tracker.records_)
 
 

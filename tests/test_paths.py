@@ -102,11 +102,27 @@ def make_run(path: Path, **values: float) -> Path:
     records = []
     for step in range(3):
         v = {"lambda_K_1": 1.0 + step, **values}
-        records.append({"step": step, "epoch": step / 3, "measure": "covariance", "values": v,
-                        "seconds": 0.1, "matvecs": 2})  # fmt: skip
+        records.append(
+            {
+                "step": step,
+                "epoch": step / 3,
+                "measure": "covariance",
+                "values": v,
+                "seconds": 0.1,
+                "matvecs": 2,
+            }
+        )
     v = {"train_loss": 0.5, "train_acc": 0.6}
-    records.append({"step": 3, "epoch": 1.0, "measure": "evaluation", "values": v,
-                    "seconds": 0.0, "matvecs": 0})  # fmt: skip
+    records.append(
+        {
+            "step": 3,
+            "epoch": 1.0,
+            "measure": "evaluation",
+            "values": v,
+            "seconds": 0.0,
+            "matvecs": 0,
+        }
+    )
     config = {"name": path.name, "train": {"lr": 0.1}, "track": {}}
     return write_run(path, records, config=config, summary={"steps": 3, "seconds": 1.0})
 
@@ -114,8 +130,22 @@ def make_run(path: Path, **values: float) -> Path:
 # ---------------------------------------------------------------- names
 
 
-BAD_NAMES = ["", ".", "..", "a/b", "/abs/olute", "../up", "a\\b", "a\x00b", "a\nb", "tab\there",
-             "x" * (MAX_NAME_BYTES + 1), "é" * (MAX_NAME_BYTES // 2 + 1), 3, None]  # fmt: skip
+BAD_NAMES = [
+    "",
+    ".",
+    "..",
+    "a/b",
+    "/abs/olute",
+    "../up",
+    "a\\b",
+    "a\x00b",
+    "a\nb",
+    "tab\there",
+    "x" * (MAX_NAME_BYTES + 1),
+    "é" * (MAX_NAME_BYTES // 2 + 1),
+    3,
+    None,
+]
 GOOD_NAMES = ["mlp_fashion", "lr=0.1_seed=0", "a.b", "..a", "é", "x" * MAX_NAME_BYTES]
 
 
@@ -255,8 +285,14 @@ def test_stale_temporary_links_are_removed_not_followed(tmp_path: Path, victim) 
 def test_cli_run_replaces_planted_temporary_links(config, tmp_path, victim) -> None:
     out = tmp_path / "run"
     out.mkdir()
-    for name in (".write-test", "status.tmp", "checkpoint.pt.tmp", "summary.json.tmp",
-                 "model.pt.tmp", "config.json.tmp"):  # fmt: skip
+    for name in (
+        ".write-test",
+        "status.tmp",
+        "checkpoint.pt.tmp",
+        "summary.json.tmp",
+        "model.pt.tmp",
+        "config.json.tmp",
+    ):
         (out / name).symlink_to(victim.path)
     done = cli("run", str(config), "--out", str(out), "--no-progress")
     assert done.returncode == 0, done.stderr
@@ -342,16 +378,31 @@ def test_cli_sweep_refuses_linked_directories(config, tmp_path, victim) -> None:
 DEEP = b"[" * 100_000 + b"\n"
 CORRUPT = [
     ("records.jsonl", b"\xff\xfe\n", r"records.jsonl, line 1: not UTF-8"),
-    ("records.jsonl", b'{"step": 0, "measure": "m", "values": {}}\n[1, 2]\n',
-     r"records.jsonl, line 2: a record must be an object, not a list"),
-    ("records.jsonl", b'{"step": "5", "measure": "m", "values": {}}\n',
-     r"records.jsonl, line 1: step must be an integer, not a string"),
-    ("records.jsonl", b'{"step": 5, "measure": "m", "values": {"x": "big"}}\n',
-     r"line 1: values\['x'\] must be a number, null or a list, not a string"),
-    ("records.jsonl", b'{"step": 5, "measure": "m", "values": [1]}\n',
-     r"line 1: values must be an object, not a list"),
-    ("records.jsonl", b'{"step": 5, "measure": "m", "values": {}, "seconds": "1"}\n',
-     r"line 1: seconds must be a number or null, not a string"),
+    (
+        "records.jsonl",
+        b'{"step": 0, "measure": "m", "values": {}}\n[1, 2]\n',
+        r"records.jsonl, line 2: a record must be an object, not a list",
+    ),
+    (
+        "records.jsonl",
+        b'{"step": "5", "measure": "m", "values": {}}\n',
+        r"records.jsonl, line 1: step must be an integer, not a string",
+    ),
+    (
+        "records.jsonl",
+        b'{"step": 5, "measure": "m", "values": {"x": "big"}}\n',
+        r"line 1: values\['x'\] must be a number, null or a list, not a string",
+    ),
+    (
+        "records.jsonl",
+        b'{"step": 5, "measure": "m", "values": [1]}\n',
+        r"line 1: values must be an object, not a list",
+    ),
+    (
+        "records.jsonl",
+        b'{"step": 5, "measure": "m", "values": {}, "seconds": "1"}\n',
+        r"line 1: seconds must be a number or null, not a string",
+    ),
     ("records.jsonl", b'{"step": 5, "measure": "m"}\n', r"line 1: a record must have 'values'"),
     ("records.jsonl", DEEP, r"records.jsonl, line 1: not a JSON record \(nested too deeply\)"),
     ("config.json", b"[1, 2]", r"config.json: the content must be an object, not a list"),
@@ -365,7 +416,7 @@ CORRUPT = [
     ("summary.json", b'"finished"', r"summary.json: the content must be an object"),
     ("summary.json", DEEP, r"summary.json: JSON nested too deeply"),
     ("status", b"fin\xffished", r"status, line 1: not UTF-8 text"),
-]  # fmt: skip
+]
 
 
 #: The commands that read each run file.
@@ -466,17 +517,42 @@ def test_nan_and_infinities_are_strict_json_and_read_back_as_floats(tmp_path: Pa
     out = tmp_path / "run"
     store = RunStore(out)
     store.open({"name": "run", "train": {"lr": 0.1}})
-    values = {"nan": math.nan, "inf": math.inf, "minus": -math.inf, "x": 1.5, "flag": True,
-              "eigs": [1.0, math.nan, math.inf]}  # fmt: skip
-    store.append({"step": 0, "epoch": 0.0, "measure": "m", "values": values, "seconds": math.inf,
-                  "matvecs": 0})  # fmt: skip
-    summary = {"status": "diverged", "steps": 1, "seconds": 2.0, "last_loss": math.nan,
-               "final": {"val_loss": math.inf}}  # fmt: skip
+    values = {
+        "nan": math.nan,
+        "inf": math.inf,
+        "minus": -math.inf,
+        "x": 1.5,
+        "flag": True,
+        "eigs": [1.0, math.nan, math.inf],
+    }
+    store.append(
+        {
+            "step": 0,
+            "epoch": 0.0,
+            "measure": "m",
+            "values": values,
+            "seconds": math.inf,
+            "matvecs": 0,
+        }
+    )
+    summary = {
+        "status": "diverged",
+        "steps": 1,
+        "seconds": 2.0,
+        "last_loss": math.nan,
+        "final": {"val_loss": math.inf},
+    }
     store.finish("diverged", summary, {})
     line = (out / "records.jsonl").read_text()
     record = strict(line)
-    assert record["values"] == {"nan": None, "inf": "inf", "minus": "-inf", "x": 1.5,
-                                "flag": True, "eigs": [1.0, None, "inf"]}  # fmt: skip
+    assert record["values"] == {
+        "nan": None,
+        "inf": "inf",
+        "minus": "-inf",
+        "x": 1.5,
+        "flag": True,
+        "eigs": [1.0, None, "inf"],
+    }
     assert record["seconds"] == "inf"
     assert strict((out / "summary.json").read_text())["last_loss"] is None
     (back,) = read_records(out)

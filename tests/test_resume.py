@@ -29,8 +29,14 @@ from helpers import assert_same_state, toy, write_npz
 def _dropout_bn(input_shape, num_classes, hidden: int = 12) -> nn.Module:
     """BatchNorm (running statistics) and dropout (global RNG): both must survive a resume."""
     d = math.prod(input_shape)
-    return nn.Sequential(nn.Flatten(), nn.Linear(d, hidden), nn.BatchNorm1d(hidden), nn.ReLU(),
-                         nn.Dropout(0.3), nn.Linear(hidden, num_classes))  # fmt: skip
+    return nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(d, hidden),
+        nn.BatchNorm1d(hidden),
+        nn.ReLU(),
+        nn.Dropout(0.3),
+        nn.Linear(hidden, num_classes),
+    )
 
 
 TOY = {"n": 90, "n_test": 30}  # the data of the in-process runs
@@ -54,12 +60,21 @@ def history(result) -> list[dict]:
 
 CASES = {
     # per epoch 9 steps; checkpoints every 4 land mid-epoch; lr decays; Nesterov momentum
-    "mlp": dict(model="mlp", model_kwargs={"hidden": (16,)}, batch_size=10, lr=0.1,
-                momentum=0.9, nesterov=True, epochs=3, lr_decay_epochs=(2,)),
+    "mlp": dict(
+        model="mlp",
+        model_kwargs={"hidden": (16,)},
+        batch_size=10,
+        lr=0.1,
+        momentum=0.9,
+        nesterov=True,
+        epochs=3,
+        lr_decay_epochs=(2,),
+    ),
     # BatchNorm running statistics and dropout noise; evaluation every 5 steps
-    "dropout_bn": dict(model="test_resume_dropout_bn", batch_size=8, lr=0.05, momentum=0.5,
-                       steps=25, eval_every=5),
-}  # fmt: skip
+    "dropout_bn": dict(
+        model="test_resume_dropout_bn", batch_size=8, lr=0.05, momentum=0.5, steps=25, eval_every=5
+    ),
+}
 
 
 @pytest.fixture(autouse=True)
@@ -142,8 +157,16 @@ def kill_setup(tmp_path_factory) -> dict:
 
 def cli(config: Path, out: Path) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "breakeven.cli", "run", str(config), "--out", str(out),
-           "--no-progress"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "breakeven.cli",
+        "run",
+        str(config),
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
@@ -159,8 +182,10 @@ def kill_when(proc: subprocess.Popen, ready, timeout: float = 60, sig=signal.SIG
     t0 = time.monotonic()
     while not ready():
         if proc.poll() is not None:
-            pytest.fail(f"the run ended (rc {proc.returncode}) before the kill point: "
-                        f"{proc.stderr.read().decode()[-2000:]}")  # fmt: skip
+            pytest.fail(
+                f"the run ended (rc {proc.returncode}) before the kill point: "
+                f"{proc.stderr.read().decode()[-2000:]}"
+            )
         assert time.monotonic() - t0 < timeout, "the kill point never came"
         time.sleep(0.002)
     os.kill(proc.pid, sig)

@@ -26,11 +26,18 @@ def config(tiny_npz: Path) -> dict:
     """A tiny run on the tiny .npz data: 6 steps an epoch, 18 steps, a checkpoint every 4."""
     return {
         "run": {"checkpoint_every": 4},
-        "train": {"model": "mlp", "model_kwargs": {"hidden": [8]}, "dataset": "npz",
-                  "dataset_kwargs": {"root": str(tiny_npz)}, "batch_size": 10, "lr": 0.1,
-                  "epochs": 3, "eval_every": 5},
+        "train": {
+            "model": "mlp",
+            "model_kwargs": {"hidden": [8]},
+            "dataset": "npz",
+            "dataset_kwargs": {"root": str(tiny_npz)},
+            "batch_size": 10,
+            "lr": 0.1,
+            "epochs": 3,
+            "eval_every": 5,
+        },
         "track": {"covariance": {"every": 2, "num_batches": 3}, "hessian": {"every": 6}},
-    }  # fmt: skip
+    }
 
 
 class StopAt:
@@ -73,8 +80,14 @@ def strip(records: list[dict]) -> list[dict]:
 
 
 def rec(step: int) -> dict:
-    return {"step": step, "epoch": 0.0, "measure": "m", "values": {"x": 1.0}, "seconds": 0.1,
-            "matvecs": 1}  # fmt: skip
+    return {
+        "step": step,
+        "epoch": 0.0,
+        "measure": "m",
+        "values": {"x": 1.0},
+        "seconds": 0.1,
+        "matvecs": 1,
+    }
 
 
 # ---------------------------------------------------------------- races between two runs
@@ -216,8 +229,11 @@ def test_run_files_without_config_json_are_refused(config, tmp_path, same) -> No
     (out / "config.json").unlink()
     before = files(out)
     other = config if same else {**config, "train": {**config["train"], "lr": 0.3}}
-    with pytest.raises(RunStoreError, match=r"holds records\.jsonl, status, checkpoint\.pt of a "
-                       r"run but no config\.json"):  # fmt: skip
+    with pytest.raises(
+        RunStoreError,
+        match=r"holds records\.jsonl, status, checkpoint\.pt of a "
+        r"run but no config\.json",
+    ):
         run(other, out)
     assert files(out) == before and not (out / "config.json").exists()
 

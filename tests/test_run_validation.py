@@ -64,35 +64,73 @@ def data(tmp_path: Path, tiny_npz: Path) -> dict[str, Path]:
 
 CASES = {
     # name: (data, --set overrides, the error message)
-    "batch_larger_than_the_data": ("images", ["train.batch_size=100"],
-                                   r"batch_size=100 is invalid: larger than the 60 training"),
-    "batch_larger_than_n_train": ("images", ["train.n_train=8"],
-                                  r"batch_size=10 .* 8 training examples \(n_train=8\)"),
-    "hessian_k_above_the_parameters": ("images", ["track.hessian.k=600"],
-                                       r"track\.hessian: k=600 is larger than the model.s 538 "),
-    "covariance_m_above_the_data": ("images", ["track.covariance.batch_size=61"],
-                                    r"track\.covariance: batch_size \(M\) = 61 is larger than "),
-    "per_example_l_above_the_data": ("images", ["track.covariance.batch_size=1",
-                                                "track.covariance.num_batches=61"],
-                                     r"track\.covariance: num_batches=61 per-example"),
-    "negative_layer_width": ("images", ["train.model_kwargs.hidden=[-3]"],
-                             r"model='mlp' with model_kwargs=\{'hidden': \[-3\]\} cannot be built"),
-    "zero_layer_width": ("images", ["train.model_kwargs.hidden=[4, 0]"],
-                         r"model_kwargs=\{'hidden': \[4, 0\]\} is invalid: .* layers of width 0"),
-    "unknown_model_option": ("images", ["train.model_kwargs.depth=3"],
-                             r"model='mlp' with model_kwargs=.* cannot be built"),
-    "integer_features_for_a_float_model": ("integers", [],
-                                           r"cannot run on the ints data \(inputs torch\.int64"),
-    "images_for_a_token_model": ("images", ["train.model=lstm", "train.model_kwargs={}"],
-                                 r"model='lstm' .* cannot run on the tiny data"),
-    "weight_decay_without_convolutions": ("images", ["train.weight_decay=0.001"],
-                                          r"weight_decay=0\.001 has no effect"),
-    "reserved_measure_name": ("images", ['track.evaluation.measure="probe"'],
-                              r"track\.evaluation: the name 'evaluation' is reserved"),
-    "nan_in_the_training_inputs": ("nan", [],
-                                   r"nan\.npz: the data are not finite: x_train holds 3 NaN "),
+    "batch_larger_than_the_data": (
+        "images",
+        ["train.batch_size=100"],
+        r"batch_size=100 is invalid: larger than the 60 training",
+    ),
+    "batch_larger_than_n_train": (
+        "images",
+        ["train.n_train=8"],
+        r"batch_size=10 .* 8 training examples \(n_train=8\)",
+    ),
+    "hessian_k_above_the_parameters": (
+        "images",
+        ["track.hessian.k=600"],
+        r"track\.hessian: k=600 is larger than the model.s 538 ",
+    ),
+    "covariance_m_above_the_data": (
+        "images",
+        ["track.covariance.batch_size=61"],
+        r"track\.covariance: batch_size \(M\) = 61 is larger than ",
+    ),
+    "per_example_l_above_the_data": (
+        "images",
+        ["track.covariance.batch_size=1", "track.covariance.num_batches=61"],
+        r"track\.covariance: num_batches=61 per-example",
+    ),
+    "negative_layer_width": (
+        "images",
+        ["train.model_kwargs.hidden=[-3]"],
+        r"model='mlp' with model_kwargs=\{'hidden': \[-3\]\} cannot be built",
+    ),
+    "zero_layer_width": (
+        "images",
+        ["train.model_kwargs.hidden=[4, 0]"],
+        r"model_kwargs=\{'hidden': \[4, 0\]\} is invalid: .* layers of width 0",
+    ),
+    "unknown_model_option": (
+        "images",
+        ["train.model_kwargs.depth=3"],
+        r"model='mlp' with model_kwargs=.* cannot be built",
+    ),
+    "integer_features_for_a_float_model": (
+        "integers",
+        [],
+        r"cannot run on the ints data \(inputs torch\.int64",
+    ),
+    "images_for_a_token_model": (
+        "images",
+        ["train.model=lstm", "train.model_kwargs={}"],
+        r"model='lstm' .* cannot run on the tiny data",
+    ),
+    "weight_decay_without_convolutions": (
+        "images",
+        ["train.weight_decay=0.001"],
+        r"weight_decay=0\.001 has no effect",
+    ),
+    "reserved_measure_name": (
+        "images",
+        ['track.evaluation.measure="probe"'],
+        r"track\.evaluation: the name 'evaluation' is reserved",
+    ),
+    "nan_in_the_training_inputs": (
+        "nan",
+        [],
+        r"nan\.npz: the data are not finite: x_train holds 3 NaN ",
+    ),
     "inf_in_the_test_inputs": ("inf", [], r"x_test holds 2 NaN or infinite value\(s\) of 1280"),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -116,8 +154,18 @@ def test_the_command_line_reports_a_data_error_in_one_line(data, tmp_path) -> No
     config = tmp_path / "run.toml"
     config.write_text(TOML.format(npz=data["images"]))
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "breakeven.cli", "run", str(config), "--out", str(out),
-           "--no-progress", "--set", "train.batch_size=100"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "breakeven.cli",
+        "run",
+        str(config),
+        "--out",
+        str(out),
+        "--no-progress",
+        "--set",
+        "train.batch_size=100",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr

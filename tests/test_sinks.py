@@ -53,11 +53,23 @@ def toy(n: int = 60, d: int = 8, classes: int = 3) -> Dataset:
 CONFIG = {
     "name": "logged",
     "run": {"checkpoint_every": 0},
-    "train": {"model": "mlp", "model_kwargs": {"hidden": [8]}, "batch_size": 10, "lr": 0.1,
-              "momentum": 0.9, "steps": 12, "eval_every": 4, "num_threads": 1},
-    "track": {"covariance": {"every": 3, "num_batches": 3}, "hessian": {"every": 5, "k": 2},
-              "edge_of_stability": {"every": 5}, "loss_change": {"every": 4}},
-}  # fmt: skip
+    "train": {
+        "model": "mlp",
+        "model_kwargs": {"hidden": [8]},
+        "batch_size": 10,
+        "lr": 0.1,
+        "momentum": 0.9,
+        "steps": 12,
+        "eval_every": 4,
+        "num_threads": 1,
+    },
+    "track": {
+        "covariance": {"every": 3, "num_batches": 3},
+        "hessian": {"every": 5, "k": 2},
+        "edge_of_stability": {"every": 5},
+        "loss_change": {"every": 4},
+    },
+}
 
 
 def expected(path: Path) -> dict[str, list[tuple[int, float]]]:
@@ -171,8 +183,14 @@ def logged(tmp_path_factory) -> dict:
         plain = run(CONFIG, root / "plain", dataset=toy())
         with_sinks = run(CONFIG, root / "logged", dataset=toy(), log=list(SINK_NAMES))
         env_after = {v: os.environ.get(v) for v in WANDB_VARS}
-    return {"root": root, "home": home, "cwd": cwd, "plain": plain, "logged": with_sinks,
-            "env": (env_before, env_after)}  # fmt: skip
+    return {
+        "root": root,
+        "home": home,
+        "cwd": cwd,
+        "plain": plain,
+        "logged": with_sinks,
+        "env": (env_before, env_after),
+    }
 
 
 def test_logging_leaves_training_bitwise_unchanged(logged) -> None:
@@ -199,8 +217,12 @@ def test_sinks_write_only_under_the_run_directory(logged) -> None:
 def test_tensorboard_holds_every_scalar_at_its_step(logged) -> None:
     path = logged["logged"].path
     want = expected(path)
-    tags = {"covariance/lambda_K_1", "hessian/lambda_H_1", "edge_of_stability/lambda_H_1",
-            "evaluation/val_loss"}  # fmt: skip
+    tags = {
+        "covariance/lambda_K_1",
+        "hessian/lambda_H_1",
+        "edge_of_stability/lambda_H_1",
+        "evaluation/val_loss",
+    }
     assert {f"breakeven/{t}" for t in tags} <= set(want)
     got = read_tensorboard(path / "logs" / "tensorboard")
     assert same(got, want, rel=1e-6)  # TensorBoard keeps float32
@@ -241,8 +263,12 @@ def test_tracker_sinks_in_a_plain_loop_and_mlflow_at_a_given_uri(tmp_path: Path)
     with TensorBoardSink(tmp_path / "tb") as tb, MLflowSink(uri, experiment="loop") as ml:
         tracker = build_tracker(
             {"covariance": {"every": 2, "num_batches": 2}, "lr": {"every": 1}},
-            probe=(x[:10], y[:10]), train_data=(x, y), lr=0.1, batch_size=8, sinks=[tb, ml],
-        )  # fmt: skip
+            probe=(x[:10], y[:10]),
+            train_data=(x, y),
+            lr=0.1,
+            batch_size=8,
+            sinks=[tb, ml],
+        )
         opt = torch.optim.SGD(net.parameters(), lr=0.1)
         for step in range(5):
             xb, yb = x[8 * step : 8 * step + 8], y[8 * step : 8 * step + 8]
@@ -289,14 +315,23 @@ def test_a_failed_run_ends_its_mlflow_and_wandb_runs_failed(tmp_path: Path, monk
         (None, [], {}),
         ({"tensorboard": True, "wandb": False}, [], {"tensorboard": {}}),
         (["mlflow", "tensorboard"], [], {"mlflow": {}, "tensorboard": {}}),
-        ({"wandb": {"project": "p"}}, ["wandb.mode=offline", "tensorboard"],
-         {"wandb": {"project": "p", "mode": "offline"}, "tensorboard": {}}),
-        ({}, ["mlflow.tracking_uri=sqlite:///x.db"],
-         {"mlflow": {"tracking_uri": "sqlite:///x.db"}}),
-        ({"tensorboard": True}, {"mlflow": {"experiment": "e"}},
-         {"tensorboard": {}, "mlflow": {"experiment": "e"}}),
+        (
+            {"wandb": {"project": "p"}},
+            ["wandb.mode=offline", "tensorboard"],
+            {"wandb": {"project": "p", "mode": "offline"}, "tensorboard": {}},
+        ),
+        (
+            {},
+            ["mlflow.tracking_uri=sqlite:///x.db"],
+            {"mlflow": {"tracking_uri": "sqlite:///x.db"}},
+        ),
+        (
+            {"tensorboard": True},
+            {"mlflow": {"experiment": "e"}},
+            {"tensorboard": {}, "mlflow": {"experiment": "e"}},
+        ),
     ],
-)  # fmt: skip
+)
 def test_log_table_and_flags(table, flags, spec) -> None:
     assert parse_log(log_table(table, flags)) == spec
 
@@ -359,15 +394,22 @@ def test_cli_log_flags_and_table(tmp_path: Path) -> None:
     )
     env = {**os.environ, "HOME": str(tmp_path / "home"), "OMP_NUM_THREADS": "1"}
     base = [sys.executable, "-m", "breakeven.cli", "run", str(config), "--no-progress"]
-    bad = subprocess.run([*base, "--out", str(tmp_path / "bad"), "--log", "neptune"],
-                         env=env, capture_output=True, text=True)  # fmt: skip
+    bad = subprocess.run(
+        [*base, "--out", str(tmp_path / "bad"), "--log", "neptune"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert bad.returncode == 2 and "unknown sink 'neptune'" in bad.stderr
     assert not (tmp_path / "bad").exists()
     out = tmp_path / "run"
     ok = subprocess.run(
         [*base, "--out", str(out), "--log", "tensorboard", "--log", "mlflow.run_name=cli-run"],
-        env=env, capture_output=True, text=True, cwd=tmp_path,
-    )  # fmt: skip
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert ok.returncode == 0, ok.stderr
     want = expected(out)
     assert [s for s, _ in want["breakeven/lr/lr"]] == [0, 2, 4]
@@ -482,12 +524,20 @@ def test_lightning_callback_logs_measures_and_evaluations(tmp_path: Path) -> Non
     spec = {"covariance": {"every": 1, "num_batches": 2}, "lr": {"every": 1}}
     given = TensorBoardSink(tmp_path / "mine")
     xy = (ds.x_train, ds.y_train)
-    cb = BreakevenCallback(spec, probe=xy, train_data=xy, out_dir=tmp_path / "run",
-                           log=["mlflow", given])  # fmt: skip
-    trainer = L.Trainer(max_epochs=1, accelerator="cpu", devices=1, logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, num_sanity_val_steps=0,
-                        callbacks=[cb])  # fmt: skip
+    cb = BreakevenCallback(
+        spec, probe=xy, train_data=xy, out_dir=tmp_path / "run", log=["mlflow", given]
+    )
+    trainer = L.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=[cb],
+    )
     trainer.fit(Module(), loader, torch.utils.data.DataLoader(data, batch_size=16))
     given.close()
     want = expected(tmp_path / "run")
@@ -510,12 +560,18 @@ def test_sweep_logs_each_run_under_its_directory(tmp_path: Path) -> None:
     np.savez(tmp_path / "d.npz", x_train=x[:50], y_train=y[:50], x_test=x[50:], y_test=y[50:])
     cfg = {
         "name": "sw",
-        "train": {"model": "mlp", "model_kwargs": {"hidden": [4]}, "dataset": "npz",
-                  "dataset_kwargs": {"root": str(tmp_path / "d.npz")}, "batch_size": 10,
-                  "steps": 4, "num_threads": 1},
+        "train": {
+            "model": "mlp",
+            "model_kwargs": {"hidden": [4]},
+            "dataset": "npz",
+            "dataset_kwargs": {"root": str(tmp_path / "d.npz")},
+            "batch_size": 10,
+            "steps": 4,
+            "num_threads": 1,
+        },
         "track": {"lr": {"every": 1}},
         "log": {"mlflow": False},
-    }  # fmt: skip
+    }
     with pytest.raises(ConfigError, match="unknown sink 'neptune'"):
         sweep(cfg, grid={"train.lr": [0.1]}, out=tmp_path / "bad", log=["neptune"])
     assert not (tmp_path / "bad").exists()

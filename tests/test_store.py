@@ -25,15 +25,27 @@ TOY = {"n": 60, "shape": (1, 4, 4), "n_test": 20}  # the data of every run here
 
 CONFIG = {
     "run": {"checkpoint_every": 4},
-    "train": {"model": "mlp", "model_kwargs": {"hidden": [8]}, "batch_size": 10, "lr": 0.1,
-              "epochs": 2, "eval_every": 3},
+    "train": {
+        "model": "mlp",
+        "model_kwargs": {"hidden": [8]},
+        "batch_size": 10,
+        "lr": 0.1,
+        "epochs": 2,
+        "eval_every": 3,
+    },
     "track": {"covariance": {"every": 2, "num_batches": 3}, "hessian": {"every": 5}},
-}  # fmt: skip
+}
 
 
 def rec(step: int, **values: float) -> dict:
-    return {"step": step, "epoch": step / 10, "measure": "m", "values": values, "seconds": 0.1,
-            "matvecs": 1}  # fmt: skip
+    return {
+        "step": step,
+        "epoch": step / 10,
+        "measure": "m",
+        "values": values,
+        "seconds": 0.1,
+        "matvecs": 1,
+    }
 
 
 # ---------------------------------------------------------------- the store itself
@@ -60,7 +72,12 @@ def test_append_checkpoint_and_reopen_cut_back_to_the_checkpoint(tmp_path: Path)
     again.close()
     assert [r["values"]["x"] for r in read_records(tmp_path / "r")] == [0.0, 1.0, 2.0, 3.5]
     assert sorted(p.name for p in (tmp_path / "r").iterdir()) == [
-        "checkpoint.pt", "config.json", "lock", "records.jsonl", "status"]  # fmt: skip
+        "checkpoint.pt",
+        "config.json",
+        "lock",
+        "records.jsonl",
+        "status",
+    ]
 
 
 def test_a_second_writer_is_refused_while_the_first_holds_the_lock(tmp_path: Path) -> None:
@@ -129,8 +146,16 @@ def test_load_run_is_tidy_and_exports_to_csv(tmp_path: Path) -> None:
     out = run(CONFIG, tmp_path / "run", dataset=toy(**TOY))
     assert out.status == "finished" and out.steps == 12 and read_status(out.path) == "finished"
     df = load_run(out.path)
-    assert list(df.columns) == ["run", "step", "epoch", "measure", "key", "value", "seconds",
-                                "matvecs"]  # fmt: skip
+    assert list(df.columns) == [
+        "run",
+        "step",
+        "epoch",
+        "measure",
+        "key",
+        "value",
+        "seconds",
+        "matvecs",
+    ]
     assert set(df["measure"]) == {"covariance", "hessian", "evaluation"}
     assert (df["run"] == "run").all() and df["value"].dtype == "float64"
     k1 = df[(df.measure == "covariance") & (df.key == "lambda_K_1")]
@@ -168,8 +193,7 @@ def test_an_unwritable_output_directory_fails_before_training(tmp_path: Path) ->
 
 def test_a_nearly_full_disk_fails_before_training(tmp_path: Path, monkeypatch) -> None:
     usage = store_mod.shutil.disk_usage(tmp_path)
-    monkeypatch.setattr(store_mod.shutil, "disk_usage",
-                        lambda p: usage._replace(free=5 * 2**20))  # fmt: skip
+    monkeypatch.setattr(store_mod.shutil, "disk_usage", lambda p: usage._replace(free=5 * 2**20))
     with pytest.raises(OutputDirError, match=r"only 5\.0 MiB free .* at least 64 MiB"):
         run(CONFIG, tmp_path / "run", dataset=toy(**TOY))
     assert not (tmp_path / "run" / "config.json").exists()  # nothing was started

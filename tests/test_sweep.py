@@ -361,8 +361,21 @@ def _sweep_cmd(config: Path, out: Path, workers: int, runs: str = "lr=0.05,0.1")
     """``breakeven sweep`` of the slow config over the lr values ``runs`` and seeds 0, 1, or
     ``runs="one"``: lr 0.05, seed 0 alone."""
     grid, seeds = ("lr=0.05", "1") if runs == "one" else (runs, "2")
-    return [sys.executable, "-m", "breakeven.cli", "sweep", str(config), "--grid", grid,
-            "--seeds", seeds, "--workers", str(workers), "--out", str(out)]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "breakeven.cli",
+        "sweep",
+        str(config),
+        "--grid",
+        grid,
+        "--seeds",
+        seeds,
+        "--workers",
+        str(workers),
+        "--out",
+        str(out),
+    ]
 
 
 def _start(cmd: list[str], threads: int | None = None) -> subprocess.Popen:
@@ -371,8 +384,9 @@ def _start(cmd: list[str], threads: int | None = None) -> subprocess.Popen:
     env["PYTHONUNBUFFERED"] = "1"
     if threads is not None:
         env["OMP_NUM_THREADS"] = str(threads)
-    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)  # fmt: skip
+    return subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
 
 
 def _finish(proc: subprocess.Popen) -> tuple[int, str]:

@@ -163,8 +163,15 @@ def test_matches_a_hand_written_loop_bitwise() -> None:
 
 def test_weight_decay_acts_on_conv_kernels_only() -> None:
     ds = toy(n=24, shape=(3, 12, 12))
-    cfg = TrainConfig(model="simple_cnn", lr=0.01, momentum=0.9, weight_decay=0.05,
-                      batch_size=8, epochs=1, eval_every=0)  # fmt: skip
+    cfg = TrainConfig(
+        model="simple_cnn",
+        lr=0.01,
+        momentum=0.9,
+        weight_decay=0.05,
+        batch_size=8,
+        epochs=1,
+        eval_every=0,
+    )
     assert same_state(params(train(cfg, dataset=ds)), hand_written(cfg, ds, conv_wd=0.05))
     groups = conv_weight_decay_groups(build_model("simple_cnn"), 1e-4)
     assert [len(g["params"]) for g in groups] == [4, 8] and groups[1]["weight_decay"] == 0.0
@@ -225,8 +232,16 @@ def test_a_finished_run_and_its_history() -> None:
     assert [h["step"] for h in result.history] == [0, 10, 20, 30]
     assert [h["lr"] for h in result.history[1:]] == pytest.approx([0.1, 0.01, 0.001])
     assert result.final["train_acc"] > result.history[0]["train_acc"]
-    assert set(result.final) == {"step", "epoch", "lr", "train_loss", "train_acc", "val_loss",
-                                 "val_acc", "seconds"}  # fmt: skip
+    assert set(result.final) == {
+        "step",
+        "epoch",
+        "lr",
+        "train_loss",
+        "train_acc",
+        "val_loss",
+        "val_acc",
+        "seconds",
+    }
     every = train(cfg.replace(eval_every=7), dataset=ds)
     assert [h["step"] for h in every.history] == [0, 7, 14, 21, 28, 30]
     assert same_state(params(every), params(result))  # evaluating does not change training
@@ -263,8 +278,14 @@ def test_tracker_hooks_see_the_gradient_before_the_update() -> None:
     train(TrainConfig(**MLP, lr=0.1, steps=3, eval_every=0), Tracker(), dataset=toy())
     assert calls[0] == ("start", "toy", 3) and calls[-1] == ("end", "finished", 3)
     steps = calls[1:-1]
-    assert [c[:2] for c in steps] == [("before", 0), ("after", 0), ("before", 1), ("after", 1),
-                                      ("before", 2), ("after", 2)]  # fmt: skip
+    assert [c[:2] for c in steps] == [
+        ("before", 0),
+        ("after", 0),
+        ("before", 1),
+        ("after", 1),
+        ("before", 2),
+        ("after", 2),
+    ]
     assert all(c[2] for c in steps[::2])  # .grad is populated
     assert not torch.equal(steps[0][3], steps[1][2])  # the update happens in between
 
@@ -338,8 +359,9 @@ def history(result) -> list[dict]:
 
 def test_batchnorm_model_with_augmentation_is_deterministic() -> None:
     ds = toy(n=24, shape=(3, 12, 12))
-    cfg = TrainConfig(model="simple_cnn_bn", lr=0.1, batch_size=8, epochs=1, augment=True,
-                      channels_last=True)  # fmt: skip
+    cfg = TrainConfig(
+        model="simple_cnn_bn", lr=0.1, batch_size=8, epochs=1, augment=True, channels_last=True
+    )
     a, b = train(cfg, dataset=ds), train(cfg, dataset=ds)
     assert a.status == "finished" and same_state(params(a), params(b))
     assert not same_state(params(a), params(train(cfg.replace(augment=False), dataset=ds)))

@@ -358,9 +358,7 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
 def conv_weight_decay_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """Optimizer parameter groups: convolution kernels (``nn.Conv1d/2d/3d`` and transposed
     ``.weight``) with ``weight_decay``; every other parameter with 0."""
-    conv = [
-        m.weight for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd)
-    ]  # fmt: skip
+    conv = [m.weight for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd)]
     ids = {id(p) for p in conv}
     rest = [p for p in model.parameters() if id(p) not in ids]
     groups = [{"params": conv, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
@@ -547,9 +545,19 @@ def _gather_objects(obj: Any) -> list[Any]:
 
 #: Keys of a checkpoint state (see :meth:`_Loop.state`).
 CHECKPOINT_KEYS = (
-    "config", "step", "model", "optimizer", "shuffle_rng", "augment_rng", "torch_rng",
-    "cuda_rng", "history", "losses", "seconds", "tracker",
-)  # fmt: skip
+    "config",
+    "step",
+    "model",
+    "optimizer",
+    "shuffle_rng",
+    "augment_rng",
+    "torch_rng",
+    "cuda_rng",
+    "history",
+    "losses",
+    "seconds",
+    "tracker",
+)
 
 
 class _Loop:

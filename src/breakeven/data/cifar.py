@@ -15,9 +15,17 @@ from ._base import CorruptDatasetError, Dataset, find, safe_unpickle
 
 FOLDER = "cifar-10-batches-py"
 CLASSES = (
-    "airplane", "automobile", "bird", "cat", "deer",
-    "dog", "frog", "horse", "ship", "truck",
-)  # fmt: skip
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+)
 HOW_TO_GET = (
     "Download https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz and extract it "
     "(it holds cifar-10-batches-py/data_batch_1..5 and test_batch)."

@@ -48,8 +48,10 @@ def _decode(path: Path, size: int, resize: int) -> np.ndarray:
             im = im.convert("RGB")
             w, h = im.size
             scale = resize / min(w, h)
-            im = im.resize((max(size, round(w * scale)), max(size, round(h * scale))),
-                           Image.Resampling.BILINEAR)  # fmt: skip
+            im = im.resize(
+                (max(size, round(w * scale)), max(size, round(h * scale))),
+                Image.Resampling.BILINEAR,
+            )
             w, h = im.size
             left, top = (w - size) // 2, (h - size) // 2
             im = im.crop((left, top, left + size, top + size))

@@ -78,8 +78,10 @@ def _load_acl(folder: Path, vocab_size: int, maxlen: int) -> tuple[Tensor, ...]:
     ranked = sorted(counts, key=lambda w: (-counts[w], w))
     rank = {w: i + 1 for i, w in enumerate(ranked[: vocab_size - INDEX_FROM])}
     big = vocab_size  # any rank that maps outside the vocabulary
-    x = [pad_sequences([_encode([rank.get(w, big) for w in t], vocab_size) for t in texts], maxlen)
-         for texts in (tr_texts, te_texts)]  # fmt: skip
+    x = [
+        pad_sequences([_encode([rank.get(w, big) for w in t], vocab_size) for t in texts], maxlen)
+        for texts in (tr_texts, te_texts)
+    ]
     return x[0], torch.tensor(y_tr), x[1], torch.tensor(y_te)
 
 

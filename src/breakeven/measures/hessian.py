@@ -86,9 +86,14 @@ def hessian_eigenvalues(
     """
     start = time.perf_counter()
     op = HessianOperator(
-        model, loss_fn, data, chunk_size=chunk_size, bn_mode=bn_mode, method=method,
+        model,
+        loss_fn,
+        data,
+        chunk_size=chunk_size,
+        bn_mode=bn_mode,
+        method=method,
         distributed=distributed,
-    )  # fmt: skip
+    )
     if preconditioner is not None:
         op = PreconditionedOperator(op, preconditioner)
     if isinstance(k, int) and k > op.shape[0]:
@@ -153,9 +158,14 @@ def hessian_trace(
     ``progress=True`` shows a bar over them on stderr."""
     start = time.perf_counter()
     op = HessianOperator(
-        model, loss_fn, data, chunk_size=chunk_size, bn_mode=bn_mode, method=method,
+        model,
+        loss_fn,
+        data,
+        chunk_size=chunk_size,
+        bn_mode=bn_mode,
+        method=method,
         distributed=distributed,
-    )  # fmt: skip
+    )
     res = hutchinson(op, num_samples, seed=seed, progress=progress)
     return dataclasses.replace(res, seconds=time.perf_counter() - start)
 
@@ -183,9 +193,14 @@ def hessian_density(
     default), the slowest of these estimators; ``progress=True`` shows a bar over them on
     stderr."""
     op = HessianOperator(
-        model, loss_fn, data, chunk_size=chunk_size, bn_mode=bn_mode, method=method,
+        model,
+        loss_fn,
+        data,
+        chunk_size=chunk_size,
+        bn_mode=bn_mode,
+        method=method,
         distributed=distributed,
-    )  # fmt: skip
+    )
     return slq(op, num_probes=num_probes, num_steps=num_steps, seed=seed, progress=progress)
 
 

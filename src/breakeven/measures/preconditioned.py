@@ -68,9 +68,19 @@ def preconditioned_sharpness(
     optimizer are left bitwise unchanged."""
     p = adam_preconditioner(optimizer, model)
     res = hessian_eigenvalues(
-        model, loss_fn, data, k=k, tol=tol, max_iter=max_iter, v0=v0, chunk_size=chunk_size,
-        bn_mode=bn_mode, seed=seed, distributed=distributed, preconditioner=p.diagonal,
-    )  # fmt: skip
+        model,
+        loss_fn,
+        data,
+        k=k,
+        tol=tol,
+        max_iter=max_iter,
+        v0=v0,
+        chunk_size=chunk_size,
+        bn_mode=bn_mode,
+        seed=seed,
+        distributed=distributed,
+        preconditioner=p.diagonal,
+    )
     return res, p
 
 
@@ -92,8 +102,9 @@ def preconditioned_covariance(
             f"k must be between 1 and L - 1 = {op.num_batches - 1} (K from L gradients has at "
             f"most L - 1 non-zero eigenvalues), got {k!r}"
         )
-    return lanczos(PreconditionedOperator(op, preconditioner), k, tol=tol, max_iter=max_iter,
-                   seed=seed)  # fmt: skip
+    return lanczos(
+        PreconditionedOperator(op, preconditioner), k, tol=tol, max_iter=max_iter, seed=seed
+    )
 
 
 def _optimizer(ctx: Context, what: str) -> Any:
@@ -171,11 +182,19 @@ class PreconditionedSharpness(Measure):
             return Measurement(values)
         state = ctx.state.setdefault(self.name, {})
         res, p = preconditioned_sharpness(
-            ctx.model, ctx.loss_fn, ctx.probe, opt, k=self.k, tol=self.tol,
-            max_iter=self.max_iter, v0=state.get("v0") if self.warm_start else None,
-            chunk_size=self.chunk_size, bn_mode=self.bn_mode, seed=ctx.step,
+            ctx.model,
+            ctx.loss_fn,
+            ctx.probe,
+            opt,
+            k=self.k,
+            tol=self.tol,
+            max_iter=self.max_iter,
+            v0=state.get("v0") if self.warm_start else None,
+            chunk_size=self.chunk_size,
+            bn_mode=self.bn_mode,
+            seed=ctx.step,
             distributed=ctx.distributed,
-        )  # fmt: skip
+        )
         state["v0"] = res.eigenvectors.detach().clone()
         threshold = adam_eos_threshold(ctx.lr, p.betas[0])
         out = {f"precond_lambda_H_{i + 1}": float(v) for i, v in enumerate(res.eigenvalues)}
@@ -228,9 +247,13 @@ class PreconditionedCovariance(Measure):
         p = adam_preconditioner(opt, ctx.model)
         spec, matvecs = _covariance(ctx)
         res = preconditioned_covariance(
-            spec.operator, p.diagonal, k=self.k, tol=self.tol, max_iter=self.max_iter,
+            spec.operator,
+            p.diagonal,
+            k=self.k,
+            tol=self.tol,
+            max_iter=self.max_iter,
             seed=ctx.step,
-        )  # fmt: skip
+        )
         out = {f"precond_lambda_K_{i + 1}": float(v) for i, v in enumerate(res.eigenvalues)}
         out.update({f"precond_residual_K_{i + 1}": float(r) for i, r in enumerate(res.residuals)})
         out["precond_converged_K"] = float(res.converged)

@@ -940,10 +940,16 @@ def plot_edge_of_stability(
     threshold = eos_threshold_label(runs)
     name = r"$\lambda_H^1$ (every step, lower bound)" if value == "sharpness" else r"$\lambda_H^1$"
     return _against_threshold(
-        runs, measure, (value, "eos_threshold"), x=x, log=log, by=by,
-        labels=(name, threshold), ylabel=rf"$\lambda_H^1$ and {threshold}",
+        runs,
+        measure,
+        (value, "eos_threshold"),
+        x=x,
+        log=log,
+        by=by,
+        labels=(name, threshold),
+        ylabel=rf"$\lambda_H^1$ and {threshold}",
         title=rf"Edge of stability: $\lambda_H^1$ against {threshold}",
-    )  # fmt: skip
+    )
 
 
 def _against_threshold(
@@ -1021,10 +1027,16 @@ def plot_adaptive_edge_of_stability(
     threshold = adaptive_threshold_label(runs)
     sharpness = key_label("precond_lambda_H_1")
     return _against_threshold(
-        runs, measure, ("precond_lambda_H_1", "precond_eos_threshold"), x=x, log=log, by=by,
-        labels=(sharpness, threshold), ylabel=f"{sharpness} and {threshold}",
+        runs,
+        measure,
+        ("precond_lambda_H_1", "precond_eos_threshold"),
+        x=x,
+        log=log,
+        by=by,
+        labels=(sharpness, threshold),
+        ylabel=f"{sharpness} and {threshold}",
         title=f"Adaptive edge of stability: {sharpness} against {threshold}",
-    )  # fmt: skip
+    )
 
 
 def adaptive_threshold_label(runs: Runs) -> str:
