@@ -126,15 +126,27 @@ def _preset_scales() -> list[str]:
     return scales
 
 
+def _accuracy(text: str) -> float:
+    """A training accuracy: a number in (0, 1] (argparse ``type``; ValueError otherwise)."""
+    value = float(text)
+    if not 0 < value <= 1:  # also refuses nan
+        raise ValueError(text)
+    return value
+
+
 def _comma_list(convert: Any) -> Any:
     """An argparse ``type``: ``"a,b"`` as a list of ``convert``-ed items (empty items dropped)."""
 
     def parse(text: str) -> list[Any]:
         try:
-            return [convert(t.strip()) for t in text.split(",") if t.strip()]
+            values = [convert(t.strip()) for t in text.split(",") if t.strip()]
+            if not values:
+                raise ValueError(text)
+            return values
         except ValueError:
             raise argparse.ArgumentTypeError(
                 f"{text!r} is invalid: must be comma-separated values like 0.5,0.65"
+                + (" (accuracies in (0, 1])" if convert is _accuracy else "")
             ) from None
 
     parse.__name__ = getattr(convert, "__name__", "value")
@@ -241,7 +253,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     v.add_argument("--support", type=float, help="fraction of ordered pairs (default 0.8)")
     v.add_argument("--min-pairs", type=int, help="fewest untied pairs for a verdict (default 3)")
-    _list_option(v, "--thresholds", "--threshold", float, "ACC", THRESHOLDS_HELP)
+    _list_option(v, "--thresholds", "--threshold", _accuracy, "ACC", THRESHOLDS_HELP)
     _sub(sub, "presets", "list the bundled presets")
     s = _sub(sub, "show", "summary table of a run directory, or one line per run of a sweep")
     s.add_argument("run_dir", metavar="RUN_OR_SWEEP", help="a run directory or a sweep directory")
@@ -269,7 +281,7 @@ def _parser() -> argparse.ArgumentParser:
         help="run and sweep directories, reported together",
     )
     rp.add_argument("--out", help="the HTML file (default: report.html in the first directory)")
-    _list_option(rp, "--thresholds", "--threshold", float, "ACC", THRESHOLDS_HELP)
+    _list_option(rp, "--thresholds", "--threshold", _accuracy, "ACC", THRESHOLDS_HELP)
     rp.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
@@ -295,7 +307,7 @@ def _parser() -> argparse.ArgumentParser:
         f,
         "--thresholds",
         "--threshold",
-        float,
+        _accuracy,
         "ACC",
         "trajectories, batchnorm: training accuracies marked by dashed lines",
     )
@@ -449,10 +461,15 @@ def _print_verdicts(
         BREAK_EVEN_NOTE,
         DEFAULT_THRESHOLDS,
         break_even_points,
+        decide_verdict,
         read_runs,
         verdicts,
     )
 
+    try:  # the rule's options, checked before anything is printed
+        decide_verdict(0, 0, **rule)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(str(e)) from e
     if thresholds is None:
         thresholds = DEFAULT_THRESHOLDS
     runs = read_runs(paths)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from typing import Any
 
 
@@ -14,8 +15,9 @@ def check_int(
     maximum_name: str = "",
     optional: bool = False,
 ) -> Any:
-    """``value`` unchanged if it is an ``int`` (never a ``bool``) in ``[minimum, maximum]``
-    (no upper bound when ``maximum`` is None), or ``None`` when ``optional``.
+    """``value`` as an ``int`` if it is an integer (``int`` or a numpy integer, never a
+    ``bool``) in ``[minimum, maximum]`` (no upper bound when ``maximum`` is None), or
+    ``None`` when ``optional``.
 
     Otherwise raises ``ValueError("<what> must be an integer >= <minimum>, got <value>")``,
     or ``"... an integer in [<minimum>, <maximum_name>=<maximum>]"`` with an upper bound
@@ -24,9 +26,9 @@ def check_int(
     """
     if optional and value is None:
         return value
-    ok = isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+    ok = isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= minimum
     if ok and (maximum is None or value <= maximum):
-        return value
+        return int(value)
     if maximum is None:
         wanted = f"an integer >= {minimum}"
     else:

@@ -511,6 +511,11 @@ def _checked_tracker(rc: RunConfig, ds: Dataset, distributed: bool) -> Tracker |
     except (TypeError, ValueError) as e:
         raise ConfigError(str(e)) from e
     for m, _ in tracker.measures:
+        if m.optimizers is not None and rc.train.optimizer not in m.optimizers:
+            raise ConfigError(
+                f"track.{m.name}: measures under optimizer={list(m.optimizers)} only, but "
+                f"train.optimizer={rc.train.optimizer!r}: set train.optimizer or drop it"
+            )
         try:
             m.check(n_params, ds.n_train, rc.train.batch_size)
         except ValueError as e:

@@ -97,6 +97,8 @@ class Measure:
     - ``keys``: the keys of its records' values, each an exact key or an ``fnmatch``
       pattern (``"gamma_norm/*"``); a measure whose keys depend on its options overrides
       :meth:`emits` instead. Emitting an undeclared key is an error.
+    - ``optimizers``: the ``TrainConfig.optimizer`` values it can measure under (None: any);
+      ``breakeven run`` refuses a config that tracks it under another, before any file.
 
     and implements ``measure(ctx) -> Measurement``; ``after(ctx, values)`` optionally adds
     what needs the parameters after the step. Constructors only store and check their
@@ -106,6 +108,7 @@ class Measure:
     name: ClassVar[str] = ""
     requires: ClassVar[tuple[str, ...]] = ()
     keys: ClassVar[tuple[str, ...]] = ()
+    optimizers: ClassVar[tuple[str, ...] | None] = None
 
     def measure(self, ctx: Context) -> Measurement:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from .._core.checks import check_int
 from .._core.data import Batch
 from .._core.functional import LossFn
 from .._core.params import flatten
@@ -172,9 +173,22 @@ def covariance_from_gradients(
     batch gradients equals ``gradient_covariance`` of those batches. ``ValueError`` for
     fewer than 2 rows or a gradient that is not finite.
     """
+    check_int(batch_size, "batch_size", 1)
+    blocks = [gradients] if isinstance(gradients, Tensor) else list(gradients)
+    for b in blocks:
+        if not isinstance(b, Tensor) or not (b.is_floating_point() and b.ndim == 2):
+            raise ValueError(
+                "gradients must be a real floating-point (L, D) tensor or a list of (L, d_i) "
+                f"ones, got {type(b).__name__}"
+                + (
+                    f" of dtype {b.dtype} and shape {tuple(b.shape)}"
+                    if isinstance(b, Tensor)
+                    else ""
+                )
+            )
     start = time.perf_counter()
     op = GradientCovarianceOperator.from_gradients(
-        gradients if isinstance(gradients, Tensor) else list(gradients), batch_size
+        gradients if isinstance(gradients, Tensor) else blocks, batch_size
     )
     return spectrum_of(op, time.perf_counter() - start)
 

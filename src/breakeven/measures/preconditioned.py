@@ -158,6 +158,8 @@ class PreconditionedSharpness(Measure):
         self.bn_mode = bn_mode
         self.warm_start = warm_start
 
+    optimizers = ("adam", "adamw")  # it reads Adam's state
+
     def emits(self) -> tuple[str, ...]:
         ks = range(1, self.k + 1)
         return (
@@ -176,7 +178,8 @@ class PreconditionedSharpness(Measure):
     def measure(self, ctx: Context) -> Measurement:
         opt = _optimizer(ctx, "preconditioned_sharpness")
         if not has_state(opt):
-            threshold = adam_eos_threshold(ctx.lr, adam_settings(opt)[1][0])
+            lr, (beta1, _) = adam_settings(opt)
+            threshold = adam_eos_threshold(lr, beta1)
             values = {k: math.nan for k in self.emits()}
             values.update(precond_converged=0.0, precond_eos_threshold=threshold, adam_step=0.0)
             return Measurement(values)
@@ -196,7 +199,7 @@ class PreconditionedSharpness(Measure):
             distributed=ctx.distributed,
         )
         state["v0"] = res.eigenvectors.detach().clone()
-        threshold = adam_eos_threshold(ctx.lr, p.betas[0])
+        threshold = adam_eos_threshold(p.lr, p.betas[0])  # the optimizer's eta, as it steps
         out = {f"precond_lambda_H_{i + 1}": float(v) for i, v in enumerate(res.eigenvalues)}
         out.update({f"precond_residual_H_{i + 1}": float(r) for i, r in enumerate(res.residuals)})
         top = float(res.eigenvalues[0])
@@ -228,6 +231,8 @@ class PreconditionedCovariance(Measure):
         self.k = k
         self.tol = tol
         self.max_iter = max_iter
+
+    optimizers = ("adam", "adamw")  # it reads Adam's state
 
     def emits(self) -> tuple[str, ...]:
         ks = range(1, self.k + 1)

@@ -540,11 +540,11 @@ class TrainAccuracy(Measure):
     def __init__(self, num_examples: int = 1000, indices: Any = None) -> None:
         check_int(num_examples, "num_examples", 1)
         if indices is not None:
-            indices = tuple(indices)
-            for i in indices:
-                check_int(i, "each of indices", 0)
+            indices = tuple(check_int(i, "each of indices", 0) for i in indices)
             if not indices:
                 raise ValueError("indices must name at least one training example, got none")
+            if len(set(indices)) < len(indices):
+                raise ValueError("indices must be distinct: a repeated example would count twice")
         self.num_examples = num_examples
         self.indices = indices
 
@@ -560,6 +560,7 @@ class TrainAccuracy(Measure):
                 "the train_accuracy measure needs training data (Tracker(train_data=...))"
             )
         x, y = ctx.train_data
+        self.check(0, len(y), 0)  # indices within this loop's training data
         if self.indices is None:
             x, y = x[: self.num_examples], y[: self.num_examples]
         else:

@@ -266,7 +266,7 @@ class SpectralDensity:
         about 1% of their peak at its ends: where :meth:`density` is evaluated when no grid is
         given. ``num_points``: default enough for a spacing of at most ``sigma / 3`` (so the
         kernels are resolved), at least 400 and at most 100,000."""
-        width = self.sigma() if sigma is None else float(sigma)
+        width = self.sigma() if sigma is None else _width(sigma)
         lo = float(self.nodes.min()) - 3 * width
         hi = float(self.nodes.max()) + 3 * width
         if num_points is None:
@@ -281,6 +281,8 @@ class SpectralDensity:
         probes of ``sum_j w_j N(t; t_j, sigma^2)``, by the one Gaussian broadening of an SLQ
         quadrature, :func:`breakeven.records.slq_density` (the figures' too). ``sigma``: the
         Gaussian's standard deviation, default :meth:`sigma`. Costs no products."""
+        if sigma is not None:
+            _width(sigma)
         grid = self.grid(sigma=sigma) if grid is None else grid
         grid = torch.as_tensor(grid, dtype=torch.float64)
         nodes, weights = self.nodes.detach().cpu(), self.weights.detach().cpu() / len(self.nodes)
@@ -330,3 +332,11 @@ def slq(
         if bar is not None:
             bar.close()
     return SpectralDensity(torch.stack(nodes), torch.stack(weights), dim, used)
+
+
+def _width(sigma: float) -> float:
+    """``sigma`` as a kernel width: a finite number > 0 (ValueError otherwise)."""
+    width = float(sigma)
+    if not (math.isfinite(width) and width > 0):
+        raise ValueError(f"sigma must be a finite number > 0, got {sigma!r}")
+    return width

@@ -354,6 +354,24 @@ OPTIONS = {
 }
 
 
+#: Values the wandb sink's ``mode`` takes (``wandb.init``'s).
+WANDB_MODES = ("online", "offline", "disabled")
+
+
+def _check_option(sink: str, key: str, value: Any) -> None:
+    """Refuse an option value of the wrong kind before any file is written: every option is
+    a non-empty string, but wandb's ``tags`` (a list of strings) and ``mode`` (one of
+    :data:`WANDB_MODES`)."""
+    where = f"log.{sink}.{key}={value!r} is invalid"
+    if (sink, key) == ("wandb", "tags"):
+        if not isinstance(value, (list, tuple)) or not all(isinstance(t, str) and t for t in value):
+            raise ConfigError(f'{where}: must be a list of strings, e.g. ["lr-sweep"]')
+    elif not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{where}: must be a non-empty string")
+    elif (sink, key) == ("wandb", "mode") and value not in WANDB_MODES:
+        raise ConfigError(f"{where}: must be one of {list(WANDB_MODES)}")
+
+
 def parse_log(table: Any = None) -> dict[str, dict[str, Any]]:
     """The sinks to open, ``{sink name: options}``, from a config's ``[log]`` table, checked.
 
@@ -390,6 +408,8 @@ def parse_log(table: Any = None) -> dict[str, dict[str, Any]]:
             raise ConfigError(
                 f"log.{name}: unknown option(s) {unknown}; allowed: {list(OPTIONS[name])}"
             )
+        for key, value in options.items():
+            _check_option(name, key, value)
         module = SINKS[name][1]
         if importlib.util.find_spec(module) is None:
             raise ImportError(

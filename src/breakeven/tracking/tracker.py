@@ -208,6 +208,8 @@ class Tracker(TrainHooks):
         self._model: nn.Module | None = None  # the last model seen (what close() saves)
         self._loss: Tensor | None = None  # the last loss seen (summary.json's last_loss)
         self._steps = 0  # the last step seen + 1
+        self._last_step: int | None = None  # the last step before_step saw (steps increase)
+        self._closed: str | None = None  # the status close() or fail() ended out_dir's run with
         if self.out_dir is not None and (not distributed or world_and_rank()[1] == 0):
             self._open(self.out_dir, config)
 
@@ -248,6 +250,17 @@ class Tracker(TrainHooks):
     ) -> None:
         """Measure what is due at ``step``, at the parameters before the step (call it after
         ``loss.backward()`` and before ``optimizer.step()``)."""
+        if self._closed is not None:
+            raise RuntimeError(
+                f"this Tracker's run in {self.out_dir} has ended ({self._closed}): it records "
+                "nothing more; create a new Tracker (on the same out_dir to resume a failed run)"
+            )
+        if self._last_step is not None and step <= self._last_step and not self._replaying:
+            raise ValueError(
+                f"step={step} after step={self._last_step}: the steps must increase (pass a "
+                "global step counter, not the index of the batch within an epoch)"
+            )
+        self._last_step = step
         if self._started is None:
             self._started = time.perf_counter()
         self._model, self._steps = model, max(self._steps, step + 1)
@@ -510,6 +523,7 @@ class Tracker(TrainHooks):
                 f"out_dir={str(path)!r} is a file, not a directory: pass a directory (created "
                 "if missing) for the run's files"
             )
+        _check_not_in_a_run_or_sweep(path)
         spec = self.run_config(config)  # refuses what is not JSON-able before any file
         store = RunStore(path)
         checkpoint = store.open(spec)
@@ -566,6 +580,7 @@ class Tracker(TrainHooks):
         store, self._store = self._store, None
         if store is None:
             return
+        self._closed = status
         model = model if model is not None else self._model
         seconds = time.perf_counter() - self._started if self._started is not None else 0.0
         steps = max([self._steps, *(r["step"] + 1 for r in self.records_)])
@@ -582,6 +597,7 @@ class Tracker(TrainHooks):
         """Mark the run in ``out_dir`` ``failed: <message>`` (resumable) and release it."""
         store, self._store = self._store, None
         if store is not None:
+            self._closed = f"failed: {message}"
             store.fail(message)
 
     def __enter__(self) -> Tracker:
@@ -770,3 +786,26 @@ def build_tracker(spec: dict[str, dict[str, Any]], **kwargs: Any) -> Tracker:
             measure.name = name
         measures.append((measure, schedule))
     return Tracker(measures, **kwargs)
+
+
+def _check_not_in_a_run_or_sweep(path: Path) -> None:
+    """Refuse an ``out_dir`` that is a sweep directory, or lies inside a run or a sweep
+    directory (its ``runs/`` folder included): the run store would mix with theirs."""
+    from ..records import CONFIG, STATUS, SWEEP_FILE
+
+    if (path / SWEEP_FILE).exists():
+        raise OutputDirError(
+            f"out_dir={str(path)!r} is a sweep directory (it holds {SWEEP_FILE}): pass a "
+            "directory of its own for this run"
+        )
+    for parent in path.absolute().parents:
+        # a sweep holds its plan and runs/; a run its config and status (a project folder
+        # with a config.json of its own is neither)
+        sweep = (parent / SWEEP_FILE).is_file() and (parent / "runs").is_dir()
+        run = (parent / CONFIG).is_file() and (parent / STATUS).is_file()
+        what = "a sweep" if sweep else "a run" if run else None
+        if what:
+            raise OutputDirError(
+                f"out_dir={str(path)!r} lies inside {what} directory ({parent}): pass a "
+                "directory outside it"
+            )
