@@ -130,7 +130,8 @@ def test_adam_measures_in_a_plain_loop_and_training_unchanged():
     assert math.isnan(by["preconditioned_sharpness", 0]["precond_lambda_H_1"])  # no state yet
     v = by["preconditioned_sharpness", 4]
     assert v["precond_lambda_H_1"] >= v["precond_lambda_H_2"] and v["adam_step"] == 4
-    assert v["precond_eos_threshold"] == pytest.approx(38 / 0.05)  # the tracker's lr
+    # the optimizer's lr (0.005), where P comes from, not the tracker's (0.05)
+    assert v["precond_eos_threshold"] == pytest.approx(38 / 0.005)
     assert by["preconditioned_covariance", 3]["precond_lambda_K_1"] > 0
 
 

@@ -22,7 +22,7 @@ from torch import nn
 from .._core.checks import check_int
 from .._core.data import Data
 from .._core.functional import LossFn
-from .._core.state import BNMode, check_bn_mode
+from .._core.state import BNMode
 from ..operators.covariance import GradientCovarianceOperator
 from ..operators.preconditioned import (
     AdamPreconditioner,
@@ -35,7 +35,7 @@ from ..operators.preconditioned import (
 from ..spectra import LanczosResult, lanczos
 from .base import Context, Measure, Measurement, register_measure
 from .hessian import EigenResult, hessian_eigenvalues
-from .tracked import _covariance, _positive
+from .tracked import HessianTop, _covariance, _positive
 
 __all__ = [
     "PreconditionedCovariance",
@@ -117,7 +117,7 @@ def _optimizer(ctx: Context, what: str) -> Any:
 
 
 @register_measure("preconditioned_sharpness")
-class PreconditionedSharpness(Measure):
+class PreconditionedSharpness(HessianTop):
     """Adam's preconditioned sharpness: the top-k eigenvalues of ``P^{-1/2} H P^{-1/2}`` on
     the probe, P = diag(sqrt(v_hat) + eps) read from the optimizer's state at this step
     (before its update: the state after ``step`` updates), warm-started from the previous
@@ -132,31 +132,8 @@ class PreconditionedSharpness(Measure):
     optimizer's first update it has no second moment: the eigenvalues, residuals and ratio
     are then NaN (not data). Needs the optimizer (``Tracker(optimizer=...)``; refusals as
     :func:`~breakeven.operators.preconditioned.adam_preconditioner`). Options as the
-    ``hessian`` measure.
+    ``hessian`` measure (whose constructor and checks it shares).
     """
-
-    def __init__(
-        self,
-        k: int = 1,
-        tol: float = 1e-3,
-        max_iter: int | None = None,
-        chunk_size: int | None = None,
-        bn_mode: BNMode = "eval",
-        warm_start: bool = True,
-    ) -> None:
-        check_int(k, "k", 1)
-        check_int(max_iter, "max_iter", 1, optional=True)
-        check_int(chunk_size, "chunk_size", 1, optional=True)
-        check_bn_mode(bn_mode)
-        _positive(tol, "tol")
-        if max_iter is not None and max_iter < k:
-            raise ValueError(f"max_iter={max_iter} is smaller than k={k}")
-        self.k = k
-        self.tol = tol
-        self.max_iter = max_iter
-        self.chunk_size = chunk_size
-        self.bn_mode = bn_mode
-        self.warm_start = warm_start
 
     optimizers = ("adam", "adamw")  # it reads Adam's state
 
@@ -170,10 +147,6 @@ class PreconditionedSharpness(Measure):
             "precond_eos_ratio",
             "adam_step",
         )
-
-    def check(self, n_params: int, n_train: int, batch_size: int) -> None:
-        if self.k > n_params:
-            raise ValueError(f"k={self.k} is larger than the model's {n_params} parameters")
 
     def measure(self, ctx: Context) -> Measurement:
         opt = _optimizer(ctx, "preconditioned_sharpness")
@@ -222,6 +195,8 @@ class PreconditionedCovariance(Measure):
     eigenvalues before the optimizer's first update. ``k <= L - 1``.
     """
 
+    optimizers = ("adam", "adamw")  # it reads Adam's state
+
     requires = ("covariance",)
 
     def __init__(self, k: int = 1, tol: float = 1e-6, max_iter: int | None = None) -> None:
@@ -231,8 +206,6 @@ class PreconditionedCovariance(Measure):
         self.k = k
         self.tol = tol
         self.max_iter = max_iter
-
-    optimizers = ("adam", "adamw")  # it reads Adam's state
 
     def emits(self) -> tuple[str, ...]:
         ks = range(1, self.k + 1)

@@ -208,7 +208,7 @@ class Tracker(TrainHooks):
         self._model: nn.Module | None = None  # the last model seen (what close() saves)
         self._loss: Tensor | None = None  # the last loss seen (summary.json's last_loss)
         self._steps = 0  # the last step seen + 1
-        self._last_step: int | None = None  # the last step before_step saw (steps increase)
+        self._last_step: int | None = None  # the last step completed (steps must increase)
         self._closed: str | None = None  # the status close() or fail() ended out_dir's run with
         if self.out_dir is not None and (not distributed or world_and_rank()[1] == 0):
             self._open(self.out_dir, config)
@@ -260,7 +260,6 @@ class Tracker(TrainHooks):
                 f"step={step} after step={self._last_step}: the steps must increase (pass a "
                 "global step counter, not the index of the batch within an epoch)"
             )
-        self._last_step = step
         if self._started is None:
             self._started = time.perf_counter()
         self._model, self._steps = model, max(self._steps, step + 1)
@@ -285,6 +284,7 @@ class Tracker(TrainHooks):
 
     def after_step(self, step: int, model: nn.Module) -> None:
         """Finish the measures of ``step`` that need the parameters after it; emit records."""
+        self._last_step = step  # a completed step: the next before_step must be later
         if not self._pending:
             return
         ctx = self._ctx
