@@ -9,7 +9,7 @@ import breakeven as be
 from breakeven._core.functional import functional_loss
 from breakeven._core.params import flatten, trainable, unflatten
 from breakeven._core.state import measuring
-from breakeven.operators.covariance import centred_gram
+from breakeven.operators.covariance import _centred_blocks, centred_gram
 from breakeven.operators.dense import dense_covariance, dense_gradients, dense_hessian
 from cases import exact_hessian, make_case
 
@@ -105,6 +105,40 @@ def test_gram_is_accumulated_in_float64():
     c32 = grads - grads.mean(0)
     e32 = torch.linalg.eigvalsh((c32 @ c32.T / 25).double())
     assert (e32[1] - exact[1]).abs() / exact[1] > 1e-2
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_gram_and_products_with_zero_columns_equal_dense(seed, threads):
+    """Blocks whose gradients are mostly zero (an embedding's unseen rows) drop the columns that
+    are zero in every gradient; with several threads the Gram is a batched product of column
+    chunks. Both must equal the dense float64 K, also where a dropped-looking column holds a
+    nan or is zero in the first gradient only."""
+    g = torch.Generator().manual_seed(seed)
+    L, D = 6, 3 * 4096 + 77
+    grads = torch.randn(L, D, generator=g) * 10.0 ** torch.randint(-3, 3, (1,), generator=g)
+    dense_part = int(torch.randint(0, 2, (1,), generator=g))  # one block stays dense or not
+    zero = torch.rand(D, generator=g) < 0.9
+    zero[: 4096 * dense_part] = False
+    grads[:, zero] = 0.0
+    grads[0, 5000] = 0.0  # zero in the first gradient only: kept
+    blocks = list(grads.split(4096, dim=1))
+    G = grads.double() - grads.double().mean(0)
+    v = torch.randn(D, generator=g, dtype=torch.float64)
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        op = be.GradientCovarianceOperator.from_gradients(blocks, batch_size=1)
+        torch.testing.assert_close(op.gram(), G @ G.T / L, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(op.matvec(v), G.T @ (G @ v) / L, rtol=1e-12, atol=1e-12)
+        kept = sum(b.shape[1] for _, b in _centred_blocks(blocks))
+        dense = 4096 * dense_part
+        assert kept == dense + int(grads[:, dense:].ne(0).any(0).sum())  # the zeros were dropped
+        grads[1, int(zero.nonzero()[0])] = float("nan")
+        with pytest.raises(ValueError, match="not finite"):
+            centred_gram(blocks)
+    finally:
+        torch.set_num_threads(old)
 
 
 @pytest.mark.filterwarnings("ignore:torch.func.vmap cannot batch:RuntimeWarning")

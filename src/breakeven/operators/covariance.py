@@ -479,7 +479,7 @@ def centred_gram(gradients: Tensor | list[Tensor]) -> Tensor:
     L = blocks[0].shape[0]
     gram = torch.zeros(L, L, dtype=torch.float64, device=_device(blocks))
     for _, block in _centred_blocks(blocks):
-        gram += block.centred_gram() if isinstance(block, RankOneRows) else block @ block.T
+        gram += block.centred_gram() if isinstance(block, RankOneRows) else _gram_of(block)
     if not torch.isfinite(gram).all():
         raise ValueError("the loss or its gradient is not finite on some batch (inf/nan)")
     return gram / L
@@ -524,8 +524,11 @@ def _device(blocks: list) -> torch.device:
 
 
 def _centred_blocks(blocks: list):
-    """(columns, block) pairs: the float64 row-centred column blocks and their columns
-    (:class:`RankOneRows` blocks are passed on as they are: they centre themselves)."""
+    """(columns, block) pairs: the float64 row-centred column blocks and their columns, a
+    slice or, where a block's first gradient is mostly zero, the indices of the columns kept:
+    columns that are zero in every gradient add nothing to K and are dropped (an embedding's
+    rows of unseen tokens; exact). :class:`RankOneRows` blocks are passed on as they are:
+    they centre themselves."""
     L = blocks[0].shape[0]
     weights = torch.full((L,), 1 / L, dtype=torch.float64, device=_device(blocks))
     start = 0
@@ -535,9 +538,26 @@ def _centred_blocks(blocks: list):
         if isinstance(b, RankOneRows):
             yield cols, b
             continue
-        block = _dense(b).to(torch.float64, copy=True)
+        block = _dense(b)
+        if 2 * int(torch.count_nonzero(block[0])) < block.shape[1]:
+            kept = block.abs().amax(dim=0).ne(0).nonzero().squeeze(1)  # nan != 0: kept
+            if 10 * kept.numel() < 9 * block.shape[1]:  # else the copy costs what it saves
+                block, cols = block.index_select(1, kept), kept + cols.start
+        block = block.to(torch.float64, copy=True)
         block -= weights @ block  # in place, the mean as a GEMV: 2x faster than mean(dim=0)
         yield cols, block
+
+
+def _gram_of(block: Tensor) -> Tensor:
+    """block @ block.T; on a CPU with several threads as a batched product of column chunks,
+    one per thread (a single product of a wide L x c block runs on one thread)."""
+    threads = torch.get_num_threads()
+    chunk = block.shape[1] // threads
+    if threads < 2 or chunk < 1024 or block.device.type != "cpu":
+        return block @ block.T
+    head = block[:, : threads * chunk].unflatten(1, (threads, chunk)).transpose(0, 1)
+    tail = block[:, threads * chunk :]
+    return torch.bmm(head, head.transpose(1, 2)).sum(dim=0) + tail @ tail.T
 
 
 class GradientCovarianceOperator(LinearOperator):
@@ -659,7 +679,7 @@ class GradientCovarianceOperator(LinearOperator):
     def transpose_products(self, a: Tensor) -> Tensor:
         """C^T a in float64: the combination sum_l a_l (g_l - g), a flat vector of length D."""
         a = a.to(dtype=torch.float64, device=self.device)
-        out = torch.empty(self.shape[0], dtype=torch.float64, device=self.device)
+        out = torch.zeros(self.shape[0], dtype=torch.float64, device=self.device)
         for cols, block in _centred_blocks(self.blocks):
             out[cols] = (
                 block.transpose_products(a) if isinstance(block, RankOneRows) else block.T @ a
