@@ -8,8 +8,10 @@ a residual of 1e-6 (relative) at every step, on the same probe and operator:
   (default 300) at batch 64 and learning rates 0.1, 0.03, 0.01;
 - SimpleCNN on FashionMNIST, ``--cnn-steps`` steps (default 100) at lr 0.1.
 
-Three fallback tolerances (``tol_fallback`` 0.01, the default, 0.05 and 0.2) ride on the same
-trajectory (three measures of one tracker; measuring never changes training). Per run and
+Variants of the measure ride on the same trajectory (measures of one tracker; measuring never
+changes training): three fallback tolerances (``tol_fallback`` 0.01, the default, 0.05 and
+0.2, refresh 100) and the schedule alone (``tol_fallback`` inf, a solve every 100 or 20
+steps: a bounded cost), chosen with ``--variants``. Per run and
 tolerance the table gives the largest and median relative error |theta - lambda| / lambda,
 how often the certified lower bound was broken (theta above the reference's interval
 lambda + r_ref, expected 0), the Hessian-vector products per step (amortised, fallbacks
@@ -21,6 +23,7 @@ median time of one product, and the steps where a full solve ran. The series are
 
     .venv/bin/python benchmarks/bench_sharpness.py [--mlp-steps 300] [--cnn-steps 100]
         [--threads 2] [--n-train N] [--mlp-probe 0.05] [--cnn-probe 0.01]
+        [--variants 0.01 0.05 0.2 inf/100 inf/20]
 """
 
 from __future__ import annotations
@@ -42,8 +45,14 @@ from breakeven.tracking import build_tracker
 from breakeven.train import TrainConfig, train
 
 OUT = Path(__file__).parent / "out"
-#: The fallback tolerances compared, by label.
-VARIANTS = {"0.01": 0.01, "0.05": 0.05, "0.2": 0.2}
+#: The variants of the measure compared, by label: tol_fallback[/refresh].
+VARIANTS = {
+    "0.01": {"tol_fallback": 0.01},
+    "0.05": {"tol_fallback": 0.05},
+    "0.2": {"tol_fallback": 0.2},
+    "inf/100": {"tol_fallback": float("inf"), "refresh": 100},
+    "inf/20": {"tol_fallback": float("inf"), "refresh": 20},
+}
 
 
 def product_seconds(model, probe, repeats: int = 5) -> float:
@@ -75,8 +84,8 @@ def one_run(model: str, lr: float, steps: int, probe_fraction: float, args) -> l
     spec = {
         "reference": {"measure": "hessian", "every": 1, "tol": args.reference_tol, "max_iter": 300}
     }
-    for u, tol in VARIANTS.items():
-        spec[f"sharpness_{u}"] = {"measure": "sharpness", "every": 1, "tol_fallback": tol}
+    for u in args.variants:
+        spec[f"sharpness_{u}"] = {"measure": "sharpness", "every": 1, **VARIANTS[u]}
     tracker = build_tracker(spec)
     result = train(config, tracker=tracker, dataset=ds)
     summary = tracker.summary()
@@ -93,13 +102,13 @@ def one_run(model: str, lr: float, steps: int, probe_fraction: float, args) -> l
     OUT.mkdir(parents=True, exist_ok=True)
     with open(OUT / f"sharpness_{tag}.csv", "w", newline="") as f:
         cols = ["step", "reference", "reference_residual"]
-        for u in VARIANTS:
+        for u in args.variants:
             cols += [f"tol{u}_{k}" for k in ("sharpness", "residual", "fallback", "matvecs")]
         w = csv.writer(f)
         w.writerow(cols)
         for step in sorted(ref):
             row = [step, ref[step]["lambda_H_1"], ref[step]["residual_H_1"]]
-            for u in VARIANTS:
+            for u in args.variants:
                 s = by[f"sharpness_{u}"][step]
                 row += [
                     s["sharpness"],
@@ -109,7 +118,7 @@ def one_run(model: str, lr: float, steps: int, probe_fraction: float, args) -> l
                 ]
             w.writerow(row)
     rows = []
-    for u in VARIANTS:
+    for u in args.variants:
         tr = by[f"sharpness_{u}"]
         errs = [
             abs(tr[s]["sharpness"] - ref[s]["lambda_H_1"]) / abs(ref[s]["lambda_H_1"]) for s in ref
@@ -141,7 +150,8 @@ def one_run(model: str, lr: float, steps: int, probe_fraction: float, args) -> l
 
 def table(rows: list[dict]) -> str:
     head = (
-        "| model | lr | steps | tol_fallback | max rel. err | median rel. err | theta > lambda | "
+        "| model | lr | steps | tol_fallback[/refresh] | max rel. err | median rel. err | "
+        "theta > lambda | "
         "HVPs/step | time share (clock) | time share (HVPs x t) | fallback steps |\n"
         "|---|---|---|---|---|---|---|---|---|---|---|"
     )
@@ -170,6 +180,9 @@ def main() -> None:
     ap.add_argument("--cnn-probe", type=float, default=0.01, help="probe fraction (SimpleCNN)")
     ap.add_argument("--n-train", type=int, default=None, help="training subset (default all)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument(
+        "--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS), metavar="V"
+    )
     ap.add_argument(
         "--reference-tol", type=float, default=1e-6, help="residual tolerance of the reference"
     )

@@ -44,7 +44,7 @@ def run(model, data, spec, steps, lr=0.05, momentum=0.0, jump=None, dense=True):
     return recs, seen
 
 
-TRACK_ONLY = {"sharpness": {"every": 1, "tol_fallback": 1e9, "refresh": None}}
+TRACK_ONLY = {"sharpness": {"every": 1, "tol_fallback": float("inf"), "refresh": None}}
 
 
 def test_registered_by_name():
@@ -141,6 +141,58 @@ def test_one_product_per_tracked_step_and_solves_only_when_due():
     spec = {"sharpness": {"every": 2, "refresh": 4, "tol_fallback": 1e9}}
     recs, _ = run(model, data, spec, steps=9, lr=0.01, dense=False)
     assert [r["step"] for r in recs if r["values"]["sharpness_fallback"]] == [0, 4, 8]
+
+
+@pytest.mark.parametrize("refresh", [3, 4])
+def test_on_the_schedule_alone_the_cost_is_bounded_whatever_the_residual(refresh):
+    """tol_fallback=inf: parameter jumps that turn the top eigenvector (a residual far past
+    any tolerance) call no solve; solves run at the first measurement and every ``refresh``
+    steps only, so n steps cost at most n + ceil(n / refresh) (m - 1) products, m those of
+    the dearest solve;
+    theta stays a certified lower bound and an eigenvalue lies within r of it."""
+    spec = {"sharpness": {"every": 1, "refresh": refresh, "tol_fallback": float("inf")}}
+    for i in range(3):
+        model, data = random_problem(30 + i)
+        recs, seen = run(model, data, spec, steps=9, lr=0.01, jump={2: 2.5, 5: 0.5, 7: 2.0})
+        solved = [r["step"] for r in recs if r["values"]["sharpness_fallback"]]
+        assert solved == list(range(0, 9, refresh))
+        m, n = max(r["matvecs"] for r in recs), len(recs)
+        assert sum(r["matvecs"] for r in recs) <= n + len(solved) * (m - 1)
+        assert all(r["matvecs"] == 1 for r in recs if r["step"] not in solved)
+        assert (
+            max(r["values"]["sharpness_residual"] / r["values"]["sharpness"] for r in recs) > 1e-2
+        )
+        for r, (H, _) in zip(recs, seen, strict=True):
+            ev = torch.linalg.eigvalsh(H)
+            theta, res = r["values"]["sharpness"], r["values"]["sharpness_residual"]
+            assert 0 < theta <= float(ev[-1]) * (1 + 1e-10)
+            assert float((ev - theta).abs().min()) <= res + 1e-10
+
+
+def test_a_vector_turned_to_negative_curvature_falls_back():
+    """theta <= 0 is never the top of a Hessian with a positive eigenvalue: a carried vector
+    set to the most negative eigenvector (residual 0, any tolerance met) calls a solve, whose
+    value is lambda_max."""
+    for i in range(3):
+        model, data = random_problem(40 + i)
+        H = dense_hessian(model, LOSS, data)
+        ev, vecs = torch.linalg.eigh(H)
+        assert ev[0] < 0 < ev[-1]
+        tracker = be.build_tracker(
+            {"sharpness": {"every": 1, "refresh": None, "tol": 1e-8}},
+            probe=data,
+            train_data=data,
+            lr=0.0,
+            batch_size=len(data[1]),
+        )
+        for step in range(2):
+            if step == 1:
+                tracker.state_["sharpness"]["v"] = vecs[:, 0].to(torch.float32)
+            tracker.before_step(step, model)
+            tracker.after_step(step, model)
+        last = tracker.records_[-1]["values"]
+        assert last["sharpness_fallback"] == 1.0
+        assert last["sharpness"] == pytest.approx(float(ev[-1]), rel=1e-6)
 
 
 def test_eos_ratio_uses_the_momentum_aware_threshold():

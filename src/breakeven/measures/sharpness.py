@@ -17,12 +17,22 @@ previous measurement) once by H, the Hessian of the probe loss at the current pa
 
 Then ``v`` is moved for the next step with no further product (see :class:`Sharpness`).
 
-When ``r > tol_fallback * |theta|``, every ``refresh`` steps, and at the first measurement,
-the step's value comes instead from :func:`~breakeven.measures.hessian_eigenvalues` (block
-Lanczos, ``k=1``, to ``tol``), warm-started from ``H v`` (or ``v``); its certificate is the Lanczos
-residual (``sharpness_residual``, the same kind of bound) and its random start vector gives
-the top eigenvector a non-zero weight, so a top eigenvalue that overtook the tracked one is
-found again there (``sharpness_fallback`` = 1.0 on such steps).
+When ``r > tol_fallback * |theta|``, when ``theta <= 0`` (v has turned towards a negative
+eigenvalue: never the top of a Hessian with a positive one), every ``refresh`` steps, and at
+the first measurement, the step's value comes instead from
+:func:`~breakeven.measures.hessian_eigenvalues` (block Lanczos, ``k=1``, to ``tol``),
+warm-started from ``H v`` (or ``v``); its certificate is the Lanczos residual
+(``sharpness_residual``, the same kind of bound) and its random start vector gives the top
+eigenvector a non-zero weight, so a top eigenvalue that overtook the tracked one is found
+again there (``sharpness_fallback`` = 1.0 on such steps).
+
+The cost is one product a step plus the solves. With ``tol_fallback=inf`` (TOML: ``inf``)
+the solves run on the schedule alone and the cost is bounded: n steps cost at most
+``n + ceil(n / refresh) (m - 1)`` products, about ``1 + m / refresh`` a step, m the products
+of one solve (10-30 on the paper's models), plus a solve at any step where ``theta <= 0``.
+That is the mode for the edge of stability, where the top eigenvector turns between steps
+and a residual test would call a solve at almost every step; the residual is still reported
+with every value, so the loss of accuracy is visible.
 """
 
 from __future__ import annotations
@@ -56,7 +66,8 @@ class Sharpness(Measure):
     Args:
         tol_fallback: a tracked value whose residual exceeds ``tol_fallback * |theta|``
             (default 1e-2: theta is then within 1% of *some* eigenvalue) is replaced by a
-            full solve at the same step.
+            full solve at the same step; ``inf``: never (solves on the schedule only, a
+            bounded cost; see the module docstring).
         refresh: a full solve every ``refresh`` steps at least (default 100; ``None``: only
             at the first measurement and when the residual fails), so a top eigenvalue that
             overtook the tracked one is not followed for long. Counted in training steps.
@@ -126,7 +137,7 @@ class Sharpness(Measure):
             if not torch.isfinite(w).all():
                 raise ValueError("the Hessian-vector product returned inf/nan")
             theta, r = _rayleigh(v, w)
-            fallback = not r <= self.tol_fallback * abs(theta)
+            fallback = not (theta > 0 and r <= self.tol_fallback * theta)
             if fallback:
                 start = w  # one power step closer to the top than v
             else:  # one power-iteration step for the next measurement, no extra product

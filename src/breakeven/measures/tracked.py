@@ -435,8 +435,8 @@ class Stability(Measure):
 
 def eos_threshold(lr: float, momentum: float) -> float:
     """The edge-of-stability threshold (2 + 2 beta) / eta of SGD with learning rate eta and
-    heavy-ball momentum beta (2/eta without momentum)."""
-    return (2 + 2 * momentum) / lr
+    heavy-ball momentum beta (2/eta without momentum); inf at eta = 0 (no step is unstable)."""
+    return (2 + 2 * momentum) / lr if lr else math.inf
 
 
 @register_measure("edge_of_stability")
