@@ -15,9 +15,16 @@ import pytest
 import torch
 
 from breakeven.experiments import run
-from breakeven.records import RunStoreError, export_run, load_run, read_records, read_status
+from breakeven.records import (
+    RunStoreError,
+    export_run,
+    load_run,
+    read_records,
+    read_status,
+    to_json,
+)
 from breakeven.tracking import store as store_mod
-from breakeven.tracking.store import ConfigMismatchError, OutputDirError, RunStore
+from breakeven.tracking.store import ConfigMismatchError, OutputDirError, RunStore, config_diff
 from helpers import toy
 
 TOY = {"n": 60, "shape": (1, 4, 4), "n_test": 20}  # the data of every run here
@@ -49,6 +56,17 @@ def rec(step: int, **values: float) -> dict:
 
 
 # ---------------------------------------------------------------- the store itself
+
+
+@pytest.mark.parametrize("value", [math.inf, -math.inf, (1, 2), [0.5, math.inf]])
+def test_a_config_compares_as_config_json_holds_it(value) -> None:
+    """inf is written "inf" and a tuple a list: a config read back equals the one given (a
+    finished run of a config with ``tol_fallback = inf`` was refused as another config)."""
+    cfg = {"track": {"sharpness": {"tol_fallback": value}}}
+    assert config_diff(json.loads(to_json(cfg)), cfg) == []
+    assert config_diff(cfg, json.loads(to_json(cfg))) == []
+    other = {"track": {"sharpness": {"tol_fallback": 1e308}}}
+    assert config_diff(other, cfg) == ["track.sharpness.tol_fallback"]
 
 
 def test_append_checkpoint_and_reopen_cut_back_to_the_checkpoint(tmp_path: Path) -> None:

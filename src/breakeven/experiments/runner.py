@@ -466,7 +466,7 @@ def _from_rank0(obj: Any, world: int) -> Any:
 
 def _ended(rc: RunConfig, path: Path, status: str) -> RunOutcome:
     """The outcome of a run that had already ended (its config must be ``rc``'s)."""
-    keys = config_diff(read_config(path), json.loads(json.dumps(rc.to_dict())))
+    keys = config_diff(read_config(path), rc.to_dict())
     if keys:
         raise ConfigMismatchError(path, keys)
     return RunOutcome(status, path, int((read_summary(path) or {}).get("steps", 0)))

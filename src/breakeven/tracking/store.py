@@ -125,7 +125,8 @@ def _plain(x: Any) -> Any:
 
 
 def config_diff(a: Any, b: Any, prefix: str = "") -> list[str]:
-    """Dotted keys where the nested mappings ``a`` and ``b`` differ."""
+    """Dotted keys where the nested mappings ``a`` and ``b`` differ, each value compared as
+    config.json holds it (a tuple as a list, inf as ``"inf"``)."""
     if isinstance(a, Mapping) and isinstance(b, Mapping):
         out = []
         for k in sorted(set(a) | set(b)):
@@ -135,7 +136,11 @@ def config_diff(a: Any, b: Any, prefix: str = "") -> list[str]:
             else:
                 out += config_diff(a[k], b[k], key)
         return out
-    return [] if a == b else [prefix or "<config>"]
+    return [] if _written(a) == _written(b) else [prefix or "<config>"]
+
+
+def _written(x: Any) -> Any:
+    return json.loads(to_json(_plain(x)))
 
 
 # ------------------------------------------------------------------ the store
