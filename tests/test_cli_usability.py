@@ -20,6 +20,7 @@ import pytest
 
 from breakeven.cli import DEPRECATED, PLOT_KINDS, THRESHOLDS_HELP, _parser
 from breakeven.experiments.configs import PRESETS_DIR, list_presets, list_scales, load_config
+from helpers import run_config
 from test_analysis import peaked_sweep
 
 COMMANDS = ["run", "sweep", "verdict", "presets", "show", "export", "report", "plot"]
@@ -244,11 +245,9 @@ def test_the_progress_bar_ends_with_the_final_evaluation(tmp_path, tiny_npz):
     from breakeven.experiments import run
     from breakeven.experiments.runner import _Progress
     from breakeven.records import read_summary
-    from test_cli import TOML
 
-    npz = tiny_npz
-    config = tmp_path / "tiny.toml"
-    config.write_text(TOML.format(npz=npz))  # 12 steps, evaluated every 4: at the last step
+    # 12 steps, evaluated every 4: at the last step
+    config = run_config(tmp_path / "tiny.toml", tiny_npz)
     for use_tqdm in (False, True):
         if use_tqdm:
             pytest.importorskip("tqdm")
