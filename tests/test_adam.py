@@ -201,6 +201,7 @@ def test_resume_from_every_checkpoint_keeps_params_and_adam_state_bitwise(which)
         assert strip(before + tracker.records_) == strip(full_tracker.records_)
 
 
+@pytest.mark.slow  # two fresh interpreters that train (make test-slow; CI runs it)
 def test_cli_run_takes_the_optimizer_from_set_and_stores_its_state(tmp_path) -> None:
     npz = write_tiny_npz(tmp_path / "tiny.npz")
     track = {"covariance": None, "hessian": None, "preconditioned_sharpness": {"every": 3}}
