@@ -247,14 +247,15 @@ def run_config(
     npz: str | os.PathLike | None = None,
     **sections: Any,
 ) -> Path:
-    """Write the tiny run config :data:`RUN_CONFIG` to ``path`` as TOML (the run's name is
-    the file's stem, as ``breakeven run`` reads it) and return ``path``. ``npz`` is the
-    training data (``train.dataset_kwargs.root``; see :func:`write_tiny_npz`).
+    """Write the tiny run config :data:`RUN_CONFIG` to ``path`` as TOML and return ``path``
+    (the run's name is the file's stem unless ``name=`` is given). ``npz`` is the training
+    data (``train.dataset_kwargs.root``; see :func:`write_tiny_npz`).
 
     Each keyword is a top-level key: a table updates the default table of that name key by
-    key (a new table is added), a key set to None is left out, a table set to None is left
-    out, a plain value (``name="x"``) is written before the tables. Nothing is validated:
-    wrong keys and values are written as given, for the tests of the runner's errors."""
+    key (a new table is added; a value that is a table replaces the default value whole),
+    a key set to None is left out, a table set to None is left out, a plain value
+    (``name="x"``) is written before the tables. Nothing is validated: wrong keys and
+    values are written as given, for the tests of the runner's errors."""
     tables = {k: dict(v) for k, v in RUN_CONFIG.items()}
     if npz is not None:
         tables["train"]["dataset_kwargs"] = {"root": str(npz)}

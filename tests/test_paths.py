@@ -34,36 +34,22 @@ from breakeven.records import (
 )
 from breakeven.tracking.store import RUN_FILES, RunStore
 from breakeven.train import ConfigError
-from helpers import write_run
-
-TOML = """
-name = "{name}"
-[sweep]
-grid = {{ "train.lr" = [0.1] }}
-seeds = 1
-
-[run]
-checkpoint_every = 2
-
-[train]
-model = "mlp"
-model_kwargs = {{ hidden = [4] }}
-dataset = "npz"
-dataset_kwargs = {{ root = "{npz}" }}
-lr = 0.1
-batch_size = 20
-epochs = 1
-eval_every = 3
-num_threads = 1
-"""
+from helpers import run_config, write_run
 
 
 @pytest.fixture
 def config(tmp_path: Path, tiny_npz: Path) -> Path:
     """A tiny run config (3 steps on a tiny .npz dataset) with a one-run sweep table."""
-    path = tmp_path / "tiny.toml"
-    path.write_text(TOML.format(name="tiny", npz=tiny_npz))
-    return path
+    train = {"model_kwargs": {"hidden": [4]}, "batch_size": 20, "epochs": 1, "eval_every": 3}
+    return run_config(
+        tmp_path / "tiny.toml",
+        tiny_npz,
+        name="tiny",
+        sweep={"grid": {"train.lr": [0.1]}, "seeds": 1},
+        run={"checkpoint_every": 2},
+        train=train,
+        track=None,
+    )
 
 
 @pytest.fixture
