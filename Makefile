@@ -44,7 +44,8 @@ chromium:
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
-# The multi-process and browser tests (torchrun, real signals, process pools, Ray, Chromium):
+# The multi-process and browser tests (torchrun, real signals, process pools, Ray, Chromium),
+# end-to-end command lines that quicker tests cover in parts, the rest of big random families:
 # minutes; CI runs them after `make test`.
 test-slow: $(STAMP) chromium
 	$(PY) -m pytest -q -m slow

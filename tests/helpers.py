@@ -1,6 +1,7 @@
 """The one copy of each helper the tests share: a toy dataset, bitwise state equality, run and
-sweep directories written through the run store, and tiny dataset files in their standard
-formats. Fixtures built on them are in conftest.py; the curvature cases in cases.py."""
+sweep directories written through the run store, tiny dataset files in their standard
+formats, and tiny run configs (TOML). Fixtures built on them are in conftest.py; the curvature
+cases in cases.py."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import json
 import math
 import os
 import pickle
+import re
 import struct
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -196,3 +198,78 @@ def write_cifar(folder: Path, n: int = 8, protocol: int = 2) -> Path:
         with open(folder / name, "wb") as f:
             pickle.dump(batch, f, protocol=protocol)
     return folder
+
+
+# ---------------------------------------------------------------- run configs (TOML)
+
+# The tiny run of ``run_config``: an 8-unit MLP on a tiny .npz, 2 epochs of batches of 10,
+# evaluated every 4 steps, the covariance and Hessian measured, a checkpoint every 5 steps.
+RUN_CONFIG: dict[str, dict[str, Any]] = {
+    "run": {"checkpoint_every": 5},
+    "train": {
+        "model": "mlp",
+        "model_kwargs": {"hidden": [8]},
+        "dataset": "npz",
+        "dataset_kwargs": None,  # {"root": npz}
+        "lr": 0.1,
+        "batch_size": 10,
+        "epochs": 2,
+        "eval_every": 4,
+        "num_threads": 1,
+    },
+    "track": {
+        "covariance": {"every": 3, "num_batches": 3},
+        "hessian": {"every": "epoch", "k": 1},
+    },
+}
+
+
+def _toml_key(key: str) -> str:
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else json.dumps(key)
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return repr(v)  # inf and nan are TOML's own spelling too
+    if isinstance(v, str | os.PathLike):
+        return json.dumps(str(v))  # JSON's escapes are TOML's
+    if isinstance(v, Mapping):
+        return "{ " + ", ".join(f"{_toml_key(k)} = {_toml_value(x)}" for k, x in v.items()) + " }"
+    if isinstance(v, Sequence):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise TypeError(f"no TOML for {v!r}")
+
+
+def run_config(
+    path: str | os.PathLike,
+    npz: str | os.PathLike | None = None,
+    **sections: Any,
+) -> Path:
+    """Write the tiny run config :data:`RUN_CONFIG` to ``path`` as TOML and return ``path``
+    (the run's name is the file's stem unless ``name=`` is given). ``npz`` is the training
+    data (``train.dataset_kwargs.root``; see :func:`write_tiny_npz`).
+
+    Each keyword is a top-level key: a table updates the default table of that name key by
+    key (a new table is added; a value that is a table replaces the default value whole),
+    a key set to None is left out, a table set to None is left out, a plain value
+    (``name="x"``) is written before the tables. Nothing is validated: wrong keys and
+    values are written as given, for the tests of the runner's errors."""
+    tables = {k: dict(v) for k, v in RUN_CONFIG.items()}
+    if npz is not None:
+        tables["train"]["dataset_kwargs"] = {"root": str(npz)}
+    plain = {}
+    for key, value in sections.items():
+        if isinstance(value, Mapping):
+            tables[key] = {**tables.get(key, {}), **value}
+        elif value is None:
+            tables.pop(key, None)
+        else:
+            plain[key] = value
+    lines = [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in plain.items()]
+    for name, table in tables.items():
+        lines += ["", f"[{_toml_key(name)}]"]
+        lines += [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in table.items() if v is not None]
+    Path(path).write_text("\n".join(lines).lstrip("\n") + "\n")
+    return Path(path)

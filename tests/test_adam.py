@@ -17,7 +17,7 @@ from breakeven.data import Dataset
 from breakeven.experiments import run
 from breakeven.records import read_records, read_status
 from breakeven.train import ConfigError, TrainConfig, build_optimizer, train
-from helpers import write_tiny_npz
+from helpers import run_config, write_tiny_npz
 
 
 def toy(n: int = 90, shape: tuple[int, ...] = (1, 6, 6), classes: int = 3) -> Dataset:
@@ -201,30 +201,11 @@ def test_resume_from_every_checkpoint_keeps_params_and_adam_state_bitwise(which)
         assert strip(before + tracker.records_) == strip(full_tracker.records_)
 
 
-TOML = """
-[run]
-checkpoint_every = 5
-
-[train]
-model = "mlp"
-model_kwargs = {{ hidden = [8] }}
-dataset = "npz"
-dataset_kwargs = {{ root = "{npz}" }}
-lr = 0.01
-batch_size = 10
-epochs = 2
-eval_every = 4
-num_threads = 1
-
-[track]
-preconditioned_sharpness = {{ every = 3 }}
-"""
-
-
+@pytest.mark.slow  # two fresh interpreters that train (make test-slow; CI runs it)
 def test_cli_run_takes_the_optimizer_from_set_and_stores_its_state(tmp_path) -> None:
     npz = write_tiny_npz(tmp_path / "tiny.npz")
-    config = tmp_path / "tiny.toml"
-    config.write_text(TOML.format(npz=npz))
+    track = {"covariance": None, "hessian": None, "preconditioned_sharpness": {"every": 3}}
+    config = run_config(tmp_path / "tiny.toml", npz, train={"lr": 0.01}, track=track)
     out = tmp_path / "run"
     cmd = [
         sys.executable,

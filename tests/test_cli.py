@@ -25,34 +25,13 @@ from breakeven.experiments import (
 from breakeven.experiments.runner import _Progress
 from breakeven.tracking import build_tracker
 from breakeven.train import ConfigError
-
-TOML = """
-[run]
-checkpoint_every = 5
-
-[train]
-model = "mlp"
-model_kwargs = {{ hidden = [8] }}
-dataset = "npz"
-dataset_kwargs = {{ root = "{npz}" }}
-lr = 0.1
-batch_size = 10
-epochs = 2
-eval_every = 4
-num_threads = 1
-
-[track]
-covariance = {{ every = 3, num_batches = 3 }}
-hessian = {{ every = "epoch", k = 1 }}
-"""
+from helpers import run_config
 
 
 @pytest.fixture
 def config(tmp_path: Path, tiny_npz: Path) -> Path:
     """A tiny run config on a tiny .npz dataset (uint8 8x8 images, 3 classes)."""
-    path = tmp_path / "tiny.toml"
-    path.write_text(TOML.format(npz=tiny_npz))
-    return path
+    return run_config(tmp_path / "tiny.toml", tiny_npz)
 
 
 def test_presets_are_listed_and_valid(capsys) -> None:

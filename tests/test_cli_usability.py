@@ -20,6 +20,7 @@ import pytest
 
 from breakeven.cli import DEPRECATED, PLOT_KINDS, THRESHOLDS_HELP, _parser
 from breakeven.experiments.configs import PRESETS_DIR, list_presets, list_scales, load_config
+from helpers import run_config
 from test_analysis import peaked_sweep
 
 COMMANDS = ["run", "sweep", "verdict", "presets", "show", "export", "report", "plot"]
@@ -124,18 +125,23 @@ def test_the_choices_are_listed_from_the_registries():
         ["--thresholds", "0.5,0.7"],
         ["--thresholds", "0.5", "--thresholds", "0.7"],
         ["--thresholds", "0.5,", "--thresholds", " 0.7"],
+        ["--threshold", "0.5", "--threshold", "0.7"],  # the old spelling
     ],
 )
 @pytest.mark.parametrize("command", ["verdict", "report", "plot"])
-def test_every_command_takes_lists_comma_separated_or_repeated(command, given):
+def test_every_command_takes_lists_comma_separated_or_repeated(command, given, capsys):
     head = {"verdict": ["verdict", "S"], "report": ["report", "S"]}
-    argv = head.get(command, ["plot", "trajectories", "S", "--out", "x.png"]) + given
-    assert _parser().parse_args(argv).thresholds == [0.5, 0.7]
+    argv = head.get(command, ["plot", "trajectories", "S", "--out", "x.png"])
+    assert _parser().parse_args(argv + given).thresholds == [0.5, 0.7]
     if command == "plot":
-        keys = ["--keys", "a,b", "--keys", "c"]
-        assert _parser().parse_args(argv + keys).keys == ["a", "b", "c"]
+        for keys in (["--keys", "a,b", "--keys", "c"], ["--key", "a,b", "--key", "c"]):
+            assert _parser().parse_args(argv + given + keys).keys == ["a", "b", "c"]
+    with pytest.raises(SystemExit) as e:
+        _parser().parse_args([*argv, "--thresholds", "0.5,high"])
+    assert e.value.code == 2 and "'0.5,high' is invalid" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # five fresh interpreters: the parser test above covers each spelling
 def test_lists_through_the_command_line_and_the_old_spelling_still_works(sweep_dir, tmp_path):
     headers = []
     for given in (["--thresholds", "0.5,0.7"], ["--threshold", "0.5", "--threshold", "0.7"]):
@@ -244,11 +250,9 @@ def test_the_progress_bar_ends_with_the_final_evaluation(tmp_path, tiny_npz):
     from breakeven.experiments import run
     from breakeven.experiments.runner import _Progress
     from breakeven.records import read_summary
-    from test_cli import TOML
 
-    npz = tiny_npz
-    config = tmp_path / "tiny.toml"
-    config.write_text(TOML.format(npz=npz))  # 12 steps, evaluated every 4: at the last step
+    # 12 steps, evaluated every 4: at the last step
+    config = run_config(tmp_path / "tiny.toml", tiny_npz)
     for use_tqdm in (False, True):
         if use_tqdm:
             pytest.importorskip("tqdm")

@@ -66,34 +66,19 @@ def test_distributed_needs_a_process_group():
         be.gradient_covariance(c.model, c.loss_fn, [c.data, c.data], distributed=True)
 
 
-RUN_TOML = """
-[run]
-checkpoint_every = 10
-[train]
-model = "mlp"
-model_kwargs = {{ hidden = [16] }}
-dataset = "npz"
-dataset_kwargs = {{ root = "{npz}" }}
-lr = 0.1
-batch_size = 16
-epochs = {epochs}
-eval_every = 10
-num_threads = 1
-[track]
-covariance = {{ every = 5, num_batches = 4 }}
-hessian = {{ every = 10, k = 1 }}
-stability = {{ every = 10 }}
-loss_change = {{ every = 5 }}
-"""
-
-
 def _config(tmp_path, epochs):
-    from helpers import write_tiny_npz
+    from helpers import run_config, write_tiny_npz
 
     npz = write_tiny_npz(tmp_path / "tiny.npz", n=200, n_train=160)
+    train = {"model_kwargs": {"hidden": [16]}, "batch_size": 16, "epochs": epochs, "eval_every": 10}
+    track = {
+        "covariance": {"every": 5, "num_batches": 4},
+        "hessian": {"every": 10, "k": 1},
+        "stability": {"every": 10},
+        "loss_change": {"every": 5},
+    }
     path = tmp_path / f"tiny{epochs}.toml"
-    path.write_text(RUN_TOML.format(npz=npz, epochs=epochs))
-    return path
+    return run_config(path, npz, run={"checkpoint_every": 10}, train=train, track=track)
 
 
 def _torchrun(config, out):

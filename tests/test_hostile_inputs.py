@@ -16,8 +16,7 @@ from breakeven.errors import ConfigError
 from breakeven.experiments import run
 from breakeven.records import read_records
 from breakeven.tracking.sinks import parse_log
-from helpers import write_run, write_sweep
-from test_cli import TOML
+from helpers import run_config, write_run, write_sweep
 from test_tracking import data, loop, make
 
 
@@ -99,8 +98,8 @@ def test_the_adam_threshold_is_the_optimizer_s_learning_rate():
 
 
 def test_a_run_tracking_adam_measures_under_sgd_is_refused_before_any_file(tmp_path, tiny_npz):
-    config = tmp_path / "c.toml"
-    config.write_text(TOML.format(npz=tiny_npz) + "preconditioned_sharpness = { every = 3 }\n")
+    track = {"preconditioned_sharpness": {"every": 3}}
+    config = run_config(tmp_path / "c.toml", tiny_npz, track=track)
     with pytest.raises(ConfigError, match=r"track.preconditioned_sharpness: .*optimizer"):
         run(config, tmp_path / "out")
     assert not (tmp_path / "out").exists()

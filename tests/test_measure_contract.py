@@ -12,6 +12,7 @@ import breakeven as be
 from breakeven.cli import main
 from breakeven.measures import tracked
 from breakeven.records import read_records
+from helpers import run_config
 from test_tracking import ADAM, ALL, loop, make, tracker_for_loop
 
 # The README's example of a user-defined measure, run verbatim below.
@@ -328,30 +329,17 @@ def test_the_readme_measure_in_a_loop(registry):
     assert got[("grad_norm", 0)]["grad_norm"] == pytest.approx(norm, rel=1e-12)
 
 
-TOML = """
-[train]
-model = "mlp"
-model_kwargs = {{ hidden = [8] }}
-dataset = "npz"
-dataset_kwargs = {{ root = "{npz}" }}
-lr = 0.1
-batch_size = 10
-epochs = 1
-num_threads = 1
-
-[track]
-hessian = {{ every = 2 }}
-grad_norm = {{ every = 2 }}
-"""
+# helpers.run_config's tiny run, one epoch, with these measures every 2 steps
+TRAIN = {"epochs": 1, "eval_every": None}
+EVERY_2 = {"every": 2}
 
 
 def test_a_cycle_stops_breakeven_run_before_its_folder_exists(registry, tmp_path, tiny_npz, capsys):
     first = be.register_measure("first")(type("First", (_Needs,), {"requires": ()}))
     be.register_measure("second")(type("Second", (_Needs,), {"requires": ("first",)}))
     first.requires = ("second",)  # a cycle no registration order could make
-    config = tmp_path / "cycle.toml"
-    toml = TOML.format(npz=tiny_npz)
-    config.write_text(toml.replace("hessian = {", "first = {").replace("grad_norm", "second"))
+    track = {"covariance": None, "hessian": None, "first": EVERY_2, "second": EVERY_2}
+    config = run_config(tmp_path / "cycle.toml", tiny_npz, run=None, train=TRAIN, track=track)
     out = tmp_path / "run"
     assert main(["run", str(config), "--out", str(out), "--no-progress"]) == 2
     assert "requirements form a cycle (first requires ['second']" in capsys.readouterr().err
@@ -360,8 +348,8 @@ def test_a_cycle_stops_breakeven_run_before_its_folder_exists(registry, tmp_path
 
 def test_the_readme_measure_in_breakeven_run(registry, tmp_path, tiny_npz):
     exec(README_EXAMPLE, {})
-    config = tmp_path / "user.toml"
-    config.write_text(TOML.format(npz=tiny_npz))
+    track = {"covariance": None, "hessian": EVERY_2, "grad_norm": EVERY_2}
+    config = run_config(tmp_path / "user.toml", tiny_npz, run=None, train=TRAIN, track=track)
     out = tmp_path / "run"
     assert main(["run", str(config), "--out", str(out), "--no-progress"]) == 0
     records = [r for r in read_records(out) if r["measure"] == "grad_norm"]

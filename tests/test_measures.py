@@ -1,5 +1,6 @@
 """The public estimators against dense float64 answers on the catalogue of tiny cases."""
 
+import functools
 import math
 import warnings
 
@@ -158,12 +159,21 @@ def test_per_example_covariance_falls_back_with_a_reason():
 # --------------------------------------------------------------------------- curvature, stability
 
 
+@functools.cache
+def top_curvatures(name: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The top Hessian eigenvector of the case ``name`` (``n`` examples) and each example's
+    curvature along it, from dense per-example Hessians; computed once for the three methods
+    (seconds for the LSTM): do not modify them."""
+    c = make_case(name, n=n)
+    e = torch.linalg.eigh(dense_hessian(c.model, c.loss_fn, c.data))[1][:, -1]
+    Hi = per_example_hessians(c.model, c.loss_fn, c.x, c.y)
+    return e, torch.einsum("d,nde,e->n", e, Hi, e)
+
+
 @pytest.mark.examples(8)
 @pytest.mark.parametrize("method", ["auto", "forward", "reverse"])
 def test_curvature_variance_equals_explicit_per_example_hessians(case, method):
-    e = torch.linalg.eigh(dense_hessian(case.model, case.loss_fn, case.data))[1][:, -1]
-    Hi = per_example_hessians(case.model, case.loss_fn, case.x, case.y)
-    exact = torch.einsum("d,nde,e->n", e, Hi, e)
+    e, exact = top_curvatures(case.name, len(case.x))
     ours = be.per_example_curvatures(
         case.model, case.loss_fn, case.data, e, method=method, chunk_size=3
     )
@@ -257,6 +267,13 @@ def _exact_stability(model, probe, bn_mode, chunk):
     return float(lam[-1]), s2
 
 
+@functools.cache
+def _exact_bn_stability(mode, chunk):
+    """:func:`_exact_stability` of :func:`_bn_net` (seconds): computed once per mode and
+    chunk size for the tests below."""
+    return _exact_stability(*_bn_net(), mode, chunk)
+
+
 @pytest.mark.parametrize(
     ("hessian", "stability", "mode", "chunk"),
     [
@@ -275,16 +292,15 @@ def test_stability_takes_lambda_e_and_s2_from_one_operator(hessian, stability, m
     if hessian is not None:
         spec = {"hessian": {"every": 1, **hessian}, **spec}
     st = _measured(model, probe, spec)["stability"]
-    lam, s2 = _exact_stability(model, probe, mode, chunk)
+    lam, s2 = _exact_bn_stability(mode, chunk)
     assert st["lambda_H_1"] == pytest.approx(lam, rel=1e-4)
     assert st["s2"] == pytest.approx(s2, rel=1e-3)
     assert st["stability"] == pytest.approx(be.stability(0.05, 8, 1000, lam, s2), rel=1e-3)
 
 
 def test_the_two_batchnorm_modes_are_different_matrices():
-    model, probe = _bn_net()
-    eval_mode = _exact_stability(model, probe, "eval", None)
-    train_mode = _exact_stability(model, probe, "train", 8)
+    eval_mode = _exact_bn_stability("eval", None)
+    train_mode = _exact_bn_stability("train", 8)
     assert abs(eval_mode[1] - train_mode[1]) > 0.1 * min(eval_mode[1], train_mode[1])
 
 

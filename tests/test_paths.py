@@ -34,36 +34,22 @@ from breakeven.records import (
 )
 from breakeven.tracking.store import RUN_FILES, RunStore
 from breakeven.train import ConfigError
-from helpers import write_run
-
-TOML = """
-name = "{name}"
-[sweep]
-grid = {{ "train.lr" = [0.1] }}
-seeds = 1
-
-[run]
-checkpoint_every = 2
-
-[train]
-model = "mlp"
-model_kwargs = {{ hidden = [4] }}
-dataset = "npz"
-dataset_kwargs = {{ root = "{npz}" }}
-lr = 0.1
-batch_size = 20
-epochs = 1
-eval_every = 3
-num_threads = 1
-"""
+from helpers import run_config, write_run
 
 
 @pytest.fixture
 def config(tmp_path: Path, tiny_npz: Path) -> Path:
     """A tiny run config (3 steps on a tiny .npz dataset) with a one-run sweep table."""
-    path = tmp_path / "tiny.toml"
-    path.write_text(TOML.format(name="tiny", npz=tiny_npz))
-    return path
+    train = {"model_kwargs": {"hidden": [4]}, "batch_size": 20, "epochs": 1, "eval_every": 3}
+    return run_config(
+        tmp_path / "tiny.toml",
+        tiny_npz,
+        name="tiny",
+        sweep={"grid": {"train.lr": [0.1]}, "seeds": 1},
+        run={"checkpoint_every": 2},
+        train=train,
+        track=None,
+    )
 
 
 @pytest.fixture
@@ -181,6 +167,7 @@ def test_a_run_name_never_writes_outside_runs(name, config, tmp_path, monkeypatc
     assert (work / "model.pt").read_text() == "mine"
 
 
+@pytest.mark.slow  # a fresh interpreter: test_a_run_name_never_writes_outside_runs is in-process
 def test_a_run_named_dotdot_through_the_real_command_line(config, tmp_path) -> None:
     work = tmp_path / "work"
     work.mkdir()
@@ -222,6 +209,7 @@ def test_a_sweep_name_and_scale_make_one_plain_directory_name(config) -> None:
         plan_sweep(config)
 
 
+@pytest.mark.slow  # a fresh interpreter: test_grid_keys_cannot_make_paths is in-process
 def test_an_absolute_grid_key_through_the_real_command_line(config, tmp_path) -> None:
     target = tmp_path / "elsewhere"
     out = tmp_path / "sweep"
@@ -282,6 +270,7 @@ def test_stale_temporary_links_are_removed_not_followed(tmp_path: Path, victim) 
     assert not any(p.is_symlink() for p in out.iterdir())
 
 
+@pytest.mark.slow  # end to end (make test-slow): the quick tests above cover each planted link
 def test_cli_run_replaces_planted_temporary_links(config, tmp_path, victim) -> None:
     out = tmp_path / "run"
     out.mkdir()
@@ -338,6 +327,7 @@ def test_cli_report_never_writes_through_links(tmp_path, victim, capsys) -> None
     assert victim()
 
 
+@pytest.mark.slow  # end to end (make test-slow): the quick tests above cover each planted link
 def test_cli_sweep_replaces_planted_temporary_links(config, tmp_path, victim) -> None:
     out = tmp_path / "sweep"
     member = out / "runs" / "lr=0.1_seed=0"

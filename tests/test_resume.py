@@ -23,7 +23,7 @@ from breakeven.experiments import run
 from breakeven.records import read_records, read_status
 from breakeven.tracking import build_tracker
 from breakeven.train import TrainConfig, train
-from helpers import assert_same_state, toy, write_npz
+from helpers import assert_same_state, run_config, toy, write_npz
 
 
 def _dropout_bn(input_shape, num_classes, hidden: int = 12) -> nn.Module:
@@ -116,29 +116,6 @@ def test_checkpoint_state_is_a_copy_and_resume_is_checked() -> None:
 # ---------------------------------------------------------------- SIGKILL, real subprocess
 
 
-CONFIG = """
-[run]
-checkpoint_every = 40
-
-[train]
-model = "mlp"
-model_kwargs = {{ hidden = [256, 256] }}
-dataset = "npz"
-dataset_kwargs = {{ root = "{npz}" }}
-lr = 0.05
-momentum = 0.9
-batch_size = 32
-epochs = 4
-eval_every = 20
-num_threads = 1
-
-[track]
-covariance = {{ every = 10, num_batches = 4 }}
-hessian = {{ every = "epoch", k = 1 }}
-loss_change = {{ every = 10 }}
-"""
-
-
 @pytest.fixture(scope="module")
 def kill_setup(tmp_path_factory) -> dict:
     """A tiny .npz dataset, its config, and one uninterrupted run to compare with."""
@@ -148,8 +125,18 @@ def kill_setup(tmp_path_factory) -> dict:
     y = (x.reshape(len(x), -1).astype(np.float32) @ g.standard_normal((256, 4))).argmax(1)
     npz = root / "tiny.npz"
     write_npz(npz, x, y, 960)
-    config = root / "tiny.toml"
-    config.write_text(CONFIG.format(npz=npz))
+    train = {
+        "model_kwargs": {"hidden": [256, 256]},
+        "lr": 0.05,
+        "momentum": 0.9,
+        "batch_size": 32,
+        "epochs": 4,
+        "eval_every": 20,
+    }
+    track = {"covariance": {"every": 10, "num_batches": 4}, "loss_change": {"every": 10}}
+    config = run_config(
+        root / "tiny.toml", npz, run={"checkpoint_every": 40}, train=train, track=track
+    )
     ref = root / "reference"  # in this process: a subprocess would cost 5 s of imports
     assert run(config, ref).status == "finished"
     return {"root": root, "config": config, "ref": ref}

@@ -19,26 +19,10 @@ import helpers
 from breakeven.cli import main
 from breakeven.data import CorruptDatasetError
 from breakeven.train import ConfigError, TrainConfig, prepare_model, train
-from helpers import assert_same_state, toy
+from helpers import assert_same_state, run_config, toy
 
-TOML = """
-[run]
-checkpoint_every = 5
-
-[train]
-model = "mlp"
-model_kwargs = {{ hidden = [8] }}
-dataset = "npz"
-dataset_kwargs = {{ root = "{npz}" }}
-lr = 0.1
-batch_size = 10
-epochs = 1
-num_threads = 1
-
-[track]
-covariance = {{ every = 3, num_batches = 3 }}
-hessian = {{ every = "epoch", k = 1 }}
-"""
+# the tiny run of helpers.run_config, one epoch, evaluated only at the end
+TRAIN = {"epochs": 1, "eval_every": None}
 
 
 def write_npz(path: Path, x: np.ndarray) -> Path:
@@ -138,21 +122,19 @@ def test_errors_found_with_the_data_stop_before_the_run_directory_exists(
     case, data, tmp_path, capsys
 ) -> None:
     which, overrides, message = CASES[case]
-    config = tmp_path / "run.toml"
-    config.write_text(TOML.format(npz=data[which]))
+    config = run_config(tmp_path / "run.toml", data[which], train=TRAIN)
     out = tmp_path / "out"
     argv = ["run", str(config), "--out", str(out), "--no-progress"]
     assert main([*argv, *[a for o in overrides for a in ("--set", o)]]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and re.search(message, err), err
     assert not out.exists()  # nothing written: the corrected config may use the directory
-    config.write_text(TOML.format(npz=data["images"]))
+    run_config(config, data["images"], train=TRAIN)
     assert main(argv) == 0
 
 
 def test_the_command_line_reports_a_data_error_in_one_line(data, tmp_path) -> None:
-    config = tmp_path / "run.toml"
-    config.write_text(TOML.format(npz=data["images"]))
+    config = run_config(tmp_path / "run.toml", data["images"], train=TRAIN)
     out = tmp_path / "out"
     cmd = [
         sys.executable,

@@ -376,6 +376,7 @@ def test_importing_breakeven_imports_no_sink_package() -> None:
     assert out.stdout.strip() == "[]", out.stderr
 
 
+@pytest.mark.slow  # two fresh interpreters importing the sinks (make test-slow; CI runs it)
 def test_cli_log_flags_and_table(tmp_path: Path) -> None:
     """``breakeven run`` with a ``[log]`` table and ``--log`` flags: both sinks write;
     unknown sinks are refused before a run directory exists (exit 2)."""

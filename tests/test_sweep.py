@@ -18,43 +18,21 @@ from breakeven.cli import main
 from breakeven.experiments import SweepBusyError, parse_grid, plan_sweep, sweep
 from breakeven.records import read_records, read_status, read_summary
 from breakeven.train import ConfigError
-from helpers import write_tiny_npz
-
-TOML = """
-name = "tiny"
-[sweep]
-grid = {{ "train.lr" = [0.05, 0.2] }}
-seeds = 2
-
-[run]
-checkpoint_every = 4
-
-[train]
-model = "mlp"
-model_kwargs = {{ hidden = [8] }}
-dataset = "npz"
-dataset_kwargs = {{ root = "{npz}" }}
-lr = 0.1
-batch_size = 10
-epochs = 2
-eval_every = 3
-num_threads = 1
-
-[track]
-covariance = {{ every = 2, num_batches = 3 }}
-hessian = {{ every = 4, k = 1 }}
-
-[scale.quick]
-train.epochs = 1
-track.covariance.every = 3
-"""
+from helpers import run_config, write_tiny_npz
 
 
 @pytest.fixture
 def preset(tmp_path: Path, tiny_npz: Path) -> Path:
-    path = tmp_path / "tiny.toml"
-    path.write_text(TOML.format(npz=tiny_npz))
-    return path
+    return run_config(
+        tmp_path / "tiny.toml",
+        tiny_npz,
+        name="tiny",
+        sweep={"grid": {"train.lr": [0.05, 0.2]}, "seeds": 2},
+        run={"checkpoint_every": 4},
+        train={"eval_every": 3},
+        track={"covariance": {"every": 2, "num_batches": 3}, "hessian": {"every": 4, "k": 1}},
+        scale={"quick": {"train": {"epochs": 1}, "track": {"covariance": {"every": 3}}}},
+    )
 
 
 def test_plan_is_the_grid_times_the_seeds(preset):
@@ -306,25 +284,14 @@ def test_a_worker_runs_jobs_until_its_connection_ends_and_none_once_its_parent_i
     assert [out.exists() for out in outs] == [parent_alive] * len(outs)
 
 
-SLOW_TOML = """
-name = "slow"
-[run]
-checkpoint_every = 3
-
-[train]
-model = "mlp"
-model_kwargs = {{ hidden = [256, 256] }}
-dataset = "npz"
-dataset_kwargs = {{ root = "{npz}" }}
-lr = 0.05
-batch_size = 10
-epochs = 8
-eval_every = 6
-
-[track]
-covariance = {{ every = 3, num_batches = 4 }}
-hessian = {{ every = 6, k = 1 }}
-"""
+SLOW_TRAIN = {  # 48 steps of a larger MLP
+    "model_kwargs": {"hidden": [256, 256]},
+    "lr": 0.05,
+    "epochs": 8,
+    "eval_every": 6,
+    "num_threads": None,
+}
+SLOW_TRACK = {"covariance": {"every": 3, "num_batches": 4}, "hessian": {"every": 6, "k": 1}}
 SLOW_GRID = {"train.lr": [0.05, 0.1]}
 SLOW_RUNS = ["lr=0.05_seed=0", "lr=0.05_seed=1", "lr=0.1_seed=0", "lr=0.1_seed=1"]
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
@@ -338,8 +305,11 @@ def slow(tmp_path_factory) -> dict:
     import torch
 
     root = tmp_path_factory.mktemp("slow")
-    config = root / "slow.toml"
-    config.write_text(SLOW_TOML.format(npz=write_tiny_npz(root / "tiny.npz")))
+    npz = write_tiny_npz(root / "tiny.npz")
+    every_3 = {"checkpoint_every": 3}
+    config = run_config(
+        root / "slow.toml", npz, name="slow", run=every_3, train=SLOW_TRAIN, track=SLOW_TRACK
+    )
     ref = root / "reference"
     threads = plan_sweep(config, grid=SLOW_GRID, seeds=2, workers=2).threads
     before = torch.get_num_threads()
