@@ -39,7 +39,7 @@ from typing import Any
 
 # Only light modules at the top: the commands that read records (show, verdict, export,
 # presets, --help) never import torch; run and sweep import it when they start.
-from ._core.formatting import fmt
+from ._core.formatting import fmt, package_version
 from .errors import ConfigError, CorruptDatasetError, DatasetNotFoundError
 from .records import (
     EVAL_MEASURE,
@@ -69,7 +69,8 @@ EXIT_CODES = """exit codes:
   1    a run failed or diverged (run), or a run of the sweep failed (sweep)
   2    invalid arguments, config or output directory (nothing was trained), a dataset
        that cannot be found or read (reported once), or a run or sweep file that cannot
-       be read or written safely (a one-line message naming the file)
+       be read or written safely (a one-line message naming the file; `show` of a
+       sweep still prints its other runs)
   130  `breakeven run` was interrupted (Ctrl-C): its status says so; rerun to resume
   143  `breakeven run` was terminated (SIGTERM): its status says so; rerun to resume
 """
@@ -100,18 +101,6 @@ EXAMPLES = {
   breakeven plot trajectories runs/sweeps/fig4_simplecnn_lr-quick --out traj.png
   breakeven plot trajectories RUN --keys lambda_K_1,trace_K --thresholds 0.5,0.65 --out t.svg""",
 }
-
-
-def _version() -> str:
-    """The installed distribution's version (package metadata), else the package's own."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("breakeven")
-    except PackageNotFoundError:  # pragma: no cover  (run from a source tree)
-        from . import __version__
-
-        return __version__
 
 
 def _preset_scales() -> list[str]:
@@ -196,7 +185,7 @@ def _parser() -> argparse.ArgumentParser:
         + "\nRun `breakeven COMMAND --help` for a command's options and examples.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    p.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     scales = ", ".join(_preset_scales())
     scale_help = (
@@ -392,13 +381,16 @@ def _show(run_dir: str) -> int:
 def _show_sweep(path: Path) -> int:
     """``breakeven show SWEEP_DIR``: the sweep's runs in its plan's order, one line each
     (status, steps, final validation accuracy, the maxima of ``breakeven show RUN``); a
-    run not started yet shows ``not started``."""
+    run not started yet shows ``not started``. A run whose files cannot be read shows
+    ``cannot be read:`` and why (naming the file) on its line, after which the others are
+    still shown; the exit code is then 2 (else 0)."""
     from .analysis import TOP_EIGENVALUES
     from .records import read_sweep_spec
 
     maxima = [_max_label(key) for key, _ in TOP_EIGENVALUES]
     header = ["run", "status", "steps", "val acc", *maxima]
-    table = [header]
+    table: list[list[str]] = [header]
+    unreadable: dict[int, str] = {}  # row -> why
     for run in read_sweep_spec(path).get("runs", []):
         run_dir = inside(path, "runs", run["name"])
         try:
@@ -406,15 +398,20 @@ def _show_sweep(path: Path) -> int:
         except FileNotFoundError:  # no config.json: the sweep has not reached this run
             table.append([run["name"], "not started"] + ["-"] * (len(header) - 2))
             continue
+        except RunStoreError as e:
+            unreadable[len(table)] = f"cannot be read: {e}"
+            table.append([run["name"]])
+            continue
         val = rows.get("final val loss / acc", "- / -").rpartition(" / ")[2]
         table.append(
             [run["name"], rows["status"], rows["steps"], val, *(rows.get(m, "-") for m in maxima)]
         )
-    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    widths = [max(len(row[i]) for row in table if len(row) > i) for i in range(len(header))]
     print(f"sweep {path}: {len(table) - 1} runs")
-    for row in table:
-        print("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
-    return 0
+    for i, row in enumerate(table):
+        cells = [*row, unreadable[i]] if i in unreadable else row
+        print("  ".join(v.ljust(w) for v, w in zip(cells, widths)).rstrip())
+    return 2 if unreadable else 0
 
 
 def _presets() -> int:

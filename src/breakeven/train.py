@@ -57,6 +57,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ._core.checks import FRACTION, POSITIVE
+from ._core.checks import is_real as _is_real
 from ._core.distributed import world_and_rank
 from .data import _LOADERS as _DATASET_LOADERS
 from .data import CorruptDatasetError, Dataset, augment_crop_flip, list_datasets, load_dataset
@@ -80,10 +82,6 @@ __all__ = [
 
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_real(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _loader_options(dataset: str) -> Mapping[str, inspect.Parameter]:
@@ -130,11 +128,8 @@ _FIELD_CHECKS: tuple[_Check, ...] = (
         _loader_accepts,
         lambda c: f"options of the {c.dataset!r} loader: {sorted(_loader_options(c.dataset))}",
     ),
-    *(
-        (k, lambda v, c: _is_real(v) and v > 0, "a finite number > 0")
-        for k in ("lr", "lr_decay_factor")
-    ),
-    ("momentum", lambda v, c: _is_real(v) and 0 <= v < 1, "a number in [0, 1)"),
+    *((k, lambda v, c: POSITIVE.ok(v), POSITIVE.wanted) for k in ("lr", "lr_decay_factor")),
+    ("momentum", lambda v, c: FRACTION.ok(v), FRACTION.wanted),
     (
         "nesterov",
         lambda v, c: isinstance(v, bool) and not (v and c.momentum == 0),
@@ -144,12 +139,10 @@ _FIELD_CHECKS: tuple[_Check, ...] = (
     ("optimizer", lambda v, c: v in OPTIMIZERS, f"one of {list(OPTIMIZERS)}"),
     (
         "betas",
-        lambda v, c: (
-            isinstance(v, tuple) and len(v) == 2 and all(_is_real(b) and 0 <= b < 1 for b in v)
-        ),
+        lambda v, c: isinstance(v, tuple) and len(v) == 2 and all(FRACTION.ok(b) for b in v),
         "a pair [beta_1, beta_2] of numbers in [0, 1)",
     ),
-    ("eps", lambda v, c: _is_real(v) and v > 0, "a finite number > 0"),
+    ("eps", lambda v, c: POSITIVE.ok(v), POSITIVE.wanted),
     *(
         (
             k,

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import numbers
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 
 def check_int(
@@ -38,3 +40,28 @@ def check_int(
         wanted += " or None"
     positive = " (not a positive integer)" if minimum == 1 and maximum is None else ""
     raise ValueError(f"{what} must be {wanted}, got {value!r}{positive}")
+
+
+def is_real(value: Any) -> bool:
+    """Whether ``value`` is a finite Python ``int`` or ``float`` (numpy floats included),
+    never a ``bool``."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+class Rule(NamedTuple):
+    """A check of one number shared by :class:`~breakeven.TrainConfig`'s table and the
+    Tracker: whether a value is valid (``ok``) and what it must be (``wanted``)."""
+
+    ok: Callable[[Any], bool]
+    wanted: str
+
+    def check(self, value: Any, what: str) -> Any:
+        """``value`` if valid, else ``ValueError("<what>=<value> is invalid: must be
+        <wanted>")``, the message of a TrainConfig's check."""
+        if not self.ok(value):
+            raise ValueError(f"{what}={value!r} is invalid: must be {self.wanted}")
+        return value
+
+
+POSITIVE = Rule(lambda v: is_real(v) and v > 0, "a finite number > 0")
+FRACTION = Rule(lambda v: is_real(v) and 0 <= v < 1, "a number in [0, 1)")

@@ -14,6 +14,12 @@ Batch = tuple[Tensor, Tensor]
 Data = Batch | Iterable[Batch]
 
 
+def is_pair(data: object) -> bool:
+    """Whether ``data`` is an ``(x, y)`` tuple whose labels ``y`` are a tensor (so that
+    ``len(data[1])`` counts its examples), rather than an iterable of batches."""
+    return isinstance(data, tuple) and len(data) == 2 and isinstance(data[1], Tensor)
+
+
 def as_chunks(data: Data, chunk_size: int | None = None) -> list[Batch]:
     """Materialise ``data`` once as a list of ``(x, y)`` chunks.
 

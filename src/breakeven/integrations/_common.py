@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .._core.data import is_pair
 from ..records import EVAL_MEASURE, RunStoreError
 from ..tracking import RunStore, Tracker, build_tracker
 from ..tracking.sinks import Sink, close_sinks, make_sinks, parse_log
@@ -257,7 +258,7 @@ class TrackedTraining:
                 m.name: {"measure": type(m).__name__, "options": dict(vars(m)), "schedule": repr(s)}
                 for m, s in t.measures
             }
-        n_train = t.n_train or (len(t.train_data[1]) if _is_pair(t.train_data) else None)
+        n_train = t.n_train or (len(t.train_data[1]) if is_pair(t.train_data) else None)
         return {
             "name": self.name,
             "integration": self.integration,
@@ -298,10 +299,6 @@ def _split_log(log: Any) -> tuple[dict[str, dict[str, Any]], list[Sink]]:
         )
     names = [x for x in items if isinstance(x, str)]
     return parse_log(names), [x for x in items if isinstance(x, Sink)]
-
-
-def _is_pair(data: Any) -> bool:
-    return isinstance(data, tuple) and len(data) == 2 and isinstance(data[1], Tensor)
 
 
 def steps_per_epoch(batches: float | int | None, accumulate: int) -> int | None:

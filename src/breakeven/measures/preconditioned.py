@@ -156,22 +156,10 @@ class PreconditionedSharpness(HessianTop):
             values = {k: math.nan for k in self.emits()}
             values.update(precond_converged=0.0, precond_eos_threshold=threshold, adam_step=0.0)
             return Measurement(values)
-        state = ctx.state.setdefault(self.name, {})
         res, p = preconditioned_sharpness(
-            ctx.model,
-            ctx.loss_fn,
-            ctx.probe,
-            opt,
-            k=self.k,
-            tol=self.tol,
-            max_iter=self.max_iter,
-            v0=state.get("v0") if self.warm_start else None,
-            chunk_size=self.chunk_size,
-            bn_mode=self.bn_mode,
-            seed=ctx.step,
-            distributed=ctx.distributed,
+            ctx.model, ctx.loss_fn, ctx.probe, opt, **self.lanczos_options(ctx)
         )
-        state["v0"] = res.eigenvectors.detach().clone()
+        self._keep_start(ctx, res)
         threshold = adam_eos_threshold(p.lr, p.betas[0])  # the optimizer's eta, as it steps
         out = {f"precond_lambda_H_{i + 1}": float(v) for i, v in enumerate(res.eigenvalues)}
         out.update({f"precond_residual_H_{i + 1}": float(r) for i, r in enumerate(res.residuals)})

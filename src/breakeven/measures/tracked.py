@@ -23,6 +23,7 @@ from .._core.distributed import all_reduce_sum
 from .._core.functional import LossFn
 from .._core.state import BATCHNORM_TYPES, BNMode, check_bn_mode, measuring
 from ..operators.covariance import STORAGES
+from ..spectra import LanczosResult
 from .base import Context, Measure, Measurement, register_measure
 from .covariance import (
     CovarianceSpectrum,
@@ -240,12 +241,13 @@ class HessianTop(Measure):
         if self.k > n_params:
             raise ValueError(f"k={self.k} is larger than the model's {n_params} parameters")
 
-    def compute(self, ctx: Context) -> EigenResult:
-        state = ctx.state.setdefault(self.name, {})
-        res = hessian_eigenvalues(
-            ctx.model,
-            ctx.loss_fn,
-            ctx.probe,
+    def lanczos_options(self, ctx: Context) -> dict[str, Any]:
+        """The keyword arguments of this measure's Lanczos at ``ctx`` (of
+        :func:`~breakeven.hessian_eigenvalues` and, for the subclasses, its preconditioned
+        twin): the options, the previous measurement's eigenvectors as the start vectors
+        (``warm_start``; see :meth:`_keep_start`), the step as the seed, ``ctx.distributed``."""
+        state = ctx.state.get(self.name, {})
+        return dict(
             k=self.k,
             tol=self.tol,
             max_iter=self.max_iter,
@@ -255,7 +257,14 @@ class HessianTop(Measure):
             seed=ctx.step,
             distributed=ctx.distributed,
         )
-        state["v0"] = res.eigenvectors.detach().clone()
+
+    def _keep_start(self, ctx: Context, res: LanczosResult) -> None:
+        """Keep ``res``'s eigenvectors as the next measurement's start (``warm_start``)."""
+        ctx.state.setdefault(self.name, {})["v0"] = res.eigenvectors.detach().clone()
+
+    def compute(self, ctx: Context) -> EigenResult:
+        res = hessian_eigenvalues(ctx.model, ctx.loss_fn, ctx.probe, **self.lanczos_options(ctx))
+        self._keep_start(ctx, res)
         return res
 
     def measure(self, ctx: Context) -> Measurement:

@@ -247,6 +247,8 @@ def per_example_gradients(
     running statistics (``bn_mode="eval"``; one example has no batch statistics); the model
     is left unchanged. N x D numbers: for K of a large model prefer
     :func:`~breakeven.per_example_gradient_covariance`, which never forms this matrix.
+    ``chunk_size`` is an integer >= 1 or None (all examples in one pass); anything else
+    raises ``ValueError`` naming it, before any work.
     """
     return torch.cat(
         _per_example_blocks(
@@ -262,7 +264,7 @@ def _per_example_blocks(
     """Each example is a batch of one (``vmap(grad(...))`` over ``chunk_size`` examples at a
     time), linear layers' weights as :class:`RankOneRows` factors (``factor_linear``). With
     ``bn_mode="eval"`` BatchNorm uses its running statistics."""
-    as_chunks((x, y))  # validates the pair
+    as_chunks((x, y), chunk_size)  # validates the pair and chunk_size, before any work
     return gradient_blocks(
         model,
         loss_fn,

@@ -11,10 +11,10 @@ import io
 import os
 import sys
 from collections.abc import Sequence
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+from .._core.formatting import package_version
 from ..analysis import (
     BREAK_EVEN_NOTE,
     DEFAULT_THRESHOLDS,
@@ -104,13 +104,6 @@ def figure_options(kind: str, runs: Runs, thresholds: Sequence[float]) -> dict[s
     return {}
 
 
-def _version() -> str:
-    try:
-        return version("breakeven")
-    except PackageNotFoundError:  # pragma: no cover - running from a source tree
-        return "unknown"
-
-
 def _bar(total: int, progress: bool | None) -> Any:
     from tqdm.auto import tqdm
 
@@ -149,7 +142,7 @@ def report(
     title = title or f"breakeven report: {names}"
     parts = [
         f"<h1>{html.escape(title)}</h1>",
-        f'<p class="note">{len(runs.table)} run(s); breakeven {_version()}; written '
+        f'<p class="note">{len(runs.table)} run(s); breakeven {package_version()}; written '
         f"{_dt.datetime.now().isoformat(timespec='seconds')}.</p>",
     ]
     parts.append("<h2>Configuration</h2>")

@@ -41,9 +41,12 @@ The readers (:func:`breakeven.load_run`, :func:`breakeven.read_records`, ...) an
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import os
 import shutil
+import types
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -111,17 +114,61 @@ def _atomic_text(path: Path, text: str) -> None:
     atomic_write(path, lambda f: f.write(text.encode()))
 
 
-def _plain(x: Any) -> Any:
-    """JSON-able copy: tuples as lists, tensors and numpy scalars/arrays as Python values."""
+def jsonable(x: Any, what: str = "a value", file: str = "config.json") -> Any:
+    """``x`` as plain JSON data, what the run's files hold: tuples as lists, tensors and
+    numpy values as lists or numbers, paths as strings, functions as :func:`callable_id`
+    names them; ``TypeError`` naming ``what`` and ``file`` for anything else."""
     if isinstance(x, Mapping):
-        return {str(k): _plain(v) for k, v in x.items()}
+        return {str(k): jsonable(v, what, file) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [_plain(v) for v in x]
+        return [jsonable(v, what, file) for v in x]
+    if x is None or isinstance(x, (bool, int, float, str)):
+        return x
     if hasattr(x, "tolist"):  # torch.Tensor, numpy arrays and scalars
         return x.tolist()
     if isinstance(x, os.PathLike):
         return os.fspath(x)
-    return x
+    if callable(x):
+        return callable_id(x, what)
+    raise TypeError(f"{what}: {x!r} cannot be written to {file} (use JSON values)")
+
+
+def callable_id(f: Any, what: str = "a function") -> str:
+    """How ``config.json`` names the function ``f``, so that a resume with another
+    function is refused (:class:`ConfigMismatchError`).
+
+    A function by its ``module.qualname``. A lambda or a function defined inside another
+    (``<lambda>`` or ``<locals>`` in its name: the name does not tell such functions apart)
+    adds ``#`` and a hash of what it computes: its bytecode, constants and the global names
+    it reads, its defaults and the values it closes over (JSON values or functions, named the
+    same way; anything else raises ``TypeError`` naming ``what``: define the function at
+    module level). The same lambda hashes the same in any process of the same Python
+    version; the values of the globals it reads are not part of the hash. A
+    ``functools.partial`` as ``partial(<function>, <args>, <keywords>)``; any other callable
+    object by its type's qualified name."""
+    if isinstance(f, functools.partial):
+        bound = to_json(jsonable([f.args, f.keywords], what))
+        return f"partial({callable_id(f.func, what)}, {bound})"
+    name = f"{getattr(f, '__module__', '?')}.{getattr(f, '__qualname__', type(f).__name__)}"
+    code = getattr(f, "__code__", None)
+    if code is None or "<" not in name:
+        return name
+    inner = f"{what} (what {name} closes over)"
+    cells = [c.cell_contents for c in f.__closure__ or ()]
+    computes = [_code(code), jsonable([f.__defaults__, f.__kwdefaults__, cells], inner)]
+    return f"{name}#{hashlib.sha256(to_json(computes).encode()).hexdigest()[:16]}"
+
+
+def _code(code: types.CodeType) -> list:
+    """A code object as JSON data without its file and line numbers: bytecode, global names
+    and constants (nested functions' code the same way; sets sorted)."""
+    return [code.co_code.hex(), list(code.co_names), [_const(c) for c in code.co_consts]]
+
+
+def _const(c: Any) -> Any:
+    if isinstance(c, types.CodeType):
+        return _code(c)
+    return sorted(map(repr, c)) if isinstance(c, frozenset) else repr(c)
 
 
 def config_diff(a: Any, b: Any, prefix: str = "") -> list[str]:
@@ -140,7 +187,7 @@ def config_diff(a: Any, b: Any, prefix: str = "") -> list[str]:
 
 
 def _written(x: Any) -> Any:
-    return json.loads(to_json(_plain(x)))
+    return json.loads(to_json(jsonable(x)))
 
 
 # ------------------------------------------------------------------ the store
@@ -234,7 +281,7 @@ class RunStore:
         self.check_writable()
         self._acquire_lock()
         try:
-            self._check_config(json.loads(to_json(_plain(config))))  # as it reads back
+            self._check_config(json.loads(to_json(jsonable(config, "config"))))  # as it reads back
             for stale in self.path.glob("*.tmp"):  # a kill during an atomic write
                 stale.unlink()
             self.ended_ = self._ended_under_lock()
@@ -377,7 +424,7 @@ class RunStore:
         is raised."""
         if self._file is None:
             raise RunStoreError("append() before open()")
-        line = (to_json(_plain(record), sort_keys=True) + "\n").encode()
+        line = (to_json(jsonable(record, "a record", RECORDS), sort_keys=True) + "\n").encode()
         f = self._file
         offset = f.tell()
         try:
@@ -429,7 +476,8 @@ class RunStore:
         so no other process can open the run in between."""
         self._close_records()
         atomic_write(self._where(MODEL), lambda f: torch.save(dict(model_state), f))
-        text = to_json(_plain({**summary, "status": status}), indent=2) + "\n"
+        summary = jsonable({**summary, "status": status}, "the summary", SUMMARY)
+        text = to_json(summary, indent=2) + "\n"
         _atomic_text(self._where(SUMMARY), text)
         self.set_status(status)
         (self.path / CHECKPOINT).unlink(missing_ok=True)

@@ -43,14 +43,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .._core.data import Batch
+from .._core.checks import FRACTION, POSITIVE, check_int
+from .._core.data import Batch, is_pair
 from .._core.distributed import all_reduce_sum, check_distributed, world_and_rank
 from .._core.functional import LossFn, check_loss_fn
 from ..measures import MEASURES, Context, Measure, Measurement
 from ..records import read_records
 from .hooks import TrainHooks
 from .schedules import Schedule, every, parse_schedule
-from .store import ENDED, OutputDirError, RunStore, RunStoreError
+from .store import ENDED, OutputDirError, RunStore, RunStoreError, jsonable
 
 Record = dict[str, Any]
 _SCHEDULE_KEYS = ("every", "at", "log_spaced", "schedule")
@@ -69,8 +70,8 @@ class Tracker(TrainHooks):
         probe: fixed ``(x, y)`` for Hessian quantities and the loss change.
         train_data: ``(x, y)`` training set, from which K's mini-batches are drawn.
         val_data: ``(x, y)`` validation set (validation metrics, predictions).
-        lr: learning rate, a float or a function of the step.
-        momentum: SGD momentum beta (edge-of-stability threshold).
+        lr: learning rate, a finite number > 0 or a function of the step.
+        momentum: SGD momentum beta in [0, 1) (edge-of-stability threshold).
         optimizer: the training's ``torch.optim`` optimizer, for measures that read its
             state (the ``preconditioned_*`` measures read Adam's; never changed); also the
             learning rate when ``lr`` is not given. ``breakeven.train`` passes its own.
@@ -84,7 +85,8 @@ class Tracker(TrainHooks):
             records' ``epoch`` is None and a warning says so once (a ``per_epoch``
             schedule raises ``ValueError``).
         drop_last: the loop drops each epoch's last, smaller batch (for ``steps_per_epoch``).
-        seed: seeds the tracker's own generator (K's mini-batches).
+        seed: an integer >= 0 (not a bool), seeding the tracker's own generator (K's
+            mini-batches).
         on_record: called with each record as soon as it is complete (e.g. a run store).
         out_dir: a run directory to write, the store of ``breakeven run`` (see
             :mod:`breakeven.tracking.store`): ``config.json`` (``config`` plus the tracker's
@@ -112,7 +114,13 @@ class Tracker(TrainHooks):
             ``on_record`` is called on rank 0 only.
         sinks: live logging (:mod:`breakeven.tracking.sinks`): each record is also written to
             each sink as it is emitted (rank 0 only), e.g.
-            ``sinks=[TensorBoardSink("runs/x/tb")]``. Closing them is the caller's.
+            ``sinks=[TensorBoardSink("runs/x/tb")]``: objects with a ``write(record)``
+            method (a sink's name is refused: open sinks by name with
+            :func:`~breakeven.tracking.sinks.make_sinks`). Closing them is the caller's.
+
+    The arguments are checked here, before anything is written to ``out_dir``: ``lr`` and
+    ``momentum`` by the rules of :class:`~breakeven.TrainConfig` (``ValueError`` naming
+    the argument), ``seed`` and ``sinks`` as above.
 
     Records are dicts ``{"step", "epoch", "measure", "values": {key: float}, "seconds",
     "matvecs"}`` (plus ``"arrays"`` for predictions), in ``records_``; ``"measure"`` is the
@@ -177,21 +185,21 @@ class Tracker(TrainHooks):
         self.probe = probe
         self.train_data = train_data
         self.val_data = val_data
-        self.lr = lr
-        self.momentum = momentum
+        self.lr = lr if lr is None or callable(lr) else POSITIVE.check(lr, "lr")
+        self.momentum = FRACTION.check(momentum, "momentum")
         self.optimizer = optimizer
         self.batch_size = batch_size
         self.n_train = n_train
         self.steps_per_epoch = _epoch_length(steps_per_epoch)
         self.drop_last = drop_last
-        self.seed = seed
+        self.seed = check_int(seed, "seed", 0)
         self.on_record = on_record
-        self.sinks = list(sinks)
+        self.sinks = _sink_objects(sinks)
         self.records_: list[Record] = []
         self.seconds_: dict[str, float] = {n: 0.0 for n in names}
         self.matvecs_: dict[str, int] = {n: 0 for n in names}
         self.state_: dict[str, dict[str, Any]] = {}
-        self._generator = torch.Generator().manual_seed(seed)
+        self._generator = torch.Generator().manual_seed(self.seed)
         self._pending: list[tuple[Measure, Measurement, float]] = []
         self._ctx: Context | None = None
         self._moved: dict[str, Any] = {}
@@ -447,7 +455,7 @@ class Tracker(TrainHooks):
         """The steps per epoch from N and ``batch_size`` when both are known (N summed over
         the ranks only when ``collective``: every rank is in the same hook), else None."""
         bs, n = self.batch_size, self.n_train
-        if n is None and _is_pair(self.train_data) and (collective or not self.distributed):
+        if n is None and is_pair(self.train_data) and (collective or not self.distributed):
             n = self._global_count(len(self.train_data[1]))
         if n is None or not bs:
             return None
@@ -468,7 +476,7 @@ class Tracker(TrainHooks):
             missing = " and ".join(
                 w
                 for w, v in (
-                    ("train_data (or n_train)", self.n_train or _is_pair(self.train_data)),
+                    ("train_data (or n_train)", self.n_train or is_pair(self.train_data)),
                     ("batch_size", self.batch_size),
                 )
                 if not v
@@ -485,22 +493,21 @@ class Tracker(TrainHooks):
     def run_config(self, config: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """What ``config.json`` of ``out_dir`` holds: ``name``, ``train`` (``config`` plus the
         tracker's ``lr``, ``momentum``, ``batch_size``, ``n_train``, ``steps_per_epoch``,
-        ``seed``; a learning-rate function by its qualified name) and ``track`` (one table
-        per measure, as in a TOML config: its options, ``schedule`` and, when renamed,
-        ``measure``)."""
-        lr = self.lr if not callable(self.lr) else _qualname(self.lr)
+        ``seed``; a learning-rate function as :func:`~breakeven.tracking.store.callable_id`
+        names it) and ``track`` (one table per measure, as in a TOML config: its options,
+        ``schedule`` and, when renamed, ``measure``)."""
         n_train = self.n_train
-        if n_train is None and _is_pair(self.train_data) and not self.distributed:
+        if n_train is None and is_pair(self.train_data) and not self.distributed:
             n_train = len(self.train_data[1])
         own = {
-            "lr": lr,
+            "lr": jsonable(self.lr, "lr"),
             "momentum": self.momentum,
             "batch_size": self.batch_size,
             "n_train": n_train,
             "steps_per_epoch": self.steps_per_epoch or self._epoch_from_data(collective=False),
             "seed": self.seed,
         }
-        given = _jsonable(dict(config or {}), "config")
+        given = jsonable(dict(config or {}), "config")
         clash = sorted(k for k in set(given) & set(own) if given[k] != own[k])
         if clash:
             raise ValueError(
@@ -510,7 +517,7 @@ class Tracker(TrainHooks):
         track = {}
         for m, s in self.measures:
             options = {k: v for k, v in vars(m).items() if k != "name" and k[:1] != "_"}
-            table = {**_jsonable(options, f"the options of {m.name!r}"), "schedule": repr(s)}
+            table = {**jsonable(options, f"the options of {m.name!r}"), "schedule": repr(s)}
             if m.name != type(m).name:
                 table["measure"] = type(m).name
             track[m.name] = table
@@ -684,30 +691,18 @@ def _epoch_length(steps_per_epoch: Any) -> int | None:
     return steps_per_epoch
 
 
-def _is_pair(data: Any) -> bool:
-    return isinstance(data, tuple) and len(data) == 2 and isinstance(data[1], Tensor)
-
-
-def _qualname(f: Any) -> str:
-    return f"{getattr(f, '__module__', '?')}.{getattr(f, '__qualname__', type(f).__name__)}"
-
-
-def _jsonable(x: Any, what: str) -> Any:
-    """``x`` as plain JSON data (tuples as lists, tensors and numpy values as lists or
-    numbers, functions by their qualified name); ``TypeError`` naming ``what`` otherwise."""
-    if isinstance(x, Mapping):
-        return {str(k): _jsonable(v, what) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v, what) for v in x]
-    if x is None or isinstance(x, (bool, int, float, str)):
-        return x
-    if hasattr(x, "tolist"):
-        return x.tolist()
-    if isinstance(x, os.PathLike):
-        return os.fspath(x)
-    if callable(x):
-        return _qualname(x)
-    raise TypeError(f"{what}: {x!r} cannot be written to config.json (use JSON values)")
+def _sink_objects(sinks: Any) -> list[Any]:
+    """``sinks`` as a list of objects with a ``write(record)`` method; ``TypeError`` for
+    anything else (a sink's name among them)."""
+    items = [sinks] if isinstance(sinks, (str, bytes)) else list(sinks)
+    odd = [s for s in items if not callable(getattr(s, "write", None))]
+    if odd:
+        raise TypeError(
+            f"sinks= takes sink objects, e.g. [TensorBoardSink(log_dir)], got {odd[0]!r}; "
+            "to open sinks by name ('tensorboard', 'mlflow', 'wandb') use "
+            "breakeven.tracking.sinks.make_sinks(parse_log([...]), out_dir)"
+        )
+    return items
 
 
 def _run_order(measures: list[Measure]) -> list[Measure]:
