@@ -182,7 +182,7 @@ def test_a_vector_turned_to_negative_curvature_falls_back():
             {"sharpness": {"every": 1, "refresh": None, "tol": 1e-8}},
             probe=data,
             train_data=data,
-            lr=0.0,
+            lr=0.01,  # the parameters never move: no optimizer step
             batch_size=len(data[1]),
         )
         for step in range(2):
