@@ -105,8 +105,12 @@ def read_tensorboard(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
 
 
 def read_mlflow(uri: str, experiment: str = "breakeven") -> tuple[object, dict]:
-    """The one run of ``experiment`` and its metrics {key: [(step, value)]}."""
+    """The one run of ``experiment`` and its metrics {key: [(step, value)]}. Reading a file
+    store needs ``MLFLOW_ALLOW_FILE_STORE=true`` (MLflow 3), as a user's ``mlflow ui`` does:
+    in a test that only ran the command line, no sink in this process has set it."""
     from mlflow.tracking import MlflowClient
+
+    os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
 
     client = MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name(experiment)
