@@ -529,22 +529,12 @@ def test_numpy_scalars_are_numbers(kw):
     _tracker(**kw)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: batch_size is not checked: 2.5 passes the Tracker, config.json is written, "
-    "then K fails with 'slice indices must be integers' at the first measurement",
-)
 def test_a_fractional_batch_size_is_refused_before_any_file(tmp_path):
     with pytest.raises(ValueError, match="batch_size"):
         _tracker(batch_size=2.5, out_dir=tmp_path / "r")
     assert not (tmp_path / "r").exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: the message of a batch larger than the data says drop_last=True although "
-    "drop_last is False (and a negative batch_size or n_train gets the same message)",
-)
 @pytest.mark.parametrize("kw", [{"batch_size": -8}, {"n_train": -1}, {"n_train": 0}])
 def test_the_no_step_per_epoch_message_tells_the_truth(kw):
     with pytest.raises(ValueError) as err:
