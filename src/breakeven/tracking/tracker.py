@@ -75,8 +75,8 @@ class Tracker(TrainHooks):
         optimizer: the training's ``torch.optim`` optimizer, for measures that read its
             state (the ``preconditioned_*`` measures read Adam's; never changed); also the
             learning rate when ``lr`` is not given. ``breakeven.train`` passes its own.
-        batch_size: training batch size S (K's default M; Eq. 1).
-        n_train: training-set size N (default ``len(train_data)``).
+        batch_size: training batch size S (K's default M; Eq. 1), an integer >= 1.
+        n_train: training-set size N, an integer >= 1 (default ``len(train_data)``).
         steps_per_epoch: for ``per_epoch`` schedules and the records' ``epoch``: an int, or
             the training ``DataLoader`` (its ``len``). Default: at the first step (after
             ``breakeven.train`` or a callback gave what they know), derived from
@@ -120,7 +120,7 @@ class Tracker(TrainHooks):
 
     The arguments are checked here, before anything is written to ``out_dir``: ``lr`` and
     ``momentum`` by the rules of :class:`~breakeven.TrainConfig` (``ValueError`` naming
-    the argument), ``seed`` and ``sinks`` as above.
+    the argument), ``seed``, ``batch_size``, ``n_train`` and ``sinks`` as above.
 
     Records are dicts ``{"step", "epoch", "measure", "values": {key: float}, "seconds",
     "matvecs"}`` (plus ``"arrays"`` for predictions), in ``records_``; ``"measure"`` is the
@@ -188,8 +188,8 @@ class Tracker(TrainHooks):
         self.lr = lr if lr is None or callable(lr) else POSITIVE.check(lr, "lr")
         self.momentum = FRACTION.check(momentum, "momentum")
         self.optimizer = optimizer
-        self.batch_size = batch_size
-        self.n_train = n_train
+        self.batch_size = check_int(batch_size, "batch_size", 1, optional=True)
+        self.n_train = check_int(n_train, "n_train", 1, optional=True)
         self.steps_per_epoch = _epoch_length(steps_per_epoch)
         self.drop_last = drop_last
         self.seed = check_int(seed, "seed", 0)
@@ -462,8 +462,8 @@ class Tracker(TrainHooks):
         per_epoch = n // bs if self.drop_last else math.ceil(n / bs)
         if per_epoch < 1:
             raise ValueError(
-                f"batch_size={bs} with drop_last=True exceeds the {n} training examples: "
-                "no step per epoch"
+                f"batch_size={bs}{' with drop_last=True' if self.drop_last else ''} exceeds "
+                f"the {n} training examples: no step per epoch"
             )
         return per_epoch
 
