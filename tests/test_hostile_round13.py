@@ -158,11 +158,6 @@ def test_a_non_finite_gradient_in_a_droppable_column_is_reported(bad, row):
             torch.set_num_threads(old)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: K @ v drops the nan/inf of v at the columns zero in every gradient "
-    "(dense K @ v is nan there; 0 * nan = nan), so a non-finite v passes silently",
-)
 def test_a_non_finite_vector_propagates_through_K():
     G = torch.randn(5, 5000)
     G[:, :4900] = 0  # columns 0..4899 are dropped
@@ -172,6 +167,26 @@ def test_a_non_finite_vector_propagates_through_K():
     v[10] = math.nan
     assert torch.isnan(C @ v).all()  # the dense reference
     assert torch.isnan(op.centred_products(v)).all()
+    assert torch.isnan(op.matvec(v)).all()
+    a = torch.randn(5, dtype=torch.float64)
+    for bad in (math.nan, math.inf):
+        a[3] = bad
+        assert torch.isnan(op.transpose_products(a)[:4900]).all()  # 0 * nan, 0 * inf: nan
+        w = torch.randn(5000, dtype=torch.float64)
+        w[4000] = bad
+        assert torch.isnan(op.centred_products(w)).all()
+
+
+def test_a_large_finite_vector_stays_finite_through_K():
+    """No false nan: 0 * max|v| of finite entries near the float64 limit is 0."""
+    G = torch.randn(5, 5000)
+    G[:, :4900] = 0
+    op = be.GradientCovarianceOperator.from_gradients([G], 1)
+    v = torch.zeros(5000, dtype=torch.float64)
+    v[:4900] = 1e308  # dropped columns only: C v = 0 exactly
+    assert torch.equal(op.centred_products(v), torch.zeros(5, dtype=torch.float64))
+    a = torch.full((5,), 1e300, dtype=torch.float64)
+    assert torch.isfinite(op.transpose_products(a)).all()
 
 
 class _Emb(nn.Module):
@@ -247,11 +262,6 @@ def test_per_example_K_of_an_embedding_model_with_few_tokens(threads):
     _close(spec.operator.matvec(v), C.T @ (C @ v) / 7, rel=1e-9)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: nn.Embedding(sparse=True) crashes K (and the Hessian) with torch's "
-    "'reshape is not implemented for sparse tensors' instead of working or a clear error",
-)
 @pytest.mark.parametrize("storage", ["memory", "disk"])
 def test_K_of_a_sparse_embedding(storage):
     torch.manual_seed(0)
@@ -267,6 +277,31 @@ def test_K_of_a_sparse_embedding(storage):
     G = _loop_gradients(model, batches)
     C = G - G.mean(0)
     _close(spec.eigenvalues, torch.linalg.eigvalsh(C @ C.T / 6).flip(0))
+    assert model.e.sparse  # restored
+
+
+def test_H_and_per_example_K_of_a_sparse_embedding_equal_the_dense_ones():
+    """Measuring gives a sparse embedding dense gradients meanwhile: the same numbers as the
+    same model with sparse=False, and training still gets sparse gradients after."""
+    torch.manual_seed(0)
+    sparse = _Emb(vocab=60, sparse=True).double()
+    dense = _Emb(vocab=60).double()
+    dense.load_state_dict(sparse.state_dict())
+    x, y = next(iter(_embedding_batches()))
+    x = x % 60
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        got = [
+            (
+                be.hessian_eigenvalues(m, LOSS, (x, y), k=2).eigenvalues,
+                be.per_example_gradient_covariance(m, LOSS, x, y).eigenvalues,
+            )
+            for m in (sparse, dense)
+        ]
+    for a, b in zip(*got):
+        _close(a, b, rel=1e-9)
+    LOSS(sparse(x), y).backward()
+    assert sparse.e.weight.grad.is_sparse
 
 
 # ================================================================ sharpness (6426f9d)

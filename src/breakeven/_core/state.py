@@ -41,7 +41,8 @@ def measuring(model: nn.Module, bn_mode: BNMode = "eval") -> Iterator[None]:
     ``track_running_stats`` is switched off meanwhile, so that no forward pass writes the
     running statistics (which also keeps the forward pure for ``torch.func``). On exit the
     train/eval flags, ``track_running_stats`` and the global CPU (and CUDA) RNG state are
-    restored. Parameters and ``.grad`` are never written (the operators differentiate
+    restored. Sparse embeddings (``sparse=True``) give dense gradients meanwhile. Parameters
+    and ``.grad`` are never written (the operators differentiate
     detached copies).
     """
     check_bn_mode(bn_mode)
@@ -53,10 +54,17 @@ def measuring(model: nn.Module, bn_mode: BNMode = "eval") -> Iterator[None]:
     # measure recurrent models with PyTorch's own kernels (same function, CPU unaffected).
     rnn = any(isinstance(m, nn.RNNBase) for m in model.modules())
     cudnn = torch.backends.cudnn.flags(enabled=False) if rnn else contextlib.nullcontext()
+    # Sparse embedding gradients cannot be stacked, flattened or differentiated again: the
+    # embeddings give dense ones meanwhile (the same numbers; the forward is unchanged).
+    sparse = [
+        m for m in model.modules() if isinstance(m, (nn.Embedding, nn.EmbeddingBag)) and m.sparse
+    ]
     cpu_rng = torch.get_rng_state()
     cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
     try:
         model.eval()
+        for m in sparse:
+            m.sparse = False
         if bn_mode == "train":
             for m, _ in tracking:
                 m.train()
@@ -68,6 +76,8 @@ def measuring(model: nn.Module, bn_mode: BNMode = "eval") -> Iterator[None]:
             m.training = flag
         for m, flag in tracking:
             m.track_running_stats = flag
+        for m in sparse:
+            m.sparse = True
         torch.set_rng_state(cpu_rng)
         if cuda_rng is not None:
             torch.cuda.set_rng_state_all(cuda_rng)

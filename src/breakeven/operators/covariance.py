@@ -669,7 +669,9 @@ class GradientCovarianceOperator(LinearOperator):
     def centred_products(self, v: Tensor) -> Tensor:
         """C v in float64: the L dot products of the centred gradients with a flat vector."""
         v = v.to(dtype=torch.float64, device=self.device)
+        # 0 * max|v|: a nan or inf of v at a dropped (all-zero) column still makes C v nan
         out = torch.zeros(self.num_batches, dtype=torch.float64, device=self.device)
+        out += v.abs().amax() * 0
         for cols, block in _centred_blocks(self.blocks):
             out += (
                 block.centred_products(v[cols])
@@ -682,6 +684,7 @@ class GradientCovarianceOperator(LinearOperator):
         """C^T a in float64: the combination sum_l a_l (g_l - g), a flat vector of length D."""
         a = a.to(dtype=torch.float64, device=self.device)
         out = torch.zeros(self.shape[0], dtype=torch.float64, device=self.device)
+        out += a.abs().amax() * 0  # the dropped columns: sum_l 0 * a_l, nan if a is not finite
         for cols, block in _centred_blocks(self.blocks):
             out[cols] = (
                 block.transpose_products(a) if isinstance(block, RankOneRows) else block.T @ a
