@@ -311,7 +311,7 @@ def test_per_example_chunk_size_is_checked_before_any_work(f, chunk_size):
             for v in (-0.1, 1, 1.5, math.nan, None, True)
         ),
         *(
-            ({"seed": v}, ValueError, r"seed must be an integer >= 0, got")
+            ({"seed": v}, ValueError, r"seed must be an integer in \[0, 9223372036854775807\], got")
             for v in (1.5, True, "0", -1, None)
         ),
         *(

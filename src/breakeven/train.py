@@ -57,7 +57,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._core.checks import FRACTION, POSITIVE
+from ._core.checks import FRACTION, POSITIVE, SEED_MAX
 from ._core.checks import is_real as _is_real
 from ._core.distributed import world_and_rank
 from .data import _LOADERS as _DATASET_LOADERS
@@ -172,7 +172,10 @@ _FIELD_CHECKS: tuple[_Check, ...] = (
         lambda v, c: v is None or (_is_int(v) and v >= 0),
         "None (each epoch), 0 (never) or an integer >= 1 (steps)",
     ),
-    *((k, _int_at_least(0), "an integer >= 0") for k in ("init_seed", "data_seed")),
+    *(
+        (k, lambda v, c: _is_int(v) and 0 <= v <= SEED_MAX, "an integer in [0, 2**63 - 1]")
+        for k in ("init_seed", "data_seed")
+    ),
     (
         "lr_decay_epochs",
         lambda v, c: isinstance(v, tuple) and all(_is_int(e) and e >= 1 for e in v),
@@ -585,7 +588,7 @@ class _Loop:
         self.per_epoch, self.total = c.steps_per_epoch(self.n), c.total_steps(self.n)
         self.shuffle = torch.Generator().manual_seed(c.data_seed)
         self.shuffle_at_epoch_start = self.shuffle.get_state()
-        self.aug_gen = torch.Generator().manual_seed(c.data_seed + 1_000_003)
+        self.aug_gen = torch.Generator().manual_seed((c.data_seed + 1_000_003) % (SEED_MAX + 1))
         self.x_eval, self.y_eval = _fixed_subset(self.x_train, self.y_train, c.eval_train_size, 0)
         self.x_val, self.y_val = _fixed_subset(self.x_test, self.y_test, c.eval_val_size, 1)
         self.history: list[dict[str, float]] = []

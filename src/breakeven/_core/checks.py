@@ -43,9 +43,13 @@ def check_int(
 
 
 def is_real(value: Any) -> bool:
-    """Whether ``value`` is a finite Python ``int`` or ``float`` (numpy floats included),
-    never a ``bool``."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    """Whether ``value`` is a finite real number: a Python ``int`` or ``float`` or a numpy
+    integer or float of any width (``numbers.Real``), never a ``bool``."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+#: Seeds are integers in [0, SEED_MAX]: what every generator they reach takes (int64).
+SEED_MAX = 2**63 - 1
 
 
 class Rule(NamedTuple):

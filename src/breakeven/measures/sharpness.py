@@ -66,8 +66,8 @@ class Sharpness(Measure):
     Args:
         tol_fallback: a tracked value whose residual exceeds ``tol_fallback * |theta|``
             (default 1e-2: theta is then within 1% of *some* eigenvalue) is replaced by a
-            full solve at the same step; ``inf``: never (solves on the schedule only, a
-            bounded cost; see the module docstring).
+            full solve at the same step; ``inf``: never (solves on the schedule and where
+            theta <= 0 only; see the module docstring for the cost).
         refresh: a full solve every ``refresh`` steps at least (default 100; ``None``: only
             at the first measurement and when the residual fails), so a top eigenvalue that
             overtook the tracked one is not followed for long. Counted in training steps.

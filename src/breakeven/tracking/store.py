@@ -144,19 +144,42 @@ def callable_id(f: Any, what: str = "a function") -> str:
     same way; anything else raises ``TypeError`` naming ``what``: define the function at
     module level). The same lambda hashes the same in any process of the same Python
     version; the values of the globals it reads are not part of the hash. A
-    ``functools.partial`` as ``partial(<function>, <args>, <keywords>)``; any other callable
-    object by its type's qualified name."""
+    ``functools.partial`` as ``partial(<function>, <args>, <keywords>)``; a method bound to
+    an object as its function and a hash of the object's attributes (JSON values, as for a
+    closure); any other callable object by its type's qualified name. A nested function that
+    calls itself names itself inside its own hash as ``<itself>``."""
     if isinstance(f, functools.partial):
         bound = to_json(jsonable([f.args, f.keywords], what))
         return f"partial({callable_id(f.func, what)}, {bound})"
+    if isinstance(f, types.MethodType):
+        name = callable_id(f.__func__, what)
+        state = jsonable(vars(f.__self__) if hasattr(f.__self__, "__dict__") else {}, what)
+        return f"{name}@{hashlib.sha256(to_json(state).encode()).hexdigest()[:16]}"
     name = f"{getattr(f, '__module__', '?')}.{getattr(f, '__qualname__', type(f).__name__)}"
     code = getattr(f, "__code__", None)
     if code is None or "<" not in name:
         return name
+    if id(f) in _NAMING:
+        return "<itself>"
     inner = f"{what} (what {name} closes over)"
-    cells = [c.cell_contents for c in f.__closure__ or ()]
-    computes = [_code(code), jsonable([f.__defaults__, f.__kwdefaults__, cells], inner)]
+    _NAMING.add(id(f))
+    try:
+        cells = [_cell(c) for c in f.__closure__ or ()]
+        computes = [_code(code), jsonable([f.__defaults__, f.__kwdefaults__, cells], inner)]
+    finally:
+        _NAMING.discard(id(f))
     return f"{name}#{hashlib.sha256(to_json(computes).encode()).hexdigest()[:16]}"
+
+
+#: The nested functions :func:`callable_id` is naming (a function in its own closure).
+_NAMING: set[int] = set()
+
+
+def _cell(cell: types.CellType) -> Any:
+    try:
+        return cell.cell_contents
+    except ValueError:  # a name the enclosing function had not yet assigned
+        return "<empty cell>"
 
 
 def _code(code: types.CodeType) -> list:

@@ -43,7 +43,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .._core.checks import FRACTION, POSITIVE, check_int
+from .._core.checks import FRACTION, POSITIVE, SEED_MAX, check_int
 from .._core.data import Batch, is_pair
 from .._core.distributed import all_reduce_sum, check_distributed, world_and_rank
 from .._core.functional import LossFn, check_loss_fn
@@ -85,7 +85,7 @@ class Tracker(TrainHooks):
             records' ``epoch`` is None and a warning says so once (a ``per_epoch``
             schedule raises ``ValueError``).
         drop_last: the loop drops each epoch's last, smaller batch (for ``steps_per_epoch``).
-        seed: an integer >= 0 (not a bool), seeding the tracker's own generator (K's
+        seed: an integer in [0, 2**63 - 1] (not a bool), seeding the tracker's own generator (K's
             mini-batches).
         on_record: called with each record as soon as it is complete (e.g. a run store).
         out_dir: a run directory to write, the store of ``breakeven run`` (see
@@ -116,7 +116,8 @@ class Tracker(TrainHooks):
             each sink as it is emitted (rank 0 only), e.g.
             ``sinks=[TensorBoardSink("runs/x/tb")]``: objects with a ``write(record)``
             method (a sink's name is refused: open sinks by name with
-            :func:`~breakeven.tracking.sinks.make_sinks`). Closing them is the caller's.
+            :func:`~breakeven.tracking.sinks.make_sinks`; None: none). Closing them is the
+            caller's.
 
     The arguments are checked here, before anything is written to ``out_dir``: ``lr`` and
     ``momentum`` by the rules of :class:`~breakeven.TrainConfig` (``ValueError`` naming
@@ -160,7 +161,7 @@ class Tracker(TrainHooks):
         distributed: bool = False,
         out_dir: str | os.PathLike | None = None,
         config: Mapping[str, Any] | None = None,
-        sinks: Iterable[Any] = (),
+        sinks: Iterable[Any] | None = (),
     ) -> None:
         check_distributed(distributed)
         self.distributed = distributed
@@ -192,7 +193,7 @@ class Tracker(TrainHooks):
         self.n_train = check_int(n_train, "n_train", 1, optional=True)
         self.steps_per_epoch = _epoch_length(steps_per_epoch)
         self.drop_last = drop_last
-        self.seed = check_int(seed, "seed", 0)
+        self.seed = check_int(seed, "seed", 0, SEED_MAX)
         self.on_record = on_record
         self.sinks = _sink_objects(sinks)
         self.records_: list[Record] = []
@@ -693,8 +694,12 @@ def _epoch_length(steps_per_epoch: Any) -> int | None:
 
 def _sink_objects(sinks: Any) -> list[Any]:
     """``sinks`` as a list of objects with a ``write(record)`` method; ``TypeError`` for
-    anything else (a sink's name among them)."""
-    items = [sinks] if isinstance(sinks, (str, bytes)) else list(sinks)
+    anything else (a sink's name among them); None is no sinks."""
+    if sinks is None:
+        return []
+    if isinstance(sinks, (str, bytes)) or not isinstance(sinks, Iterable):
+        sinks = [sinks]  # refused below unless it is a single sink object
+    items = list(sinks)
     odd = [s for s in items if not callable(getattr(s, "write", None))]
     if odd:
         raise TypeError(
