@@ -344,8 +344,19 @@ def _sharpness_run(i, spec, steps, lr_factor):
     return out
 
 
-@pytest.mark.parametrize("refresh", [1, 3, None])
-@pytest.mark.parametrize("tol_fallback", [math.inf, 1e-2, 1e-7])
+@pytest.mark.parametrize(
+    "refresh,tol_fallback",
+    [
+        (3, math.inf),
+        (None, 1e-2),
+        (1, 1e-7),
+        *(  # the rest of the grid: make test-slow
+            pytest.param(r, t, marks=pytest.mark.slow)
+            for r, t in itertools.product([1, 3, None], [math.inf, 1e-2, 1e-7])
+            if (r, t) not in [(3, math.inf), (None, 1e-2), (1, 1e-7)]
+        ),
+    ],
+)
 def test_sharpness_is_honest_at_every_step_beyond_the_edge(monkeypatch, refresh, tol_fallback):
     """lr 1.1 x 2/lambda_max: the top eigenvector turns between steps. At every step theta <=
     lambda_max, an eigenvalue lies within r of theta, a solve's r is its vector's true
@@ -596,6 +607,7 @@ def _in_process(script, out, steps, end, seed):
     )
 
 
+@pytest.mark.slow  # a second interpreter; test_hostile_inputs checks the id across processes
 def test_a_lambda_resumes_in_another_process_and_another_is_refused(tmp_path):
     """The same nested lambda (a closure over a float and a set constant) resumes a failed
     run in a new process with another hash seed; another closure value is refused there."""
