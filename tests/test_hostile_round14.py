@@ -1,0 +1,477 @@
+"""Hostile tests of round 14: K keeps v's nan at dropped columns and sparse embeddings are
+measured (0bc368c); numpy numbers, int64 seeds, bound methods and recursive lambdas in the
+Tracker (f673aee). The bugs found are strict xfails naming what is wrong."""
+
+from __future__ import annotations
+
+import functools
+import json
+import warnings
+from fractions import Fraction
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import breakeven as be
+from breakeven._core.state import measuring
+from breakeven.cli import main
+from breakeven.tracking import store
+from breakeven.tracking.store import callable_id
+from helpers import run_config
+
+LOSS = nn.CrossEntropyLoss()
+
+
+# ================================================= sparse embeddings while measuring
+
+
+class _SparseEmb(nn.Module):
+    def __init__(self, vocab=30, dim=4, bag=False, dropout=0.0):
+        super().__init__()
+        self.bag = bag
+        if bag:
+            self.e = nn.EmbeddingBag(vocab, dim, mode="sum", sparse=True)
+        else:
+            self.e = nn.Embedding(vocab, dim, sparse=True)
+        self.drop = nn.Dropout(dropout)
+        self.fc = nn.Linear(dim, 3)
+
+    def forward(self, x):
+        if self.bag:
+            w = torch.linspace(0.5, 1.5, x.numel(), dtype=self.fc.weight.dtype).view(x.shape)
+            h = self.e(x, per_sample_weights=w)
+        else:
+            h = self.e(x).mean(1)
+        return self.fc(self.drop(h))
+
+
+def _tokens(n=8, seed=0, vocab=30):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, vocab, (n, 4), generator=g), torch.randint(0, 3, (n,), generator=g)
+
+
+class _Boom(Exception):
+    pass
+
+
+@pytest.mark.parametrize("exc", [_Boom, KeyboardInterrupt])
+def test_measuring_restores_the_sparse_flag_on_exceptions(exc):
+    model = _SparseEmb()
+    with pytest.raises(exc):
+        with measuring(model):
+            assert not model.e.sparse
+            raise exc()
+    assert model.e.sparse and model.training
+
+
+def test_nested_measuring_restores_the_sparse_flag_at_the_outer_exit():
+    model = _SparseEmb()
+    with measuring(model):
+        with measuring(model):
+            assert not model.e.sparse
+        assert not model.e.sparse
+    assert model.e.sparse
+
+
+@pytest.mark.parametrize("what", ["K", "per_example_K", "H"])
+def test_a_loss_fn_interrupted_mid_measurement_restores_the_sparse_flag(what):
+    model = _SparseEmb().double()
+    x, y = _tokens()
+
+    def interrupted(out, t):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        if what == "K":
+            be.gradient_covariance(
+                model, interrupted, [(x[i : i + 2], y[i : i + 2]) for i in (0, 2, 4)]
+            )
+        elif what == "per_example_K":
+            be.per_example_gradient_covariance(model, interrupted, x, y)
+        else:
+            be.hessian_eigenvalues(model, interrupted, (x, y), k=1)
+    assert model.e.sparse and model.training
+
+
+@pytest.mark.parametrize("what", ["K", "per_example_K"])
+def test_embedding_bag_with_per_sample_weights_sparse_equals_dense(what):
+    torch.manual_seed(0)
+    sparse = _SparseEmb(bag=True).double()
+    dense = _SparseEmb(bag=True).double()
+    dense.load_state_dict(sparse.state_dict())
+    dense.e.sparse = False
+    x, y = _tokens()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        got = []
+        for m in (sparse, dense):
+            if what == "K":
+                batches = [(x[i : i + 2], y[i : i + 2]) for i in (0, 2, 4, 6)]
+                got.append(be.gradient_covariance(m, LOSS, batches).eigenvalues)
+            else:
+                got.append(be.per_example_gradient_covariance(m, LOSS, x, y).eigenvalues)
+    torch.testing.assert_close(got[0], got[1], rtol=1e-9, atol=0)
+    assert sparse.e.sparse
+
+
+def _train(measures, steps=6):
+    torch.manual_seed(0)
+    model = _SparseEmb(dropout=0.2)
+    x, y = _tokens(48)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    tracker = None
+    if measures is not None:
+        tracker = be.Tracker(
+            measures,
+            be.every(2),
+            loss_fn=LOSS,
+            probe=(x[:16], y[:16]),
+            train_data=(x, y),
+            lr=0.1,
+            batch_size=8,
+        )
+    sparse_grads = []
+    for step in range(steps):
+        xb, yb = x[8 * step : 8 * step + 8], y[8 * step : 8 * step + 8]
+        opt.zero_grad()
+        loss = LOSS(model(xb), yb)
+        loss.backward()
+        if tracker:
+            tracker.before_step(step, model, (xb, yb), loss)
+        sparse_grads.append(model.e.weight.grad.is_sparse)
+        opt.step()
+        if tracker:
+            tracker.after_step(step, model)
+    if tracker:
+        tracker.close()
+    return model, sparse_grads, tracker
+
+
+@pytest.mark.parametrize(
+    "measures",
+    [
+        ["hessian"],
+        ["covariance"],
+        ["sharpness"],
+        ["hessian", "covariance", "sharpness", "noise_scale", "hessian_trace", "loss_change"],
+    ],
+)
+def test_training_with_a_tracker_is_bitwise_the_run_without(measures):
+    base, _, _ = _train(None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model, sparse_grads, tracker = _train(measures)
+    assert tracker.records_
+    assert all(sparse_grads) and model.e.sparse
+    for a, b in zip(base.state_dict().values(), model.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_alignment_with_a_sparse_embedding():
+    """The measures differentiate with dense embedding gradients, but the step's own
+    gradient (ctx.gradient, read from .grad) is sparse: 'alignment' flattens it with
+    reshape, which sparse tensors do not have."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _, sparse_grads, tracker = _train(["alignment"])
+    assert tracker.records_ and all(sparse_grads)
+
+
+# ================================================= nan propagation of K (0bc368c)
+
+
+class _Mixed(nn.Module):
+    """An embedding with unused rows (dropped columns) and two Linear layers (RankOneRows
+    blocks in per-example K)."""
+
+    def __init__(self):
+        super().__init__()
+        self.e = nn.Embedding(200, 3)
+        self.fc = nn.Linear(3, 5)
+        self.fc2 = nn.Linear(5, 3)
+
+    def forward(self, x):
+        return self.fc2(torch.tanh(self.fc(self.e(x).mean(1))))
+
+
+@pytest.fixture(scope="module")
+def mixed_specs():
+    torch.manual_seed(0)
+    model = _Mixed().double()
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randint(0, 4, (8, 5), generator=g), torch.randint(0, 3, (8,), generator=g)
+    specs = {"per_example": be.per_example_gradient_covariance(model, LOSS, x, y)}
+    batches = [(x[i : i + 2], y[i : i + 2]) for i in range(0, 8, 2)]
+    for storage in ("memory", "cpu", "disk"):
+        specs[storage] = be.gradient_covariance(model, LOSS, batches, storage=storage)
+    return specs
+
+
+@pytest.mark.parametrize("which", ["per_example", "memory", "cpu", "disk"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("column", ["dropped", "bias"])
+def test_K_propagates_a_non_finite_v_everywhere(mixed_specs, which, bad, column):
+    spec = mixed_specs[which]
+    op = spec.operator
+    D = op.shape[0]
+    v = torch.randn(D, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    v[3 * 100 + 1 if column == "dropped" else D - 1] = bad  # embedding row 100 is unused
+    # as the dense products: no entry finite (nan, or +-inf where a factor is non-zero)
+    assert not op.matvec(v).isfinite().any()
+    assert not op.centred_products(v).isfinite().any()
+    assert not spec.projection(v, 1).isfinite().any()
+    a = torch.randn(op.num_batches, dtype=torch.float64)
+    a[0] = bad
+    assert not op.transpose_products(a).isfinite().any()
+
+
+@pytest.mark.parametrize("which", ["per_example", "memory", "cpu", "disk"])
+def test_K_gives_no_false_nan(mixed_specs, which):
+    op = mixed_specs[which].operator
+    D = op.shape[0]
+    for v in (
+        torch.full((D,), 1e300, dtype=torch.float64),
+        torch.full((D,), torch.finfo(torch.float32).max),
+        torch.zeros(D, dtype=torch.float64),
+    ):
+        assert torch.isfinite(op.centred_products(v)).all()
+    assert torch.isfinite(op.matvec(torch.full((D,), torch.finfo(torch.float32).max))).all()
+    assert torch.equal(op.matvec(torch.zeros(D)), torch.zeros(D, dtype=torch.float64))
+
+
+# ================================================= numbers and seeds (f673aee)
+
+
+def _tracker(out_dir=None, **kw):
+    x = torch.randn(40, 3, generator=torch.Generator().manual_seed(0))
+    y = torch.randint(0, 2, (40,), generator=torch.Generator().manual_seed(1))
+    args = {"probe": (x, y), "train_data": (x, y), "lr": 0.1, "batch_size": 8, **kw}
+    return be.Tracker([("param_norm", be.every(1))], out_dir=out_dir, **args)
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"lr": np.longdouble("0.1")},
+        {"momentum": np.longdouble("0.5")},
+        {"momentum": Fraction(1, 10)},
+    ],
+    ids=["lr-longdouble", "momentum-longdouble", "momentum-Fraction"],
+)
+def test_a_real_number_is_written_or_refused_before_any_file(tmp_path, kw):
+    """is_real now takes any numbers.Real: np.longdouble and Fraction pass the checks, then
+    config.json cannot hold them, and the TypeError comes after out_dir (and its lock) was
+    created (before f673aee they were refused by a ValueError before any file)."""
+    out = tmp_path / "r"
+    try:
+        tracker = _tracker(out, **kw)
+    except (TypeError, ValueError) as e:
+        assert "JSON serializable" not in str(e), e
+        assert not out.exists(), sorted(p.name for p in out.iterdir())
+        return
+    tracker.close()
+    key, value = next(iter(kw.items()))
+    assert json.loads((out / "config.json").read_text())["train"][key] == float(value)
+
+
+@pytest.mark.parametrize("value", [np.float32(0.5), np.float16(0.5), np.float64(0.5), np.int64(1)])
+def test_a_numpy_lr_resumes_the_run_of_the_same_python_number(tmp_path, value):
+    out = tmp_path / "r"
+    model = nn.Linear(3, 2)
+    x, y = torch.randn(8, 3), torch.randint(0, 2, (8,))
+    with _tracker(out, lr=float(value) if isinstance(value, np.floating) else int(value)) as tr:
+        tr.before_step(0, model, (x, y))
+        tr.after_step(0, model)
+    # the config is compared first: a mismatch is a ConfigMismatchError, the same config
+    # a RunStoreError (the run has ended)
+    with pytest.raises(Exception) as err:
+        _tracker(out, lr=value)
+    assert not isinstance(err.value, store.ConfigMismatchError)
+
+
+def test_np_bool_and_decimal_are_refused(tmp_path):
+    from decimal import Decimal
+
+    for kw in ({"lr": np.bool_(True)}, {"momentum": np.bool_(False)}, {"lr": Decimal("0.1")}):
+        with pytest.raises(ValueError):
+            _tracker(tmp_path / "r", **kw)
+        assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [("init_seed", 2**63), ("data_seed", 2**63), ("init_seed", 2**64), ("init_seed", -1)],
+)
+def test_a_seed_beyond_int64_in_toml_stops_with_exit_code_2(tiny_npz, tmp_path, key, value, capsys):
+    config = run_config(
+        tmp_path / "run.toml",
+        tiny_npz,
+        train={"epochs": 1, "eval_every": None, key: value},
+        track=None,
+    )
+    out = tmp_path / "out"
+    assert main(["run", str(config), "--out", str(out), "--no-progress"]) == 2
+    assert "2**63 - 1" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_a_seed_beyond_int64_by_set_stops_with_exit_code_2(tiny_npz, tmp_path):
+    config = run_config(tmp_path / "run.toml", tiny_npz, train={"epochs": 1, "eval_every": None})
+    out = tmp_path / "out"
+    argv = ["run", str(config), "--out", str(out), "--no-progress"]
+    assert main([*argv, "--set", "train.data_seed=9223372036854775808"]) == 2
+    assert not out.exists()
+
+
+def test_the_largest_seed_trains(tiny_npz, tmp_path):
+    config = run_config(
+        tmp_path / "run.toml",
+        tiny_npz,
+        train={"epochs": 1, "eval_every": None, "init_seed": 2**63 - 1, "data_seed": 2**63 - 1},
+        track=None,
+    )
+    assert main(["run", str(config), "--out", str(tmp_path / "out"), "--no-progress"]) == 0
+
+
+# ================================================= callable_id of bound methods (f673aee)
+
+
+class _Sched:
+    def __init__(self, **kw):
+        self.__dict__.update(kw)
+
+    def lr(self, step):
+        return 0.1
+
+    @classmethod
+    def by_class(cls, step):
+        return 0.1
+
+    @staticmethod
+    def static(step):
+        return 0.1
+
+
+class _Slots:
+    __slots__ = ("base",)
+
+    def __init__(self, base):
+        self.base = base
+
+    def lr(self, step):
+        return self.base
+
+
+class _ModuleWithSchedule(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(2, 2)
+
+    def lr(self, step):
+        return 0.1
+
+
+def test_bound_methods_of_objects_with_json_state():
+    assert callable_id(_Sched(a=1).lr) != callable_id(_Sched(a=2).lr)
+    assert callable_id(_Sched(a=1).lr) == callable_id(_Sched(a=1).lr)
+    assert callable_id(_Sched(w=torch.ones(2)).lr) != callable_id(_Sched(w=torch.zeros(2)).lr)
+    assert callable_id(_Sched.static) == f"{__name__}._Sched.static"
+    assert not store._NAMING
+
+
+def test_recursive_and_raising_nested_functions_leave_no_trace():
+    def make_mutual():
+        def a(s):
+            return b(s - 1) if s else 0.1
+
+        def b(s):
+            return a(s)
+
+        return a
+
+    assert callable_id(make_mutual()) == callable_id(make_mutual())
+    assert not store._NAMING
+
+    def make_bad():
+        bad = object()
+
+        def f(s):
+            return (f, bad)
+
+        return f
+
+    with pytest.raises(TypeError, match="closes over"):
+        callable_id(make_bad(), "lr")
+    assert not store._NAMING
+
+    def close(m):
+        return lambda s: m(s)
+
+    assert callable_id(close(_Sched(a=1).lr)) != callable_id(close(_Sched(a=2).lr))
+
+
+def test_a_classmethod_is_named():
+    """A classmethod is a MethodType bound to the class: vars(cls) holds functions,
+    classmethod objects and descriptors, and naming it raises TypeError (before f673aee it
+    was named by its qualname)."""
+    assert callable_id(_Sched.by_class, "lr").startswith(f"{__name__}._Sched.by_class")
+
+
+def test_methods_of_slotted_objects_with_other_state_are_told_apart():
+    """An object with __slots__ has no __dict__: its state is hashed as {}, so another
+    object's method resumes silently (what f673aee set out to prevent)."""
+    assert callable_id(_Slots(1).lr) != callable_id(_Slots(2).lr)
+
+
+def test_an_object_holding_its_own_bound_method_is_named_without_recursion_error():
+    class Holder:
+        def __init__(self):
+            self.fn = functools.partial(self.lr)
+
+        def lr(self, step):
+            return 0.1
+
+    try:
+        callable_id(Holder().lr, "lr")
+    except TypeError:
+        pass  # a clear refusal would do; a RecursionError does not
+
+
+@pytest.mark.parametrize(
+    "method",
+    [_ModuleWithSchedule().lr, _Sched(inner=_Sched(a=1)).lr, _Sched(opt=object()).lr],
+    ids=["nn.Module", "nested object", "object attribute"],
+)
+def test_a_method_of_an_object_with_non_json_state_is_refused_clearly(method):
+    """Before f673aee these were named by their qualname; now a TypeError names an
+    attribute value (for a Module: 'lr: set() cannot be written to config.json') and
+    neither the method nor that it is the object's attributes that must be JSON."""
+    try:
+        callable_id(method, "lr")
+    except TypeError as e:
+        assert "lr" in str(e).replace("lr:", "") and "attribute" in str(e), str(e)
+
+
+for _name, _reason in {
+    "test_alignment_with_a_sparse_embedding": (
+        "RuntimeError: reshape is not implemented for sparse tensors (ctx.gradient is the "
+        "sparse .grad; _core.params.flatten reshapes it)"
+    ),
+    "test_a_real_number_is_written_or_refused_before_any_file": (
+        "np.longdouble / Fraction pass is_real, then 'Object of type longdouble is not JSON "
+        "serializable' or 'config: Fraction(1, 10) cannot be written' after out_dir/lock exists"
+    ),
+    "test_a_classmethod_is_named": "TypeError: lr: <classmethod(...)> cannot be written",
+    "test_methods_of_slotted_objects_with_other_state_are_told_apart": (
+        "__slots__ state is not hashed: _Slots(1).lr and _Slots(2).lr get the same id"
+    ),
+    "test_an_object_holding_its_own_bound_method_is_named_without_recursion_error": (
+        "RecursionError: method -> vars(obj) -> partial(obj.method) -> method ..."
+    ),
+    "test_a_method_of_an_object_with_non_json_state_is_refused_clearly": (
+        "a regression (named before f673aee) with a message naming only an attribute value"
+    ),
+}.items():
+    globals()[_name] = pytest.mark.xfail(strict=True, reason=_reason)(globals()[_name])
