@@ -455,10 +455,6 @@ def test_a_method_of_an_object_with_non_json_state_is_refused_clearly(method):
 
 
 for _name, _reason in {
-    "test_alignment_with_a_sparse_embedding": (
-        "RuntimeError: reshape is not implemented for sparse tensors (ctx.gradient is the "
-        "sparse .grad; _core.params.flatten reshapes it)"
-    ),
     "test_a_real_number_is_written_or_refused_before_any_file": (
         "np.longdouble / Fraction pass is_real, then 'Object of type longdouble is not JSON "
         "serializable' or 'config: Fraction(1, 10) cannot be written' after out_dir/lock exists"
@@ -475,3 +471,16 @@ for _name, _reason in {
     ),
 }.items():
     globals()[_name] = pytest.mark.xfail(strict=True, reason=_reason)(globals()[_name])
+
+
+def test_the_alignment_of_a_sparse_gradient_is_that_of_its_dense_values():
+    torch.manual_seed(0)
+    model = _SparseEmb().double()
+    x, y = _tokens(8)
+    LOSS(model(x), y).backward()
+    sparse = [p.grad for p in model.parameters()]
+    assert sparse[0].is_sparse
+    dense = [g.to_dense() for g in sparse]
+    batches = [(x[i : i + 2], y[i : i + 2]) for i in (0, 2, 4, 6)]
+    spec = be.gradient_covariance(model, LOSS, batches)
+    assert be.gradient_alignment(sparse, spec, 2) == be.gradient_alignment(dense, spec, 2)

@@ -18,7 +18,8 @@ def trainable(model: nn.Module) -> dict[str, Tensor]:
 
 
 def flatten(tensors: Iterable[Tensor]) -> Tensor:
-    return torch.cat([t.reshape(-1) for t in tensors])
+    # a sparse gradient (an nn.Embedding(sparse=True)'s .grad) as its dense values
+    return torch.cat([(t.to_dense() if t.is_sparse else t).reshape(-1) for t in tensors])
 
 
 def unflatten(vec: Tensor, like: dict[str, Tensor]) -> dict[str, Tensor]:
