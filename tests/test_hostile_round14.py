@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import json
+import threading
 import warnings
 from fractions import Fraction
 
@@ -454,6 +455,61 @@ def test_a_method_of_an_object_with_non_json_state_is_refused_clearly(method):
         assert "lr" in str(e).replace("lr:", "") and "attribute" in str(e), str(e)
 
 
+def test_the_alignment_of_a_sparse_gradient_is_that_of_its_dense_values():
+    torch.manual_seed(0)
+    model = _SparseEmb().double()
+    x, y = _tokens(8)
+    LOSS(model(x), y).backward()
+    sparse = [p.grad for p in model.parameters()]
+    assert sparse[0].is_sparse
+    dense = [g.to_dense() for g in sparse]
+    batches = [(x[i : i + 2], y[i : i + 2]) for i in (0, 2, 4, 6)]
+    spec = be.gradient_covariance(model, LOSS, batches)
+    assert be.gradient_alignment(sparse, spec, 2) == be.gradient_alignment(dense, spec, 2)
+
+
+class _Gate:
+    """A closure value whose conversion to JSON (``tolist``) waits until released."""
+
+    def __init__(self):
+        self.calls = 0
+        self.entered = threading.Event()
+        self.go = threading.Event()
+
+    def tolist(self):
+        self.calls += 1
+        self.entered.set()
+        self.go.wait(10)
+        return [1]
+
+
+def test_two_threads_naming_the_same_lambda_get_the_same_id():
+    """_NAMING is one module-level set: while one thread names a nested function, another
+    thread naming the same function gets '<itself>' as its whole id."""
+    gate = _Gate()
+
+    def make():
+        g = gate
+
+        def f(s):
+            return g
+
+        return f
+
+    f = make()
+    ids = {}
+    a = threading.Thread(target=lambda: ids.setdefault("a", callable_id(f)))
+    a.start()
+    assert gate.entered.wait(10)
+    b = threading.Thread(target=lambda: ids.setdefault("b", callable_id(f)))
+    b.start()
+    b.join(0.5)
+    gate.go.set()
+    a.join(10)
+    b.join(10)
+    assert ids["a"] == ids["b"], ids
+
+
 for _name, _reason in {
     "test_a_real_number_is_written_or_refused_before_any_file": (
         "np.longdouble / Fraction pass is_real, then 'Object of type longdouble is not JSON "
@@ -469,18 +525,8 @@ for _name, _reason in {
     "test_a_method_of_an_object_with_non_json_state_is_refused_clearly": (
         "a regression (named before f673aee) with a message naming only an attribute value"
     ),
+    "test_two_threads_naming_the_same_lambda_get_the_same_id": (
+        "_NAMING is shared by threads: the second gets '<itself>'"
+    ),
 }.items():
     globals()[_name] = pytest.mark.xfail(strict=True, reason=_reason)(globals()[_name])
-
-
-def test_the_alignment_of_a_sparse_gradient_is_that_of_its_dense_values():
-    torch.manual_seed(0)
-    model = _SparseEmb().double()
-    x, y = _tokens(8)
-    LOSS(model(x), y).backward()
-    sparse = [p.grad for p in model.parameters()]
-    assert sparse[0].is_sparse
-    dense = [g.to_dense() for g in sparse]
-    batches = [(x[i : i + 2], y[i : i + 2]) for i in (0, 2, 4, 6)]
-    spec = be.gradient_covariance(model, LOSS, batches)
-    assert be.gradient_alignment(sparse, spec, 2) == be.gradient_alignment(dense, spec, 2)
