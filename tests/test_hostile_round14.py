@@ -546,6 +546,47 @@ def test_H_does_not_write_a_max_norm_embedding():
     assert torch.equal(model.e.weight, before)
 
 
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"momentum": Fraction(1, 2)},
+        {"betas": (Fraction(1, 2), 0.9)},
+        {"betas": (np.float32(0.5), 0.9)},
+    ],
+    ids=["momentum-Fraction", "betas-Fraction", "betas-float32"],
+)
+def test_a_fraction_in_train_config_is_refused_or_trains(kw):
+    """TrainConfig's checks now take any numbers.Real: momentum=Fraction(1, 2) passes them
+    and torch's SGD then fails at the first step ('mul_(): argument 'other' (position 1)
+    must be Tensor, not Fraction'), and Adam refuses betas of a Fraction or an np.float32
+    ('betas must be either both floats or both Tensors'); before f673aee a ConfigError
+    refused them."""
+    from helpers import toy
+
+    if "betas" in kw:
+        kw = {**kw, "optimizer": "adam"}
+    try:
+        config = be.TrainConfig(
+            model="mlp",
+            model_kwargs={"hidden": [4]},
+            batch_size=32,
+            epochs=1,
+            eval_every=None,
+            num_threads=1,
+            **kw,
+        )
+    except be.ConfigError:
+        return
+    be.train(config, dataset=toy(n=64))
+
+
+@pytest.mark.parametrize("key", ["init_seed", "data_seed"])
+def test_train_config_takes_a_numpy_integer_seed_as_the_tracker_does(key):
+    """Tracker(seed=np.int64(3)) is taken, TrainConfig(init_seed=np.int64(3)) is refused
+    with 'must be an integer in [0, 2**63 - 1]' (np.float32 lr is taken since f673aee)."""
+    assert be.TrainConfig(**{key: np.int64(3)}).to_dict()[key] == 3
+
+
 for _name, _reason in {
     "test_a_real_number_is_written_or_refused_before_any_file": (
         "np.longdouble / Fraction pass is_real, then 'Object of type longdouble is not JSON "
@@ -566,6 +607,12 @@ for _name, _reason in {
     ),
     "test_K_does_not_write_a_max_norm_embedding": (
         "K's forward renormalises the shared parameter storage of a max_norm embedding"
+    ),
+    "test_a_fraction_in_train_config_is_refused_or_trains": (
+        "checked as numbers.Real, then torch's SGD/Adam fail at the first step"
+    ),
+    "test_train_config_takes_a_numpy_integer_seed_as_the_tracker_does": (
+        "ConfigError: init_seed=np.int64(3) is invalid: must be an integer"
     ),
 }.items():
     globals()[_name] = pytest.mark.xfail(strict=True, reason=_reason)(globals()[_name])
