@@ -48,6 +48,7 @@ import copy
 import dataclasses
 import inspect
 import math
+import numbers
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
@@ -57,7 +58,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._core.checks import FRACTION, POSITIVE, SEED_MAX
+from ._core.checks import FRACTION, POSITIVE, SEED_MAX, plain_number
 from ._core.checks import is_real as _is_real
 from ._core.distributed import world_and_rank
 from .data import _LOADERS as _DATASET_LOADERS
@@ -81,7 +82,7 @@ __all__ = [
 
 
 def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
 def _loader_options(dataset: str) -> Mapping[str, inspect.Parameter]:
@@ -246,6 +247,13 @@ class TrainConfig:
                 self._fail(name, "a mapping with string keys")
             set_(self, name, dict(v))
         self._validate()
+        for f in fields(self):  # numpy numbers, Fractions: as Python numbers (checked above)
+            v = getattr(self, f.name)
+            set_(
+                self,
+                f.name,
+                tuple(map(plain_number, v)) if isinstance(v, tuple) else plain_number(v),
+            )
 
     def _fail(self, key: str, allowed: str) -> None:
         raise ConfigError(f"{key}={getattr(self, key)!r} is invalid: must be {allowed}")

@@ -60,11 +60,21 @@ class Rule(NamedTuple):
     wanted: str
 
     def check(self, value: Any, what: str) -> Any:
-        """``value`` if valid, else ``ValueError("<what>=<value> is invalid: must be
-        <wanted>")``, the message of a TrainConfig's check."""
+        """``value`` as a Python number (:func:`plain_number`) if valid, else
+        ``ValueError("<what>=<value> is invalid: must be <wanted>")``, the message of a
+        TrainConfig's check."""
         if not self.ok(value):
             raise ValueError(f"{what}={value!r} is invalid: must be {self.wanted}")
+        return plain_number(value)
+
+
+def plain_number(value: Any) -> Any:
+    """A checked number as Python holds it: an integer (numpy's too) as ``int``, any other
+    real number (numpy floats, ``Fraction``) as ``float``, what JSON, torch's optimizers and
+    the records take; anything else (a bool, a string) as it is."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         return value
+    return int(value) if isinstance(value, numbers.Integral) else float(value)
 
 
 POSITIVE = Rule(lambda v: is_real(v) and v > 0, "a finite number > 0")

@@ -41,8 +41,9 @@ def measuring(model: nn.Module, bn_mode: BNMode = "eval") -> Iterator[None]:
     ``track_running_stats`` is switched off meanwhile, so that no forward pass writes the
     running statistics (which also keeps the forward pure for ``torch.func``). On exit the
     train/eval flags, ``track_running_stats`` and the global CPU (and CUDA) RNG state are
-    restored. Sparse embeddings (``sparse=True``) give dense gradients meanwhile. Parameters
-    and ``.grad`` are never written (the operators differentiate
+    restored. Sparse embeddings (``sparse=True``) give dense gradients meanwhile, and the
+    weights of embeddings with ``max_norm`` (renormalised in place by each lookup) are put
+    back as they were. Parameters and ``.grad`` are never written (the operators differentiate
     detached copies).
     """
     check_bn_mode(bn_mode)
@@ -56,9 +57,11 @@ def measuring(model: nn.Module, bn_mode: BNMode = "eval") -> Iterator[None]:
     cudnn = torch.backends.cudnn.flags(enabled=False) if rnn else contextlib.nullcontext()
     # Sparse embedding gradients cannot be stacked, flattened or differentiated again: the
     # embeddings give dense ones meanwhile (the same numbers; the forward is unchanged).
-    sparse = [
-        m for m in model.modules() if isinstance(m, (nn.Embedding, nn.EmbeddingBag)) and m.sparse
-    ]
+    embeddings = [m for m in model.modules() if isinstance(m, (nn.Embedding, nn.EmbeddingBag))]
+    sparse = [m for m in embeddings if m.sparse]
+    # An embedding with max_norm renormalises the rows it looks up in place, in the weight's
+    # own storage (the operators' detached copies share it): its weight is put back on exit.
+    renormed = [(m.weight, m.weight.detach().clone()) for m in embeddings if m.max_norm is not None]
     cpu_rng = torch.get_rng_state()
     cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
     try:
@@ -78,6 +81,10 @@ def measuring(model: nn.Module, bn_mode: BNMode = "eval") -> Iterator[None]:
             m.track_running_stats = flag
         for m in sparse:
             m.sparse = True
+        with torch.no_grad():
+            for weight, saved in renormed:
+                if not torch.equal(weight, saved):  # no version bump when no row was renormed
+                    weight.copy_(saved)
         torch.set_rng_state(cpu_rng)
         if cuda_rng is not None:
             torch.cuda.set_rng_state_all(cuda_rng)

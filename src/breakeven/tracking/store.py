@@ -46,6 +46,7 @@ import hashlib
 import json
 import os
 import shutil
+import threading
 import types
 from collections.abc import Mapping
 from pathlib import Path
@@ -145,34 +146,61 @@ def callable_id(f: Any, what: str = "a function") -> str:
     module level). The same lambda hashes the same in any process of the same Python
     version; the values of the globals it reads are not part of the hash. A
     ``functools.partial`` as ``partial(<function>, <args>, <keywords>)``; a method bound to
-    an object as its function and a hash of the object's attributes (JSON values, as for a
-    closure); any other callable object by its type's qualified name. A nested function that
-    calls itself names itself inside its own hash as ``<itself>``."""
+    an object as its function and a hash of the object's attributes (``__dict__`` and
+    ``__slots__``; JSON values, as for a closure), a classmethod as its function and class;
+    any other callable object by its type's qualified name. A nested function that calls
+    itself, or an object that holds its own method, is ``<itself>`` inside its own hash."""
     if isinstance(f, functools.partial):
         bound = to_json(jsonable([f.args, f.keywords], what))
         return f"partial({callable_id(f.func, what)}, {bound})"
+    naming: set[int] = _NAMING.__dict__.setdefault("ids", set())
     if isinstance(f, types.MethodType):
+        owner = f.__self__
         name = callable_id(f.__func__, what)
-        state = jsonable(vars(f.__self__) if hasattr(f.__self__, "__dict__") else {}, what)
+        if isinstance(owner, type):  # a classmethod: its class
+            return f"{name}@{owner.__module__}.{owner.__qualname__}"
+        if id(owner) in naming:
+            return "<itself>"
+        inner = f"{what} (the attributes of the object {name} is bound to)"
+        naming.add(id(owner))
+        try:
+            state = jsonable(_attributes(owner), inner)
+        finally:
+            naming.discard(id(owner))
         return f"{name}@{hashlib.sha256(to_json(state).encode()).hexdigest()[:16]}"
     name = f"{getattr(f, '__module__', '?')}.{getattr(f, '__qualname__', type(f).__name__)}"
     code = getattr(f, "__code__", None)
     if code is None or "<" not in name:
         return name
-    if id(f) in _NAMING:
+    if id(f) in naming:
         return "<itself>"
     inner = f"{what} (what {name} closes over)"
-    _NAMING.add(id(f))
+    naming.add(id(f))
     try:
         cells = [_cell(c) for c in f.__closure__ or ()]
         computes = [_code(code), jsonable([f.__defaults__, f.__kwdefaults__, cells], inner)]
     finally:
-        _NAMING.discard(id(f))
+        naming.discard(id(f))
     return f"{name}#{hashlib.sha256(to_json(computes).encode()).hexdigest()[:16]}"
 
 
-#: The nested functions :func:`callable_id` is naming (a function in its own closure).
-_NAMING: set[int] = set()
+#: Per thread, the ids of the functions and objects :func:`callable_id` is naming (a
+#: function in its own closure, an object holding its own method): named ``<itself>``.
+_NAMING = threading.local()
+
+
+def _attributes(obj: Any) -> dict[str, Any]:
+    """An object's attributes: its ``__dict__`` and its ``__slots__``, sorted by name."""
+    out = dict(getattr(obj, "__dict__", {}))
+    for cls in type(obj).__mro__:
+        slots = getattr(cls, "__slots__", ())
+        for slot in [slots] if isinstance(slots, str) else slots:
+            held = slot  # a private slot is stored under its mangled name
+            if slot.startswith("__") and not slot.endswith("__"):
+                held = f"_{cls.__name__.lstrip('_')}{slot}"
+            if slot not in ("__dict__", "__weakref__") and hasattr(obj, held):
+                out[slot] = getattr(obj, held)
+    return dict(sorted(out.items()))
 
 
 def _cell(cell: types.CellType) -> Any:
