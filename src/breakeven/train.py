@@ -48,7 +48,6 @@ import copy
 import dataclasses
 import inspect
 import math
-import numbers
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
@@ -59,6 +58,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._core.checks import FRACTION, POSITIVE, SEED_MAX, plain_number
+from ._core.checks import is_int as _is_int
 from ._core.checks import is_real as _is_real
 from ._core.distributed import world_and_rank
 from .data import _LOADERS as _DATASET_LOADERS
@@ -79,10 +79,6 @@ __all__ = [
     "prepare_model",
     "train",
 ]
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
 def _loader_options(dataset: str) -> Mapping[str, inspect.Parameter]:

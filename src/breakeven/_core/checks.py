@@ -28,7 +28,7 @@ def check_int(
     """
     if optional and value is None:
         return value
-    ok = isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= minimum
+    ok = is_int(value) and value >= minimum
     if ok and (maximum is None or value <= maximum):
         return int(value)
     if maximum is None:
@@ -40,6 +40,11 @@ def check_int(
         wanted += " or None"
     positive = " (not a positive integer)" if minimum == 1 and maximum is None else ""
     raise ValueError(f"{what} must be {wanted}, got {value!r}{positive}")
+
+
+def is_int(value: Any) -> bool:
+    """Whether ``value`` is an integer: a Python ``int`` or a numpy integer, never a ``bool``."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def is_real(value: Any) -> bool:

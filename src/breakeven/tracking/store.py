@@ -48,7 +48,7 @@ import os
 import shutil
 import threading
 import types
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -153,40 +153,48 @@ def callable_id(f: Any, what: str = "a function") -> str:
     if isinstance(f, functools.partial):
         bound = to_json(jsonable([f.args, f.keywords], what))
         return f"partial({callable_id(f.func, what)}, {bound})"
-    naming: set[int] = _NAMING.__dict__.setdefault("ids", set())
     if isinstance(f, types.MethodType):
         owner = f.__self__
         name = callable_id(f.__func__, what)
         if isinstance(owner, type):  # a classmethod: its class
             return f"{name}@{owner.__module__}.{owner.__qualname__}"
-        if id(owner) in naming:
-            return "<itself>"
         inner = f"{what} (the attributes of the object {name} is bound to)"
-        naming.add(id(owner))
-        try:
-            state = jsonable(_attributes(owner), inner)
-        finally:
-            naming.discard(id(owner))
-        return f"{name}@{hashlib.sha256(to_json(state).encode()).hexdigest()[:16]}"
+        return _hashed(owner, f"{name}@", lambda: jsonable(_attributes(owner), inner))
     name = f"{getattr(f, '__module__', '?')}.{getattr(f, '__qualname__', type(f).__name__)}"
     code = getattr(f, "__code__", None)
     if code is None or "<" not in name:
         return name
-    if id(f) in naming:
-        return "<itself>"
     inner = f"{what} (what {name} closes over)"
-    naming.add(id(f))
-    try:
+
+    def computes() -> list:
         cells = [_cell(c) for c in f.__closure__ or ()]
-        computes = [_code(code), jsonable([f.__defaults__, f.__kwdefaults__, cells], inner)]
+        return [_code(code), jsonable([f.__defaults__, f.__kwdefaults__, cells], inner)]
+
+    return _hashed(f, f"{name}#", computes)
+
+
+class _Naming(threading.local):
+    """Per thread, the ids of the functions and objects :func:`callable_id` is naming (a
+    function in its own closure, an object holding its own method): named ``<itself>``."""
+
+    def __init__(self) -> None:
+        self.ids: set[int] = set()
+
+
+_NAMING = _Naming()
+
+
+def _hashed(key: Any, prefix: str, data: Callable[[], Any]) -> str:
+    """``prefix`` and a hash of ``data()`` as JSON, or ``<itself>`` when ``key`` is being
+    named already (``data`` leads back to it)."""
+    if id(key) in _NAMING.ids:
+        return "<itself>"
+    _NAMING.ids.add(id(key))
+    try:
+        value = data()
     finally:
-        naming.discard(id(f))
-    return f"{name}#{hashlib.sha256(to_json(computes).encode()).hexdigest()[:16]}"
-
-
-#: Per thread, the ids of the functions and objects :func:`callable_id` is naming (a
-#: function in its own closure, an object holding its own method): named ``<itself>``.
-_NAMING = threading.local()
+        _NAMING.ids.discard(id(key))
+    return f"{prefix}{hashlib.sha256(to_json(value).encode()).hexdigest()[:16]}"
 
 
 def _attributes(obj: Any) -> dict[str, Any]:
