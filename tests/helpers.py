@@ -47,6 +47,17 @@ def toy(
 # ---------------------------------------------------------------- bitwise equality
 
 
+def param_norm_tracker(**kw: Any):
+    """A Tracker of ``param_norm`` every step on 40 seeded examples of 3 features, lr 0.1,
+    batch 8; ``kw`` overrides or adds its arguments (the argument checks' subject)."""
+    import breakeven as be
+
+    x = torch.randn(40, 3, generator=torch.Generator().manual_seed(0))
+    y = torch.randint(0, 2, (40,), generator=torch.Generator().manual_seed(1))
+    args = {"probe": (x, y), "train_data": (x, y), "lr": 0.1, "batch_size": 8, **kw}
+    return be.Tracker([("param_norm", be.every(1))], **args)
+
+
 def _tensors(a: Any) -> dict[str, torch.Tensor]:
     if isinstance(a, nn.Module):
         return dict(a.state_dict())

@@ -25,7 +25,7 @@ from breakeven.operators.dense import dense_hessian
 from breakeven.operators.hessian import HessianOperator
 from breakeven.records import read_config, read_records, read_status
 from breakeven.tracking.store import ConfigMismatchError, callable_id
-from helpers import run_config
+from helpers import param_norm_tracker, run_config
 from test_certificate import random_problem
 
 LOSS = nn.CrossEntropyLoss()
@@ -516,13 +516,6 @@ def test_an_interrupted_inf_run_resumes_and_ends_as_the_uninterrupted_one(
 # ============================================== Tracker checks, lambda ids (82798e7)
 
 
-def _tracker(**kw):
-    x = torch.randn(40, 3)
-    y = torch.randint(0, 2, (40,))
-    args = {"probe": (x, y), "train_data": (x, y), "lr": 0.1, "batch_size": 8, **kw}
-    return be.Tracker([("param_norm", be.every(1))], **args)
-
-
 @pytest.mark.parametrize(
     "kw",
     [
@@ -543,7 +536,7 @@ def _tracker(**kw):
 )
 def test_more_hostile_tracker_arguments_are_refused_before_any_file(tmp_path, kw):
     with pytest.raises((ValueError, TypeError)):
-        _tracker(**kw, out_dir=tmp_path / "r")
+        param_norm_tracker(**kw, out_dir=tmp_path / "r")
     assert not (tmp_path / "r").exists()
 
 
@@ -551,19 +544,19 @@ def test_more_hostile_tracker_arguments_are_refused_before_any_file(tmp_path, kw
     "kw", [{"lr": np.float32(0.1)}, {"lr": np.int64(1)}, {"momentum": np.float32(0.5)}]
 )
 def test_numpy_scalars_are_numbers(kw):
-    _tracker(**kw)
+    param_norm_tracker(**kw)
 
 
 def test_a_fractional_batch_size_is_refused_before_any_file(tmp_path):
     with pytest.raises(ValueError, match="batch_size"):
-        _tracker(batch_size=2.5, out_dir=tmp_path / "r")
+        param_norm_tracker(batch_size=2.5, out_dir=tmp_path / "r")
     assert not (tmp_path / "r").exists()
 
 
 @pytest.mark.parametrize("kw", [{"batch_size": -8}, {"n_train": -1}, {"n_train": 0}])
 def test_the_no_step_per_epoch_message_tells_the_truth(kw):
     with pytest.raises(ValueError) as err:
-        _tracker(**kw, drop_last=False)
+        param_norm_tracker(**kw, drop_last=False)
     assert "drop_last=True" not in str(err.value)
 
 
@@ -650,7 +643,7 @@ def test_a_recursive_nested_lr_function(tmp_path):
         return lr
 
     assert callable_id(make(0.1)) == callable_id(make(0.1)) != callable_id(make(0.2))
-    _tracker(lr=make(0.1), out_dir=tmp_path / "r").close()
+    param_norm_tracker(lr=make(0.1), out_dir=tmp_path / "r").close()
     assert (tmp_path / "r" / "config.json").exists()
 
 
@@ -686,26 +679,26 @@ def test_a_bound_method_of_another_schedule_is_refused(tmp_path):
     """A run with a checkpoint does not resume with the method of another schedule."""
     from breakeven.tracking.store import read_config
 
-    with _tracker(lr=_Schedule(0.1).lr, out_dir=tmp_path / "r"):
+    with param_norm_tracker(lr=_Schedule(0.1).lr, out_dir=tmp_path / "r"):
         pass
     assert "@" in read_config(tmp_path / "r")["train"]["lr"]
     with pytest.raises(ConfigMismatchError):
-        _tracker(lr=_Schedule(0.5).lr, out_dir=tmp_path / "r")
+        param_norm_tracker(lr=_Schedule(0.5).lr, out_dir=tmp_path / "r")
 
 
 @pytest.mark.parametrize("seed", [2**64, 2**63, -1])
 def test_a_seed_outside_int64_is_refused_before_any_file(tmp_path, seed):
     with pytest.raises(ValueError, match="seed"):
-        _tracker(seed=seed, out_dir=tmp_path / "r")
+        param_norm_tracker(seed=seed, out_dir=tmp_path / "r")
     assert not (tmp_path / "r").exists()
     with pytest.raises(ValueError, match="init_seed"):
         be.TrainConfig(model="mlp", dataset="fashion_mnist", init_seed=seed)
 
 
 def test_the_largest_seed_is_taken(tmp_path):
-    _tracker(seed=2**63 - 1, out_dir=tmp_path / "r").close()
+    param_norm_tracker(seed=2**63 - 1, out_dir=tmp_path / "r").close()
     be.TrainConfig(model="mlp", dataset="fashion_mnist", data_seed=2**63 - 1)
 
 
 def test_sinks_none_is_no_sinks():
-    assert _tracker(sinks=None).sinks == []
+    assert param_norm_tracker(sinks=None).sinks == []

@@ -20,7 +20,7 @@ from breakeven._core.state import measuring
 from breakeven.cli import main
 from breakeven.tracking import store
 from breakeven.tracking.store import callable_id
-from helpers import run_config
+from helpers import param_norm_tracker, run_config
 
 LOSS = nn.CrossEntropyLoss()
 
@@ -245,13 +245,6 @@ def test_K_gives_no_false_nan(mixed_specs, which):
 # ================================================= numbers and seeds (f673aee)
 
 
-def _tracker(out_dir=None, **kw):
-    x = torch.randn(40, 3, generator=torch.Generator().manual_seed(0))
-    y = torch.randint(0, 2, (40,), generator=torch.Generator().manual_seed(1))
-    args = {"probe": (x, y), "train_data": (x, y), "lr": 0.1, "batch_size": 8, **kw}
-    return be.Tracker([("param_norm", be.every(1))], out_dir=out_dir, **args)
-
-
 @pytest.mark.parametrize(
     "kw",
     [
@@ -267,7 +260,7 @@ def test_a_real_number_is_written_or_refused_before_any_file(tmp_path, kw):
     created (before f673aee they were refused by a ValueError before any file)."""
     out = tmp_path / "r"
     try:
-        tracker = _tracker(out, **kw)
+        tracker = param_norm_tracker(out_dir=out, **kw)
     except (TypeError, ValueError) as e:
         assert "JSON serializable" not in str(e), e
         assert not out.exists(), sorted(p.name for p in out.iterdir())
@@ -282,13 +275,14 @@ def test_a_numpy_lr_resumes_the_run_of_the_same_python_number(tmp_path, value):
     out = tmp_path / "r"
     model = nn.Linear(3, 2)
     x, y = torch.randn(8, 3), torch.randint(0, 2, (8,))
-    with _tracker(out, lr=float(value) if isinstance(value, np.floating) else int(value)) as tr:
+    plain = float(value) if isinstance(value, np.floating) else int(value)
+    with param_norm_tracker(out_dir=out, lr=plain) as tr:
         tr.before_step(0, model, (x, y))
         tr.after_step(0, model)
     # the config is compared first: a mismatch is a ConfigMismatchError, the same config
     # a RunStoreError (the run has ended)
     with pytest.raises(Exception) as err:
-        _tracker(out, lr=value)
+        param_norm_tracker(out_dir=out, lr=value)
     assert not isinstance(err.value, store.ConfigMismatchError)
 
 
@@ -297,7 +291,7 @@ def test_np_bool_and_decimal_are_refused(tmp_path):
 
     for kw in ({"lr": np.bool_(True)}, {"momentum": np.bool_(False)}, {"lr": Decimal("0.1")}):
         with pytest.raises(ValueError):
-            _tracker(tmp_path / "r", **kw)
+            param_norm_tracker(out_dir=tmp_path / "r", **kw)
         assert not (tmp_path / "r").exists()
 
 
